@@ -1,0 +1,5 @@
+import sys
+
+from smsstream.cli import main
+
+sys.exit(main())

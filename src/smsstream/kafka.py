@@ -1,0 +1,112 @@
+"""Settings to Kafka clients: the one place broker URLs and security become client options.
+
+The broker URL is in Faust form (``kafka://host:port[;kafka://host2:port]``) so the
+same ``SMSSTREAM_BROKER`` value drives the Faust worker and every plain aiokafka
+client (topics, simulator, tests). Faust itself is imported only when a Faust
+config is asked for, so ``topics apply`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from smsstream.config import KafkaSecurity, Settings
+from smsstream.errors import ConfigError
+
+SCHEMES = ("kafka://", "aiokafka://")
+
+
+def bootstrap_servers(broker_url: str) -> list[str]:
+    """``kafka://a:9092;kafka://b:9092`` (or bare ``a:9092,b:9092``) -> ``['a:9092', 'b:9092']``."""
+    servers = []
+    for part in broker_url.replace(",", ";").split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        for scheme in SCHEMES:
+            if part.startswith(scheme):
+                part = part[len(scheme):]
+                break
+        else:
+            if "://" in part:
+                raise ConfigError(
+                    f"broker URL {broker_url!r} uses an unknown scheme; write kafka://host:port "
+                    "(SMSSTREAM_BROKER or --broker)"
+                )
+        part = part.rstrip("/")
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"broker URL {broker_url!r} has no host:port in {part!r}; write kafka://host:port "
+                "(SMSSTREAM_BROKER or --broker)"
+            )
+        servers.append(f"{host}:{port}")
+    if not servers:
+        raise ConfigError("broker URL is empty; set SMSSTREAM_BROKER to kafka://host:port")
+    return servers
+
+
+def faust_broker_url(broker_url: str) -> str:
+    """The same servers written the way Faust wants them (``kafka://a:9092;kafka://b:9092``)."""
+    return ";".join(f"kafka://{server}" for server in bootstrap_servers(broker_url))
+
+
+def ssl_context(security: KafkaSecurity) -> ssl.SSLContext | None:
+    """A TLS client context for SSL / SASL_SSL, verifying the broker against the CA file if given."""
+    if security.protocol not in ("SSL", "SASL_SSL"):
+        return None
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=security.ssl_cafile)
+        if security.ssl_certfile:
+            context.load_cert_chain(security.ssl_certfile, security.ssl_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load TLS files ({exc.__class__.__name__}: {exc}); check SMSSTREAM_KAFKA_SSL_CAFILE, "
+            "SMSSTREAM_KAFKA_SSL_CERTFILE and SMSSTREAM_KAFKA_SSL_KEYFILE"
+        ) from None
+    context.check_hostname = security.ssl_check_hostname
+    return context
+
+
+def client_kwargs(settings: Settings, broker: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``AIOKafkaProducer``/``AIOKafkaConsumer``/``AIOKafkaAdminClient``."""
+    security = settings.security
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers(broker or settings.broker),
+        "security_protocol": security.protocol,
+    }
+    context = ssl_context(security)
+    if context is not None:
+        kwargs["ssl_context"] = context
+    if security.protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = security.sasl_mechanism
+        kwargs["sasl_plain_username"] = security.sasl_username
+        kwargs["sasl_plain_password"] = str(security.sasl_password) if security.sasl_password else None
+    return kwargs
+
+
+def faust_credentials(security: KafkaSecurity) -> Any:
+    """``broker_credentials`` for ``faust.App``: SASL or TLS credentials, or None for PLAINTEXT."""
+    import faust
+
+    context = ssl_context(security)
+    if security.protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=security.sasl_username,
+            password=str(security.sasl_password) if security.sasl_password else None,
+            mechanism=security.sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def faust_config(settings: Settings, broker: str | None = None) -> dict[str, Any]:
+    """``broker`` and ``broker_credentials`` for ``faust.App(...)``."""
+    config: dict[str, Any] = {"broker": faust_broker_url(broker or settings.broker)}
+    credentials = faust_credentials(settings.security)
+    if credentials is not None:
+        config["broker_credentials"] = credentials
+    return config
