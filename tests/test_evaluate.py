@@ -1,0 +1,177 @@
+"""`smsstream evaluate` scores hand-made alerts against hand-made episodes as CONTRACT.md defines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from smsstream.cli import main
+from smsstream.evaluate import Episode, pseudonymise_entities, score
+from smsstream.pseudonym import Pseudonymizer
+
+KEY = "test-key"
+H = 3_600_000
+T0 = 1_772_409_600_000  # 2026-03-02 00:00 UTC
+
+
+def episode(eid, kind, entities, start, end):
+    return Episode(eid, kind, frozenset(entities), start, end)
+
+
+def alert(kind, etype, eid, window_end, status="firing"):
+    return {
+        "dedup_key": f"{kind}/{etype}/{eid}",
+        "kind": kind,
+        "status": status,
+        "entity_type": etype,
+        "entity_id": eid,
+        "window_start": window_end - 60_000,
+        "window_end": window_end,
+    }
+
+
+def test_alert_inside_the_window_detects_the_episode_with_its_delay():
+    eps = [episode("e1", "non_borrower_spike", [("sender", "acme")], T0 + H, T0 + 2 * H)]
+    result = score(eps, [alert("non_borrower_spike", "sender", "acme", T0 + H + 300_000)], days=1)
+    assert result["overall"]["recall"] == 1.0
+    assert result["overall"]["ttd_median_s"] == 300.0
+    assert result["overall"]["false_alarms"] == 0
+
+
+def test_alert_that_fires_before_the_episode_is_a_false_alarm_not_a_detection():
+    eps = [episode("e1", "template_hijack", [("template", "t1")], T0 + 5 * H, T0 + 6 * H)]
+    result = score(eps, [alert("template_hijack", "template", "t1", T0 + 4 * H)], days=2)
+    assert result["kinds"]["template_hijack"]["detected"] == 0
+    assert result["kinds"]["template_hijack"]["false_alarms"] == 1
+    assert result["kinds"]["template_hijack"]["false_alarms_per_day"] == 0.5
+    assert result["missed"] == ["e1"]
+
+
+def test_alert_firing_twice_counts_once_and_the_earliest_sets_time_to_detect():
+    eps = [episode("e1", "rebind_anomaly", [("device", "dev-9")], T0, T0 + H)]
+    alerts = [
+        alert("rebind_anomaly", "device", "dev-9", T0 + 1_200_000),
+        alert("rebind_anomaly", "device", "dev-9", T0 + 600_000),
+    ]
+    result = score(eps, alerts, days=1)
+    assert result["overall"]["detected"] == 1
+    assert result["overall"]["ttd_worst_s"] == 600.0
+    assert result["overall"]["false_alarms"] == 0
+
+
+def test_alert_that_only_resolves_neither_detects_nor_counts_as_false_alarm():
+    eps = [episode("e1", "delivery_failure_spike", [("carrier", "jio")], T0, T0 + H)]
+    result = score(eps, [alert("delivery_failure_spike", "carrier", "jio", T0 + 600_000, status="resolved")], days=1)
+    assert result["overall"]["detected"] == 0
+    assert result["overall"]["false_alarms"] == 0
+
+
+def test_late_alert_within_thirty_minutes_of_the_end_still_counts_but_not_after():
+    eps = [
+        episode("e1", "non_borrower_spike", [("sender", "a")], T0, T0 + H),
+        episode("e2", "non_borrower_spike", [("sender", "b")], T0, T0 + H),
+    ]
+    alerts = [
+        alert("non_borrower_spike", "sender", "a", T0 + H + 1_800_000),
+        alert("non_borrower_spike", "sender", "b", T0 + H + 1_800_001),
+    ]
+    result = score(eps, alerts, days=1)
+    assert result["missed"] == ["e2"]
+    assert result["false_alarm_keys"] == ["non_borrower_spike/sender/b"]
+
+
+def test_alert_of_another_kind_on_the_right_entity_does_not_detect():
+    eps = [episode("e1", "non_borrower_spike", [("sender", "a")], T0, T0 + H)]
+    result = score(eps, [alert("delivery_failure_spike", "sender", "a", T0 + 60_000)], days=1)
+    assert result["overall"]["detected"] == 0
+    assert result["kinds"]["delivery_failure_spike"]["false_alarms"] == 1
+
+
+def test_number_entity_is_matched_through_its_pseudonym():
+    eps = [episode("e1", "rebind_anomaly", [("number", "+919812345678"), ("account", "acme|A1")], T0, T0 + H)]
+    pseudonymise_entities(eps, Pseudonymizer(KEY))
+    pn = Pseudonymizer(KEY).pseudonym("+919812345678")
+    result = score(eps, [alert("rebind_anomaly", "number", pn, T0 + 60_000)], days=1)
+    assert result["overall"]["detected"] == 1
+    clear = score(eps, [alert("rebind_anomaly", "number", "+919812345678", T0 + 60_000)], days=1)
+    assert clear["overall"]["detected"] == 0
+
+
+def test_account_ids_are_not_pseudonymised():
+    eps = [episode("e1", "rebind_anomaly", [("account", "acme|A1")], T0, T0 + H)]
+    pseudonymise_entities(eps, Pseudonymizer(KEY))
+    result = score(eps, [alert("rebind_anomaly", "account", "acme|A1", T0 + 60_000)], days=1)
+    assert result["overall"]["detected"] == 1
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_command_prints_json_scores_with_days_from_the_manifest(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SMSSTREAM_PSEUDONYM_KEY", KEY)
+    labels = tmp_path / "run.labels.jsonl"
+    write_jsonl(labels, [
+        {"episode_id": "e1", "kind": "rebind_anomaly",
+         "entities": [{"entity_type": "number", "entity_id": "+919812345678"}], "start": T0, "end": T0 + H},
+        {"episode_id": "e2", "kind": "non_borrower_spike",
+         "entities": [{"entity_type": "sender", "entity_id": "acme"}], "start": T0, "end": T0 + H},
+    ])
+    (tmp_path / "run.manifest.json").write_text(json.dumps({"days": 4}))
+    alerts = tmp_path / "alerts.jsonl"
+    pn = Pseudonymizer(KEY).pseudonym("+919812345678")
+    write_jsonl(alerts, [
+        alert("rebind_anomaly", "number", pn, T0 + 120_000),
+        alert("template_hijack", "template", "t9", T0 + 120_000),
+    ])
+    assert main(["evaluate", "--labels", str(labels), "--alerts", str(alerts), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["days"] == 4
+    assert out["overall"]["recall"] == 0.5
+    assert out["overall"]["false_alarms_per_day"] == 0.25
+    assert out["kinds"]["rebind_anomaly"]["ttd_median_s"] == 120.0
+
+
+def test_command_prints_a_readable_table(tmp_path, capsys):
+    labels = tmp_path / "x.labels.jsonl"
+    write_jsonl(labels, [{"episode_id": "e1", "kind": "template_hijack",
+                          "entities": [{"entity_type": "template", "entity_id": "t1"}], "start": T0, "end": T0 + H}])
+    alerts = tmp_path / "a.jsonl"
+    write_jsonl(alerts, [alert("template_hijack", "template", "t1", T0 + 90_000)])
+    assert main(["evaluate", "--labels", str(labels), "--alerts", str(alerts), "--days", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "template_hijack" in out and "100%" in out and "1m30s" in out
+
+
+def test_missing_key_with_number_labels_is_a_one_line_error_naming_the_variable(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SMSSTREAM_PSEUDONYM_KEY", raising=False)
+    labels = tmp_path / "x.labels.jsonl"
+    write_jsonl(labels, [{"episode_id": "e1", "kind": "rebind_anomaly",
+                          "entities": [{"entity_type": "number", "entity_id": "+919812345678"}],
+                          "start": T0, "end": T0 + H}])
+    alerts = tmp_path / "a.jsonl"
+    alerts.write_text("")
+    assert main(["evaluate", "--labels", str(labels), "--alerts", str(alerts)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "SMSSTREAM_PSEUDONYM_KEY" in err and "\n" not in err
+    assert "+919812345678" not in err
+
+
+@pytest.mark.parametrize("which", ["labels", "alerts"])
+def test_unreadable_file_is_a_one_line_error_naming_the_file(tmp_path, capsys, which):
+    good = tmp_path / "good.jsonl"
+    good.write_text("")
+    paths = {"labels": good, "alerts": good, which: tmp_path / "missing.jsonl"}
+    assert main(["evaluate", "--labels", str(paths["labels"]), "--alerts", str(paths["alerts"])]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "missing.jsonl" in err and which in err and "\n" not in err
+
+
+def test_garbage_line_in_alerts_names_the_line(tmp_path, capsys):
+    labels = tmp_path / "l.jsonl"
+    labels.write_text("")
+    alerts = tmp_path / "a.jsonl"
+    alerts.write_text(json.dumps(alert("template_hijack", "template", "t", T0)) + "\n{oops\n")
+    assert main(["evaluate", "--labels", str(labels), "--alerts", str(alerts), "--days", "1"]) == 1
+    assert "a.jsonl:2" in capsys.readouterr().err
