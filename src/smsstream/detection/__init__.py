@@ -1,0 +1,1 @@
+"""Detection core: plain Python on event time, no Kafka."""

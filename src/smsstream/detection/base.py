@@ -1,0 +1,217 @@
+"""What every detector part shares: the finding it reports, its event clock and bucket closing.
+
+The detection core is plain Python on event time, split into *parts*. A part
+is keyed by exactly one entity (a number, a sender, a message id, ...): it
+declares, per input topic or fact stream, the function that gives a record's
+key, keeps its state in ``entities[key]`` and may emit small *facts* to parts
+keyed differently. The streaming worker runs each part as an agent on a
+stream repartitioned by that key; ``Engine`` chains the same parts
+in-process for ``replay`` and the tests.
+
+Time is event time only. A part marks the bucket (``BUCKET_MS``) each event
+falls in; once the watermark (latest event time minus the allowed lateness)
+has passed a bucket, ``advance`` closes it and calls ``close`` for every key
+with data in it, in arrival order. Detectors judge closed buckets only, so
+findings do not depend on arrival order within the allowed lateness nor on
+replay speed. Findings go straight to the part's ``AlertBook``, which owns
+the lifecycle of the dedup keys of the entities this part is keyed by.
+
+State rules for every part:
+- ``entities`` values are plain picklable objects (slotted dataclasses,
+  dicts, tuples), so each can live in a Faust table under its key; a part
+  writes a state back with ``save`` after changing it;
+- bounded: idle entities go in ``expire``; per-number state is small;
+- no phone number in clear in a finding or a fact: ``ctx.pseudonym(number)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, MutableMapping
+
+from smsstream.pseudonym import Pseudonymizer
+
+BUCKET_MS = 60_000
+#: How far behind the latest event time a send or binding may arrive and still count.
+DEFAULT_LATENESS_MS = 5 * 60_000
+#: How long an entity with no events keeps its state (baselines included).
+DEFAULT_IDLE_MS = 14 * 24 * 3_600_000
+
+KINDS = ("non_borrower_spike", "template_hijack", "rebind_anomaly", "delivery_failure_spike")
+SEVERITIES = ("info", "warning", "critical")
+ENTITY_TYPES = ("sender", "template", "number", "account", "device", "carrier")
+
+KeyFn = Callable[[Any], "str | None"]
+
+
+@dataclass(slots=True)
+class Finding:
+    """One detector's verdict that an entity is abnormal over an event-time window.
+
+    ``observed`` and ``expected`` are in the same unit (a count, a rate, a
+    share); ``score`` is comparable across entities: larger is worse.
+    ``firing=False`` marks a weaker finding, above the release threshold but
+    below the firing one: it keeps an alert that is already firing alive
+    (hysteresis) and never starts one.
+    """
+
+    kind: str
+    reason: str
+    severity: str
+    entity_type: str
+    entity_id: str
+    window_start: int
+    window_end: int
+    observed: float
+    expected: float
+    score: float
+    summary: str
+    evidence: dict = field(default_factory=dict)
+    sender_id: str | None = None
+    template_id: str | None = None
+    last_seen: int | None = None
+    firing: bool = True
+
+    @property
+    def dedup_key(self) -> str:
+        return f"{self.kind}/{self.entity_type}/{self.entity_id}"
+
+
+@dataclass(slots=True)
+class PartContext:
+    """What every part is built with; the same for all parts of one engine or worker."""
+
+    pseudonymizer: Pseudonymizer
+    alert_repeat_ms: int = 3_600_000
+    lateness_ms: int = DEFAULT_LATENESS_MS
+    idle_ms: int = DEFAULT_IDLE_MS
+
+    def pseudonym(self, number: str) -> str:
+        return self.pseudonymizer.pseudonym(number)
+
+
+class EventClock:
+    """Watermark of one part: the latest event time it has seen minus the allowed lateness."""
+
+    __slots__ = ("max_ts", "lateness_ms")
+
+    def __init__(self, lateness_ms: int = DEFAULT_LATENESS_MS):
+        self.max_ts = 0
+        self.lateness_ms = lateness_ms
+
+    def observe(self, ts: int) -> None:
+        if ts > self.max_ts:
+            self.max_ts = ts
+
+    @property
+    def watermark(self) -> int:
+        return self.max_ts - self.lateness_ms if self.max_ts else 0
+
+
+def bucket_start(ts: int) -> int:
+    return ts - ts % BUCKET_MS
+
+
+class Part:
+    """One keyed piece of a detector; subclass and fill in ``inputs``, ``process`` and ``close``.
+
+    ``inputs`` maps each consumed topic (``records.SENDS``, ...) or fact
+    stream (``facts.LOAN_SENDS``, ...) to the function that gives a record's
+    key; a key of None means "not for this part" and the record is skipped.
+    """
+
+    name: ClassVar[str] = "part"
+    inputs: ClassVar[dict[str, KeyFn]] = {}
+    #: Fact streams this part emits (for wiring and documentation).
+    emits: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, ctx: PartContext):
+        from smsstream.detection.alerts import AlertBook
+
+        self.ctx = ctx
+        self.entities: MutableMapping[str, Any] = {}
+        self.book = AlertBook(repeat_ms=ctx.alert_repeat_ms)
+        self.clock = EventClock(ctx.lateness_ms)
+        #: bucket start -> keys with data in that bucket (insertion-ordered, so closing is deterministic)
+        self._due: dict[int, dict[str, None]] = {}
+        #: every bucket starting before this is closed
+        self.closed_until = 0
+
+    # --- to implement --------------------------------------------------------
+
+    def process(self, topic: str, key: str, value: Any) -> list[tuple[str, Any]] | None:
+        """Take one record or fact; return facts for other parts as ``(stream, fact)`` pairs."""
+        raise NotImplementedError
+
+    def close(self, key: str, start: int, end: int) -> Iterable[Finding]:
+        """Judge bucket ``[start, end)`` of one key that had data in it."""
+        return ()
+
+    def idle_since(self, state: Any) -> int:
+        """Event time of a state's latest activity; states idle for ``ctx.idle_ms`` are expired."""
+        return getattr(state, "last_ts", 0)
+
+    # --- shared machinery ----------------------------------------------------
+
+    def save(self, key: str, state: Any) -> None:
+        """Write a changed state back (a Faust table persists only what is assigned)."""
+        self.entities[key] = state
+
+    def mark(self, key: str, ts: int) -> int:
+        """Note that ``key`` has data at event time ``ts``; returns the bucket it counts in.
+
+        Data older than the closed buckets (legitimately late input such as a
+        receipt hours after its send) counts in the first open bucket.
+        """
+        clock = self.clock
+        if ts > clock.max_ts:
+            clock.max_ts = ts
+        start = ts - ts % BUCKET_MS
+        if start < self.closed_until:
+            start = self.closed_until
+        keys = self._due.get(start)
+        if keys is None:
+            self._due[start] = {key: None}
+        else:
+            keys[key] = None
+        return start
+
+    def advance(self, watermark: int | None = None) -> list[dict]:
+        """Close every bucket that ends at or before ``watermark``; return alert records."""
+        if watermark is None:
+            watermark = self.clock.watermark
+        limit = watermark - watermark % BUCKET_MS
+        out: list[dict] = []
+        if limit <= self.closed_until:
+            return out
+        due = sorted(b for b in self._due if b < limit)
+        for start in due:
+            # resolve what had gone quiet before this bucket, as a step-by-step advance would:
+            # the alerts must not depend on how far one call jumps (worker shards jump further)
+            out.extend(self.book.advance(start))
+            end = start + BUCKET_MS
+            for key in self._due.pop(start):
+                for finding in self.close(key, start, end):
+                    out.extend(self.book.offer(finding, key))
+        self.closed_until = limit
+        out.extend(self.book.advance(limit))
+        return out
+
+    def flush(self) -> list[dict]:
+        """End of input: close every bucket that holds data."""
+        if not self._due:
+            return []
+        return self.advance(max(self._due) + BUCKET_MS)
+
+    def expire(self, now: int) -> int:
+        """Forget entities idle since before ``now - ctx.idle_ms`` unless an alert on them fires."""
+        horizon = now - self.ctx.idle_ms
+        stale = [k for k, s in self.entities.items() if self.idle_since(s) < horizon]
+        pending = {k for keys in self._due.values() for k in keys}
+        dropped = 0
+        for key in stale:
+            if key in pending or self.book.holds_entity(key):
+                continue
+            del self.entities[key]
+            dropped += 1
+        return dropped

@@ -1,0 +1,93 @@
+"""The input gate: which events are duplicates or too late to count, decided on event time.
+
+Sends (by ``message_id``), bindings (by ``event_id``) and receipts (by
+``message_id`` + ``status``) seen again within ``horizon_ms`` of event time
+are duplicates: counting them twice would inflate every rate. Sends and
+bindings more than ``lateness_ms`` behind the latest event time are late:
+their buckets are closed and judged already. Both are dead-lettered with a
+clear error, never dropped silently.
+
+Receipts are never late: carriers report hours (up to 72 h) after the send,
+and a receipt whose own time lies behind the watermark is still joined and
+counted, in the first bucket still open (see ``base.Part.mark``). Reference
+data (borrowers, templates) is never late either.
+"""
+
+from __future__ import annotations
+
+from smsstream.detection.base import BUCKET_MS, DEFAULT_LATENESS_MS
+from smsstream.errors import RecordError
+from smsstream.records import BINDINGS, RECEIPTS, SENDS
+
+#: How long an id is remembered for duplicate detection (event time).
+DEFAULT_DEDUP_HORIZON_MS = 60 * 60_000
+
+
+class DuplicateEvent(RecordError):
+    """The same event (same id) arrived again within the duplicate horizon."""
+
+
+class LateEvent(RecordError):
+    """The event is older than the allowed lateness; its buckets are already judged."""
+
+
+class EventGate:
+    """Remembers recent event ids per time bucket (bounded) and the latest event time."""
+
+    def __init__(self, lateness_ms: int = DEFAULT_LATENESS_MS, horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS):
+        self.lateness_ms = lateness_ms
+        self.horizon_ms = horizon_ms
+        self.max_ts = 0
+        self.seen: dict[str, int] = {}
+        #: bucket start -> ids first seen in it, so expiry walks whole buckets
+        self._by_bucket: dict[int, list[str]] = {}
+        self._oldest_bucket = 0
+
+    @property
+    def watermark(self) -> int:
+        return self.max_ts - self.lateness_ms if self.max_ts else 0
+
+    def check(self, topic: str, record) -> None:
+        """Raise ``DuplicateEvent`` or ``LateEvent``, or note the event as seen."""
+        ts = record.ts
+        if topic == SENDS:
+            ident = record.message_id
+            what = "send"
+        elif topic == BINDINGS:
+            ident = "b|" + record.event_id
+            what = "binding"
+        elif topic == RECEIPTS:
+            ident = "r|" + record.message_id + "|" + record.status
+            what = "receipt"
+        else:
+            return
+        if ident in self.seen:
+            first = self.seen[ident]
+            label = "event_id" if topic == BINDINGS else "message_id"
+            extra = f" with status {record.status}" if topic == RECEIPTS else ""
+            raise DuplicateEvent(
+                f"duplicate {what}{extra}: this {label} was already seen at ts={first} "
+                f"(ids are remembered for {self.horizon_ms // 60_000} min of event time)"
+            )
+        if topic != RECEIPTS and self.max_ts and ts < self.max_ts - self.lateness_ms:
+            behind = (self.max_ts - ts) // 1000
+            raise LateEvent(
+                f"late {what}: ts={ts} is {behind} s behind the latest event time; "
+                f"at most {self.lateness_ms // 1000} s of lateness is accepted"
+            )
+        if ts > self.max_ts:
+            self.max_ts = ts
+        self.seen[ident] = ts
+        b = ts - ts % BUCKET_MS
+        ids = self._by_bucket.get(b)
+        if ids is None:
+            self._by_bucket[b] = [ident]
+        else:
+            ids.append(ident)
+
+    def expire(self) -> None:
+        """Forget ids older than the horizon."""
+        limit = self.max_ts - self.horizon_ms
+        for b in [b for b in self._by_bucket if b < limit]:
+            for ident in self._by_bucket.pop(b):
+                self.seen.pop(ident, None)

@@ -1,0 +1,186 @@
+"""``non_borrower_spike``: loan-obligation SMS going to numbers that owe the sender nothing.
+
+Two steps, each keyed by one entity:
+
+- ``BorrowerBook`` (keyed by recipient number) holds the lenders each number
+  owes (from ``sms.borrowers``, tombstones included) and turns every
+  loan-obligation send into a ``LoanSend`` fact: borrower of this sender or
+  not, and if not, whether it owes another lender (a sender's reminders
+  pointed at another lender's book);
+- ``SenderShare`` and ``TemplateShare`` judge, per sender and per template,
+  the share of those sends to non-borrowers against the entity's own
+  baseline (reason ``non_borrower_share``).
+
+Reminders to *former* borrowers (the pair was removed recently, e.g. the
+account moved to a new number) are stale data and not counted as
+non-borrower sends; what stale data remains (about 1 % of reminders, to
+numbers entered by mistake) is the baseline, not an anomaly; ``loan_marketing`` is not a
+loan-obligation category, so marketing to non-borrowers never counts. A
+purchased list, or reminders aimed at another lender's book, move the share
+by far more than its usual wobble and fire within minutes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from smsstream.detection.base import Part
+from smsstream.detection.facts import LOAN_SENDS, LoanSend
+from smsstream.detection.share import Share, SharePart, ShareState, window_samples
+from smsstream.records import BORROWERS, LOAN_OBLIGATION, SENDS
+
+KIND = "non_borrower_spike"
+
+
+def _loan_send_number(send) -> str | None:
+    return send.number if send.category in LOAN_OBLIGATION else None
+
+
+def _borrower_number(borrower) -> str:
+    return borrower.number
+
+
+#: A number that left a lender's book is a *former* borrower of it for this long.
+FORMER_MS = 30 * 24 * 3_600_000
+_DAY = 24 * 3_600_000
+
+
+class BorrowerBook(Part):
+    """Per number: the lenders it owes, and the lenders it owed until recently.
+
+    State is a sender id (the common case: one current lender), or a tuple
+    whose ``str`` items are current lenders and ``(sender_id, removed_ts)``
+    items former ones. A loan-obligation send to a former borrower (the pair
+    was removed within ``FORMER_MS``) is stale data, not a non-borrower send:
+    reminders still chasing a number whose account moved are
+    ``rebind_anomaly``'s ``stale_binding_send``, and a purchased list or
+    another lender's book consists of numbers this lender never had.
+
+    Reference data is never late: the compacted ``sms.borrowers`` topic is
+    the truth, and a tombstone removes a pair (at the book's latest event
+    time, since a tombstone carries none). Only former entries expire.
+    """
+
+    name = "borrower_book"
+    inputs: ClassVar = {BORROWERS: _borrower_number, SENDS: _loan_send_number}
+    emits = (LOAN_SENDS,)
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.counters = {"loan_sends_to_former_borrowers": 0}
+        self._next_sweep = 0
+
+    def process(self, topic: str, key: str, value: Any):
+        lenders = self.entities.get(key)
+        clock = self.clock
+        if value.ts > clock.max_ts:
+            clock.max_ts = value.ts
+        if topic == SENDS:
+            sender = value.sender_id
+            former = other = False
+            if lenders is None:
+                borrower = other = False
+            elif lenders.__class__ is str:
+                borrower = lenders == sender
+                other = not borrower
+            else:
+                borrower = sender in lenders
+                if not borrower:
+                    horizon = clock.max_ts - FORMER_MS
+                    former = any(item.__class__ is tuple and item[0] == sender and item[1] >= horizon
+                                 for item in lenders)
+                    other = any(item.__class__ is str for item in lenders)
+            if former:
+                self.counters["loan_sends_to_former_borrowers"] += 1
+            non_borrower = not borrower and not former
+            fact = LoanSend(
+                value.ts, sender, value.template_id, value.message_id, non_borrower,
+                self.ctx.pseudonym(key) if non_borrower else None, other and non_borrower,
+            )
+            return [(LOAN_SENDS, fact)]
+        sender = value.sender_id
+        items = () if lenders is None else (lenders,) if lenders.__class__ is str else lenders
+        horizon = clock.max_ts - FORMER_MS
+        kept = tuple(i for i in items if (i != sender if i.__class__ is str else i[0] != sender and i[1] >= horizon))
+        if value.removed:
+            if sender in items:
+                kept += ((sender, clock.max_ts),)
+        else:
+            kept = (sender, *kept)
+        if not kept:
+            if lenders is not None:
+                del self.entities[key]
+        elif len(kept) == 1 and kept[0].__class__ is str:
+            self.save(key, kept[0])
+        else:
+            self.save(key, kept)
+        return None
+
+    def expire(self, now: int) -> int:
+        """Drop former entries past ``FORMER_MS`` (a sweep of the whole book, so at most daily)."""
+        if now < self._next_sweep:
+            return 0
+        self._next_sweep = now + _DAY
+        horizon = now - FORMER_MS
+        dropped = 0
+        for key, lenders in list(self.entities.items()):
+            if lenders.__class__ is str:
+                continue
+            kept = tuple(i for i in lenders if i.__class__ is str or i[1] >= horizon)
+            if len(kept) == len(lenders):
+                continue
+            if not kept:
+                del self.entities[key]
+                dropped += 1
+            else:
+                self.save(key, kept[0] if len(kept) == 1 and kept[0].__class__ is str else kept)
+        return dropped
+
+
+class _NonBorrowerShare(SharePart):
+    kind = KIND
+    trials_word = "loan-obligation SMS"
+    shares = (
+        Share("non_borrower_share", prior=0.01, prior_weight=300.0,
+              hits_word="sent to numbers that are not its borrowers"),
+    )
+
+    def process(self, topic: str, key: str, value: LoanSend):
+        self.count(key, value.ts, 1 if value.non_borrower else 0, value.message_id,
+                   value.number_pn, value.sender_id, value.template_id)
+        return None
+
+    def why(self, share: Share) -> str:
+        return "Likely a purchased number list or another lender's book being messaged as debtors."
+
+    def evidence(self, state: ShareState, column: int, since: int, k: int, n: int, until: int | None = None) -> dict:
+        hits = window_samples(state.samples[column], since, until)
+        return {
+            "non_borrower_sends": k,
+            "loan_sends": n,
+            "message_ids": [s[1] for s in hits],
+            "numbers": list(dict.fromkeys(s[2] for s in hits if s[2])),
+        }
+
+
+def _fact_sender(fact: LoanSend) -> str:
+    return fact.sender_id
+
+
+def _fact_template(fact: LoanSend) -> str | None:
+    return fact.template_id
+
+
+class SenderShare(_NonBorrowerShare):
+    name = "non_borrower_sender"
+    entity_type = "sender"
+    inputs: ClassVar = {LOAN_SENDS: _fact_sender}
+
+
+class TemplateShare(_NonBorrowerShare):
+    name = "non_borrower_template"
+    entity_type = "template"
+    inputs: ClassVar = {LOAN_SENDS: _fact_template}
+
+
+NON_BORROWER_PARTS = [BorrowerBook, SenderShare, TemplateShare]

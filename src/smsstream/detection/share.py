@@ -1,0 +1,367 @@
+"""A part that watches one share per entity: hits among trials, against the entity's own baseline.
+
+Used by ``non_borrower_spike`` (non-borrower sends among loan-obligation
+sends) and ``delivery_failure_spike`` (blocked or failed receipts among final
+receipts), per sender, template or carrier.
+
+Per closed bucket, the trailing windows (1, 5, 15 and 60 min) are tested:
+how unlikely is this many hits in this many trials if the entity's share
+were ``RATIO`` times its baseline plus ``MARGIN`` (``binomial_tail_score``)?
+The tolerance absorbs the honest day-to-day wobble of a share (a 1 %
+stale-data rate that is 1.6 % one afternoon), the tail score makes one
+threshold fit every size of sender, and the short windows give fast
+detection while the long ones catch slow leaks. A bucket whose windows look
+abnormal is held out of the baseline; if the entity stays abnormal for
+``ACCEPT_AFTER_MS`` the baseline takes the new level (and the alert resolves)
+instead of paging for weeks. A new entity does not page in its first
+``COLD_MS`` unless the evidence is overwhelming (``COLD_FIRE_SCORE``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable
+
+from smsstream.detection.base import BUCKET_MS, Finding, Part
+from smsstream.detection.stats import BucketRing, ShareBaseline, binomial_exact_tail_score, binomial_tail_score
+
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+
+#: Recent hits kept per entity as evidence.
+SAMPLES = 20
+
+
+#: Hits kept per bucket as evidence: a fixed pseudo-random pick (by hash of message id), whatever the arrival order.
+SAMPLES_PER_BUCKET = 2
+
+
+def _rank(sample: list) -> int:
+    return zlib.crc32(sample[1].encode())
+
+
+def keep_sample(samples: dict, ts: int, message_id: str, label: str | None) -> None:
+    """Remember a hit as possible evidence, at most ``SAMPLES_PER_BUCKET`` per bucket.
+
+    Which hits are kept depends only on the set of hits in the bucket, not on
+    their arrival order, so replay and the worker show the same evidence.
+    """
+    start = ts - ts % BUCKET_MS
+    kept = samples.get(start)
+    sample = [ts, message_id, label]
+    if kept is None:
+        samples[start] = [sample]
+    elif len(kept) < SAMPLES_PER_BUCKET:
+        kept.append(sample)
+        kept.sort(key=_rank)
+    elif _rank(sample) < _rank(kept[-1]):
+        kept[-1] = sample
+        kept.sort(key=_rank)
+
+
+def window_samples(samples: dict, since: int, until: int | None = None) -> list:
+    """The latest kept hits in ``[since, until)`` by event time, at most ``SAMPLES``."""
+    out = [s for start, kept in samples.items() if start >= since - BUCKET_MS and (until is None or start < until)
+           for s in kept if s[0] >= since and (until is None or s[0] < until)]
+    return sorted(out)[-SAMPLES:]
+
+
+@dataclass(slots=True, frozen=True)
+class Share:
+    """One share an entity is judged on."""
+
+    reason: str
+    #: share assumed for an entity with no history, and how many trials that assumption weighs
+    prior: float
+    prior_weight: float
+    #: words for the summary: "<hits_word> of <n> <trials_word>"
+    hits_word: str
+
+
+@dataclass(slots=True)
+class ShareState:
+    """Everything one entity keeps: recent buckets, a baseline per share, evidence."""
+
+    #: per bucket: trials, then hits of each share
+    ring: BucketRing = field(default_factory=BucketRing)
+    baselines: list = field(default_factory=list)
+    first_ts: int = 0
+    last_ts: int = 0
+    #: recent hits per share: [ts, message_id, label], newest last
+    samples: list = field(default_factory=list)  # per share: {bucket start: [[ts, message_id, label], ...]}
+    sender_id: str | None = None
+    template_id: str | None = None
+    #: slices judged on their own: name -> [BucketRing, baselines]
+    subs: dict | None = None
+
+
+def _count(ring: BucketRing, idx: int, hit: int) -> None:
+    if idx > ring.head:
+        ring.advance(idx)
+    slot = idx % ring.SIZE
+    cols = ring.cols
+    cols[0][slot] += 1
+    if hit:
+        cols[hit][slot] += 1
+
+
+class SharePart(Part):
+    """Subclass per (kind, entity type): fill in the class attributes and ``process`` (which calls ``count``)."""
+
+    kind: ClassVar[str] = ""
+    entity_type: ClassVar[str] = ""
+    shares: ClassVar[tuple[Share, ...]] = ()
+    trials_word: ClassVar[str] = "events"
+
+    WINDOWS_MS: ClassVar[tuple[int, ...]] = (1 * MINUTE, 5 * MINUTE, 15 * MINUTE, 60 * MINUTE)
+    HALF_LIFE_MS: ClassVar[int] = 72 * HOUR
+    ACCEPT_AFTER_MS: ClassVar[int] = 6 * HOUR
+    RATIO: ClassVar[float] = 1.5
+    MARGIN: ClassVar[float] = 0.005
+    MIN_EXCESS: ClassVar[float] = 3.0
+    #: Windows with at most this many hits are scored with the exact binomial tail, not its Chernoff bound.
+    EXACT_MAX_HITS: ClassVar[int] = 0
+    FIRE_SCORE: ClassVar[float] = 5.0
+    HOLD_SCORE: ClassVar[float] = 3.0
+    COLD_MS: ClassVar[int] = 3 * HOUR
+    COLD_FIRE_SCORE: ClassVar[float] = 30.0
+    #: Most slices (``count(sub=...)``) kept per entity; 0 for none.
+    MAX_SUBS: ClassVar[int] = 0
+    #: Whether slices are judged on their own (else they only explain the entity's figures).
+    JUDGE_SUBS: ClassVar[bool] = True
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.counters = {}
+        self._widths = tuple(w // BUCKET_MS for w in self.WINDOWS_MS)
+
+    # --- per-event -------------------------------------------------------------
+
+    def new_state(self, ts: int) -> ShareState:
+        return ShareState(ring=BucketRing(1 + len(self.shares)), baselines=[ShareBaseline() for _ in self.shares],
+                          first_ts=ts, last_ts=ts, samples=[{} for _ in self.shares])
+
+    def count(self, key: str, ts: int, hit: int, message_id: str, label: str | None,
+              sender_id: str | None, template_id: str | None, sub: str | None = None) -> None:
+        """Count one trial for ``key``; ``hit`` is 0, or 1 + the index of the share it is a hit of.
+
+        ``sub`` names a slice of the entity judged on its own as well (a
+        sender's traffic on one carrier), when the class sets ``MAX_SUBS``.
+        """
+        state = self.entities.get(key)
+        if state is None:
+            state = self.new_state(ts)
+        # ``mark`` and ``_count`` inlined: this runs once per trial per entity type
+        clock = self.clock
+        if ts > clock.max_ts:
+            clock.max_ts = ts
+        start = ts - ts % BUCKET_MS
+        if start < self.closed_until:
+            start = self.closed_until
+        due = self._due.get(start)
+        if due is None:
+            self._due[start] = {key: None}
+        else:
+            due[key] = None
+        idx = start // BUCKET_MS
+        ring = state.ring
+        if idx > ring.head:
+            ring.advance(idx)
+        slot = idx % ring.SIZE
+        cols = ring.cols
+        cols[0][slot] += 1
+        if hit:
+            cols[hit][slot] += 1
+        if sub is not None and self.MAX_SUBS:
+            subs = state.subs
+            if subs is None:
+                subs = state.subs = {}
+            slice_ = subs.get(sub)
+            if slice_ is None and len(subs) < self.MAX_SUBS:
+                slice_ = subs[sub] = [BucketRing(1 + len(self.shares)), [ShareBaseline() for _ in self.shares]]
+            if slice_ is not None:
+                _count(slice_[0], idx, hit)
+        if hit:
+            keep_sample(state.samples[hit - 1], ts, message_id, label)
+        if ts > state.last_ts:
+            state.last_ts = ts
+        if sender_id is not None:
+            state.sender_id = sender_id
+        if template_id is not None:
+            state.template_id = template_id
+        self.entities[key] = state
+
+    # --- per closed bucket -------------------------------------------------------
+
+    def close(self, key: str, start: int, end: int) -> Iterable[Finding]:
+        state: ShareState = self.entities.get(key)
+        if state is None:
+            return ()
+        oldest = end - self.WINDOWS_MS[-1]
+        for samples in state.samples:
+            if samples and next(iter(samples)) < oldest:
+                for bucket in [b for b in samples if b < oldest]:
+                    del samples[bucket]
+        best = self._judge(state.ring, state.baselines, start, end)
+        if state.subs and self.JUDGE_SUBS:
+            idx = start // BUCKET_MS
+            for sub, (ring, baselines) in state.subs.items():
+                if idx > ring.head or not ring.cols[0][idx % ring.SIZE]:
+                    continue  # no new data in this slice: nothing new to judge or learn
+                verdict = self._judge(ring, baselines, start, end)
+                if verdict is not None and (best is None or verdict[0] > best[0]):
+                    best = (*verdict[:-1], sub)
+        self.save(key, state)
+        if best is None:
+            return ()
+        score, column, window_ms, expected, n, k, sub = best
+        cold = end - state.first_ts < self.COLD_MS
+        threshold = self.COLD_FIRE_SCORE if cold else self.FIRE_SCORE
+        firing = score >= threshold
+        dedup_key = f"{self.kind}/{self.entity_type}/{self.entity_id(key)}"
+        if firing and not self.may_fire(state, column, end, window_ms, expected, n, k):
+            firing = False
+        if not firing and not self.book.is_firing(dedup_key):
+            return ()
+        observed = k / n
+        severity = "warning"
+        if not cold and score >= 2 * threshold and observed >= max(5 * expected, expected + 0.2):
+            severity = "critical"
+        share = self.shares[column]
+        evidence = self.evidence(state, column, end - window_ms, int(k), int(n), end)
+        if sub is not None:
+            evidence[self.sub_name()] = sub
+        return (Finding(
+            kind=self.kind,
+            reason=share.reason,
+            severity=severity,
+            entity_type=self.entity_type,
+            entity_id=self.entity_id(key),
+            window_start=end - window_ms,
+            window_end=end,
+            observed=observed,
+            expected=expected,
+            score=score,
+            summary=self.summary(key, state, share, int(k), int(n), observed, expected, window_ms, cold, sub),
+            evidence=evidence,
+            sender_id=state.sender_id if self.entity_type != "carrier" else None,
+            template_id=state.template_id if self.entity_type == "template" else None,
+            # bounded by the window, so data already read beyond it (arrival timing) does not show
+            last_seen=min(state.last_ts, end),
+            firing=firing,
+        ),)
+
+    def _judge(self, ring: BucketRing, baselines: list, start: int, end: int) -> tuple | None:
+        """Test every share over every window; train the baselines with the closed bucket.
+
+        Returns ``(score, column, window_ms, expected, n, k, None)`` for the
+        most surprising share if it reaches ``HOLD_SCORE``.
+        """
+        idx = start // BUCKET_MS
+        if ring.most_hits(idx + 1, self._widths[-1]) < self.MIN_EXCESS:
+            # too few hits in the widest window for any window to reach MIN_EXCESS: just learn
+            if ring.head - ring.SIZE < idx <= ring.head:
+                slot = idx % ring.SIZE
+                cols = ring.cols
+                trials = cols[0][slot]
+                if trials:
+                    half_life = self.HALF_LIFE_MS
+                    for column, baseline in enumerate(baselines, 1):
+                        baseline.learn(end, trials, cols[column][slot], half_life)
+            return None
+        current = ring.get(idx)
+        sums = ring.sums(end // BUCKET_MS, self._widths)
+        best = None
+        for column, share in enumerate(self.shares):
+            baseline: ShareBaseline = baselines[column]
+            expected = baseline.get(share.prior, share.prior_weight)
+            tested = min(expected * self.RATIO + self.MARGIN, 0.999)
+            top_score, top_window = 0.0, 0
+            for wi, counts in enumerate(sums):
+                n, k = counts[0], counts[column + 1]
+                if n <= 0 or k - n * expected < self.MIN_EXCESS:
+                    continue
+                if k <= self.EXACT_MAX_HITS:
+                    score = binomial_exact_tail_score(k, n, tested)
+                else:
+                    score = binomial_tail_score(k, n, tested)
+                if score > top_score:
+                    top_score, top_window = score, wi
+            abnormal = top_score >= self.HOLD_SCORE
+            if current[0]:
+                if abnormal:
+                    if baseline.hold(end, current[0], current[column + 1], self.HALF_LIFE_MS, self.ACCEPT_AFTER_MS):
+                        name = f"{self.kind}_new_normal_accepted"
+                        self.counters[name] = self.counters.get(name, 0) + 1
+                        continue
+                else:
+                    baseline.learn(end, current[0], current[column + 1], self.HALF_LIFE_MS)
+            if abnormal and (best is None or top_score > best[0]):
+                n, k = sums[top_window][0], sums[top_window][column + 1]
+                best = (top_score, column, self.WINDOWS_MS[top_window], expected, n, k, None)
+        return best
+
+    # --- hooks ---------------------------------------------------------------------
+
+    def entity_id(self, key: str) -> str:
+        return key
+
+    def may_fire(self, state: ShareState, column: int, end: int, window_ms: int, expected: float,
+                 n: float, k: float) -> bool:
+        """A last word before a finding fires (e.g. a carrier's rise that is really one sender's)."""
+        return True
+
+    def summary(self, key: str, state: ShareState, share: Share, k: int, n: int, observed: float,
+                expected: float, window_ms: int, cold: bool, sub: str | None = None) -> str:
+        who = f"{self.entity_type} {self.entity_id(key)}"
+        if self.entity_type == "template" and state.sender_id:
+            who += f" (sender {state.sender_id})"
+        if sub is not None:
+            who += f" on {self.sub_name()} {sub}"
+        new = f"; new {self.entity_type}, first seen {(state.last_ts - state.first_ts) // MINUTE} min ago" if cold else ""
+        return (
+            f"{self.kind} {share.reason}: {who}: {k} of {n} {self.trials_word} in the last "
+            f"{window_ms // MINUTE} min were {share.hits_word} ({observed:.1%}), "
+            f"usual {expected:.1%}{new}. {self.why(share)}"
+        )
+
+    def why(self, share: Share) -> str:
+        return ""
+
+    def evidence(self, state: ShareState, column: int, since: int, k: int, n: int, until: int | None = None) -> dict:
+        hits = window_samples(state.samples[column], since, until)
+        labels: dict[str, int] = {}
+        for s in hits:
+            if s[2] is not None:
+                labels[s[2]] = labels.get(s[2], 0) + 1
+        return {
+            "hits": k,
+            "trials": n,
+            "message_ids": [s[1] for s in hits],
+            self.label_name(): labels,
+        }
+
+    def label_name(self) -> str:
+        return "labels"
+
+    def sub_name(self) -> str:
+        return "slice"
+
+    def top_label_share(self, state: ShareState, column: int) -> tuple[str | None, float]:
+        """The most frequent label among recent hits of one share, and its fraction."""
+        hits = window_samples(state.samples[column], 0)
+        if not hits:
+            return None, 0.0
+        counts: dict[str, int] = {}
+        for s in hits:
+            counts[s[2]] = counts.get(s[2], 0) + 1
+        label = max(counts, key=lambda lab: (counts[lab], str(lab)))
+        return label, counts[label] / len(hits)
+
+    def idle_since(self, state: Any) -> int:
+        return state.last_ts
+
+
+# ``BUCKET_MS`` is the finest window; keep them aligned.
+assert all(w % BUCKET_MS == 0 for w in SharePart.WINDOWS_MS)

@@ -1,0 +1,800 @@
+"""``template_hijack``: a template's sends no longer look like that template's sends.
+
+One part, keyed by ``template_id`` (sends and ``sms.templates`` records), with
+three reasons, all on the same alert ``template_hijack/template/<id>``:
+
+- ``content_drift``: bodies that do not fit the registered text, or carry a
+  link domain, callback number or signature the template's traffic has not
+  carried before (for unregistered templates, learned during its first
+  ``LEARN_MS``). Markers are judged per message when the bucket closes; a
+  marker that differs from the *registered* text pages at once (even for a
+  new template, as long as some of its traffic fits its registration); an
+  unregistered template's new marker must repeat across recipients, since
+  loan ids and links vary per message. A word-only change pages when most
+  of a normally fitting template's recent sends carry it.
+- ``foreign_sender``: a sender other than the registered owner (or, for an
+  unregistered template, the sender that has sent nearly all of it).
+- ``volume_burst``: sends from a source (API key, or IP /24) the template
+  has not used before, on top of the template's usual volume for this hour
+  of day. A burst from known sources is a campaign, not a hijack, and is not
+  reported; a new source that merely replaces an old one (key rotation) adds
+  no volume and is not reported either. Nor is a new key from the template's
+  own network (a key rotated in place), or a source that took over from the
+  template's main key hours before the burst and has sent ever since while
+  the main key (or network) stayed silent (a rotation, seen on a template
+  that sends too rarely for the hour-by-hour check).
+
+State per template is bounded: at most ``MAX_MARKERS`` learned markers,
+``MAX_SOURCES`` sources and ``MAX_SUSPECTS`` suspect markers, an hourly
+profile (48 floats) and one hour of per-bucket counts. A registered template
+keeps its registration for as long as ``sms.templates`` holds it; its
+learned traffic state is dropped after ``ctx.idle_ms`` without sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Iterable
+
+from smsstream.detection.alerts import MAX_EVIDENCE
+from smsstream.detection.base import BUCKET_MS, Finding, Part
+from smsstream.detection.stats import DAY_MS, HOUR_MS, BucketWindow, DailyProfile, poisson_tail_score
+from smsstream.detection.textshape import Markers, TemplateText, diff_words, signature
+from smsstream.records import SENDS, TEMPLATES
+
+KIND = "template_hijack"
+
+#: A new template's traffic teaches its usual markers, owner and sources for this long ...
+LEARN_MS = 60 * 60_000
+#: ... and for at least this many sends.
+LEARN_N = 10
+#: A template's own sources are those of its first ``SOURCE_LEARN_N`` sends (and first hour), or of its
+#: first day if it sends less; a source first used after that counts as new for ``NEW_SOURCE_MS``.
+SOURCE_LEARN_N = 200
+NEW_SOURCE_MS = DAY_MS
+#: A new source that has stood in for the silent main key this long before a burst is its successor.
+SUCCESSOR_MS = 2 * HOUR_MS
+#: A suspect marker still carried after this long is the template's new normal.
+ABSORB_MS = DAY_MS
+#: A suspect marker not seen again for this long is forgotten.
+SUSPECT_TTL_MS = 6 * HOUR_MS
+#: Trailing window for volume and word-drift judgements.
+WINDOW_MS = 60 * 60_000
+#: A signature its first this many sends carry is the template's, even before it has finished learning.
+SIGNATURE_LEARN_N = 3
+MAX_MARKERS = 32
+MAX_LINKS = 16
+MAX_SOURCES = 64
+MAX_SUSPECTS = 32
+MAX_SAMPLES = 5
+#: An unregistered template's owner is learned once one sender sent this many and this share of it.
+OWNER_MIN_SENDS = 20
+OWNER_MIN_SHARE = 0.95
+#: Fewest new-source sends in the trailing window that can make a burst.
+BURST_MIN_SENDS = 20
+#: Tail score (-log10 p) the trailing hour must reach against the usual hour to be a burst.
+BURST_MIN_SCORE = 4.0
+#: ... and this score makes a burst clear whatever the template's busiest hour was.
+BURST_CLEAR_SCORE = 30.0
+#: Word-only drift: fewest drifted sends in the trailing ``WORDS_WINDOW_MS``, and their least share of it.
+WORDS_WINDOW_MS = 15 * 60_000
+WORDS_MIN_SENDS = 3
+WORDS_MIN_SHARE = 0.2
+
+
+#: Fact stream: a template shows a link domain for the first time (template-keyed -> sender-keyed).
+TEMPLATE_LINKS = "fact.template-links"
+#: A sender's usual link domains are those of its registrations and of its first ``SENDER_LEARN_MS`` of traffic.
+SENDER_LEARN_MS = 6 * HOUR_MS
+MAX_SENDER_DOMAINS = 64
+
+
+@dataclass(slots=True)
+class TemplateLink:
+    """A template carried a link to ``domain`` for the first time (``message_id`` None: in its registration;
+    ``domain`` empty: a registration without links, which only dates the sender)."""
+
+    ts: int
+    sender_id: str
+    template_id: str
+    domain: str
+    message_id: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _link_sender(fact: TemplateLink) -> str:
+    return fact.sender_id
+
+
+def _template_id(record) -> str | None:
+    return record.template_id
+
+
+@dataclass(slots=True)
+class Tally:
+    """What one bucket of one template's sends showed; judged when the bucket closes."""
+
+    total: int = 0
+    fitting: int = 0
+    #: marker key ("d:host", "p:+digits", "s:signature") -> [sends, first sample ids..., recipients]
+    markers: dict = field(default_factory=dict)
+    #: sends whose markers differ from the registered text: marker key -> count
+    unregistered_markers: dict = field(default_factory=dict)
+    words_drift: int = 0
+    words_samples: list = field(default_factory=list)
+    #: sender -> [sends, sample ids]
+    senders: dict = field(default_factory=dict)
+    #: source key ("k:<api key>|n:<ip /24>") -> [sends, sample ids]
+    sources: dict = field(default_factory=dict)
+    last_ts: int = 0
+
+
+@dataclass(slots=True)
+class Suspect:
+    """A marker the template did not carry before, while it keeps turning up."""
+
+    first_ts: int
+    last_ts: int
+    sends: int = 0
+    recipients: list = field(default_factory=list)
+    samples: list = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class TemplateState:
+    template_id: str
+    registered: TemplateText | None = None
+    owner: str | None = None
+    category: str | None = None
+    first_ts: int = 0
+    last_ts: int = 0
+    sends: int = 0
+    #: sends that fitted the registered text (a template that never fits has a stale registration)
+    fitting: int = 0
+    learned_until: int = 0
+    known: dict = field(default_factory=dict)  # marker key -> sends carrying it
+    suspects: dict = field(default_factory=dict)  # marker key -> Suspect
+    senders: dict = field(default_factory=dict)  # sender -> sends (bounded, learned owner)
+    strangers: dict = field(default_factory=dict)
+    links: list = field(default_factory=list)  # domains already told to the sender's link book  # sender other than the learned owner -> [sends, last ts]
+    sources: dict = field(default_factory=dict)  # source part ("k:.." / "n:..") -> [first seen, sends, last seen]
+    recent_sources: list = field(default_factory=list)  # [bucket start, {source part: sends}] of the last hour
+    profile: DailyProfile = field(default_factory=DailyProfile)
+    #: per bucket: [start, sends, new-source sends, word-drifted sends]
+    window: BucketWindow = field(default_factory=BucketWindow)
+    tallies: dict = field(default_factory=dict)  # bucket start -> Tally
+
+
+def _marker_keys(m: Markers) -> list[str]:
+    keys = ["d:" + d for d in m.domains] + ["p:" + p for p in m.phones]
+    if m.signature is not None:
+        keys.append("s:" + m.signature)
+    return keys
+
+
+def _signed_otherwise(state: TemplateState, key: str) -> bool:
+    """Has the template already settled on another signature (or on none)? Then even while it is
+    still learning, a different one is a change, not part of its normal."""
+    return any(k.startswith("s:") and k != key and n >= SIGNATURE_LEARN_N for k, n in state.known.items())
+
+
+def _source_parts(api_key_id: str | None, source_ip: str | None) -> list[str]:
+    """A send's source as the template remembers it: its API key and its IP's /24 (IPv6: all but the last group)."""
+    parts = []
+    if api_key_id:
+        parts.append("k:" + api_key_id)
+    if source_ip:
+        ip = source_ip
+        parts.append("n:" + (ip.rsplit(".", 1)[0] if ip.count(".") == 3 else ip.rsplit(":", 1)[0]))
+    return parts
+
+
+def _main_source(state: TemplateState, prefix: str, now: int) -> tuple[str | None, int | None]:
+    """The template's main established API key (``k:``) or network (``n:``) and when it last sent."""
+    rows = {p: row for p, row in state.sources.items()
+            if p.startswith(prefix) and not (row[0] and now - row[0] < NEW_SOURCE_MS)}
+    if not rows:
+        return None, None
+    main = max(rows, key=lambda p: rows[p][1])
+    row = rows[main]
+    return main, row[2] if len(row) > 2 else now
+
+
+def _bump(table: dict, key: str, sample: str, cap: int = 64) -> list:
+    row = table.get(key)
+    if row is None:
+        if len(table) >= cap:
+            key = "other"
+            row = table.get(key)
+        if row is None:
+            row = table[key] = [0, []]
+    row[0] += 1
+    if len(row[1]) < MAX_SAMPLES:
+        row[1].append(sample)
+    return row
+
+
+class TemplateWatch(Part):
+    """Per template: content, owner and sources against its registration and its own history."""
+
+    name = "template_hijack"
+    inputs: ClassVar = {SENDS: _template_id, TEMPLATES: _template_id}
+    emits = (TEMPLATE_LINKS,)
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.counters = {"template_sends_judged": 0, "template_bodies_drifted": 0}
+
+    def idle_since(self, state: TemplateState) -> int:
+        # A registration is reference data: kept while sms.templates holds it.
+        return 1 << 62 if state.registered is not None else state.last_ts
+
+    # --- input -----------------------------------------------------------------
+
+    def process(self, topic: str, key: str, value: Any):
+        state = self.entities.get(key)
+        if state is None or (state.last_ts and value.ts - state.last_ts > self.ctx.idle_ms):
+            # New, or idle so long that its learned traffic says nothing any more.
+            state = TemplateState(key, *(() if state is None else (state.registered, state.owner, state.category)))
+        facts = None
+        if topic == TEMPLATES:
+            state.registered = TemplateText(value.text)
+            state.owner = value.sender_id
+            state.category = value.category
+            facts = self._links(state, state.registered.markers.domains, value.sender_id, value.ts, None)
+            if facts is None:
+                # No link in the text: still tells the link book when the sender began.
+                facts = [(TEMPLATE_LINKS, TemplateLink(value.ts, value.sender_id, key, "", None))]
+        else:
+            facts = self._take(state, key, value)
+        self.save(key, state)
+        return facts
+
+    def _links(self, state: TemplateState, found, sender_id: str, ts: int, message_id: str | None):
+        """Tell the sender's link book about domains this template shows for the first time."""
+        facts = None
+        for domain in found:
+            if domain in state.links or len(state.links) >= MAX_LINKS:
+                continue
+            state.links.append(domain)
+            if facts is None:
+                facts = []
+            facts.append((TEMPLATE_LINKS, TemplateLink(ts, sender_id, state.template_id, domain, message_id)))
+        return facts
+
+    def _take(self, state: TemplateState, key: str, send):
+        ts = send.ts
+        if not state.first_ts:
+            state.first_ts = ts
+            state.learned_until = ts + LEARN_MS
+        if ts > state.last_ts:
+            state.last_ts = ts
+        start = self.mark(key, ts)
+        tally = state.tallies.get(start)
+        if tally is None:
+            tally = state.tallies[start] = Tally()
+        tally.total += 1
+        tally.last_ts = max(tally.last_ts, ts)
+        self.counters["template_sends_judged"] += 1
+        mid = send.message_id
+        if send.sender_id != state.owner or state.registered is None:
+            # A registered owner's own sends need no counting: only strangers are judged.
+            _bump(tally.senders, send.sender_id, mid, cap=16)
+        src = send.source
+        if src is not None and (src.api_key_id or src.source_ip):
+            _bump(tally.sources, (src.api_key_id, src.source_ip), mid, cap=32)
+
+        body = send.body
+        registered = state.registered
+        if registered is not None:
+            fit = registered.fit(body)
+            facts = None
+            if fit.var_markers is not None:
+                self._note_markers(tally, fit.var_markers, send)
+                facts = self._links(state, fit.var_markers.domains, send.sender_id, ts, mid)
+            if fit.ok:
+                tally.fitting += 1
+                if not registered.has_signature:
+                    sig = signature(body)
+                    if sig is not None:
+                        self._note_markers(tally, Markers(signature=sig), send)
+                return facts
+            self.counters["template_bodies_drifted"] += 1
+            marks = Markers(tuple(fit.new_domains), tuple(fit.new_phones), fit.signature)
+            more = self._links(state, marks.domains, send.sender_id, ts, mid)
+            if more:
+                facts = (facts or []) + more
+            keys = self._note_markers(tally, marks, send)
+            if not registered.has_signature:
+                sig = signature(body)
+                if sig is not None:
+                    self._note_markers(tally, Markers(signature=sig), send)
+            for k in keys:
+                tally.unregistered_markers[k] = tally.unregistered_markers.get(k, 0) + 1
+            if keys and keys[0] in tally.markers:
+                row = tally.markers[keys[0]]
+                if len(row) < 4:
+                    row.append(self.ctx.pseudonymizer.redact(diff_words(fit)))
+            else:
+                tally.words_drift += 1
+                if len(tally.words_samples) < MAX_SAMPLES:
+                    tally.words_samples.append((mid, self.ctx.pseudonymizer.redact(diff_words(fit))))
+            return facts
+        marks = Markers.of(body)
+        if marks.signature is None:
+            # An unsigned body is a signature too ("" ): a template that always signed and stops has changed.
+            marks = marks._replace(signature="")
+        self._note_markers(tally, marks, send)
+        return self._links(state, marks.domains, send.sender_id, ts, mid)
+
+    def _note_markers(self, tally: Tally, marks: Markers, send) -> list[str]:
+        keys = _marker_keys(marks)
+        for k in keys:
+            row = tally.markers.get(k)
+            if row is None:
+                if len(tally.markers) >= MAX_MARKERS:
+                    continue
+                row = tally.markers[k] = [0, [], []]
+            row[0] += 1
+            if len(row[1]) < MAX_SAMPLES:
+                row[1].append(send.message_id)
+            if len(row[2]) < 2 and send.number not in row[2]:
+                row[2].append(send.number)
+        return keys
+
+    # --- judging ---------------------------------------------------------------
+
+    def close(self, key: str, start: int, end: int) -> Iterable[Finding]:
+        state = self.entities.get(key)
+        if state is None:
+            return ()
+        tally = state.tallies.pop(start, None)
+        if tally is None:
+            return ()
+        learning = end <= state.learned_until or state.sends < LEARN_N
+        established = not learning
+        age = end - state.first_ts
+        sources_known = (state.sends >= SOURCE_LEARN_N and not learning) or age >= DAY_MS
+        new = self._classify_sources(state, tally, start, sources_known)
+        state.window.add(start, tally.total, new[0], tally.words_drift)
+        state.window.prune(end - WINDOW_MS)
+        # The trailing hour straddles two hours of day; a campaign in either is normal for it.
+        slots = [state.profile.expected(t) for t in (end - WINDOW_MS, start)]
+        expected_hour = max((x for x in slots if x is not None), default=None)
+        state.profile.update(start, tally.total)
+
+        drift = self._judge_markers(state, tally, start, end, learning)
+        foreign = self._judge_owner(state, tally, start, end, learning)
+        burst = self._judge_burst(state, tally, end, new, expected_hour) if sources_known else None
+        state.sends += tally.total
+        state.fitting += tally.fitting
+        self.save(key, state)
+        found = [f for f in (foreign, drift, burst) if f is not None]
+        if not found:
+            return ()
+        # The strongest reason speaks for the alert; the others ride along in its evidence.
+        lead = max(found, key=lambda f: (_RANK[f.severity], f.score))
+        for other in found:
+            if other is not lead:
+                lead.evidence.setdefault("also", []).append(f"{other.reason}: {other.summary}")
+        return [lead]
+
+    def _judge_markers(self, state: TemplateState, tally: Tally, start: int, end: int, learning: bool):
+        registered = state.registered
+        fresh: list[tuple[str, Suspect]] = []
+        for k, row in tally.markers.items():
+            count, samples, recipients = row[0], row[1], row[2]
+            if k in state.known:
+                state.known[k] += count
+                continue
+            vs_registration = k in tally.unregistered_markers
+            if learning and not (vs_registration and (state.fitting + tally.fitting) > 0) and not (
+                k.startswith("s:") and _signed_otherwise(state, k)
+            ):
+                # A new template's first traffic defines its normal markers.
+                if len(state.known) < MAX_MARKERS:
+                    state.known[k] = count
+                continue
+            s = state.suspects.get(k)
+            if s is None:
+                if len(state.suspects) >= MAX_SUSPECTS:
+                    self._forget_suspects(state, end, force=True)
+                s = state.suspects[k] = Suspect(start, tally.last_ts)
+            s.last_ts = max(s.last_ts, tally.last_ts)
+            s.sends += count
+            for r in recipients:
+                if len(s.recipients) < 2 and r not in s.recipients:
+                    s.recipients.append(r)
+            s.samples = (s.samples + samples)[-MAX_EVIDENCE:]
+            if s.last_ts - s.first_ts >= ABSORB_MS:
+                # Carried for a day: the template changed for good; stop reporting it.
+                del state.suspects[k]
+                if len(state.known) < MAX_MARKERS:
+                    state.known[k] = s.sends
+                continue
+            if vs_registration or (s.sends >= 2 and len(s.recipients) >= 2):
+                fresh.append((k, s))
+        self._forget_suspects(state, end)
+
+        words = self._words_drift(state, tally, start, end)
+        if not fresh and words is None:
+            return None
+        if not fresh:
+            return words
+        return self._drift_finding(state, tally, start, end, fresh, registered is not None)
+
+    def _words_drift(self, state: TemplateState, tally: Tally, start: int, end: int):
+        if not tally.words_drift or state.registered is None:
+            return None
+        (total, _, drifted), = state.window.sums(end, (WORDS_WINDOW_MS,))
+        normally_fits = state.fitting >= 10 and state.fitting >= 0.8 * state.sends
+        if drifted < WORDS_MIN_SENDS or drifted < WORDS_MIN_SHARE * total or not normally_fits:
+            return None
+        samples = tally.words_samples
+        return Finding(
+            kind=KIND,
+            reason="content_drift",
+            severity="warning",
+            entity_type="template",
+            entity_id=state.template_id,
+            window_start=end - WORDS_WINDOW_MS,
+            window_end=end,
+            observed=drifted,
+            expected=0.0,
+            score=poisson_tail_score(drifted, max(0.05 * total, 0.1)),
+            summary=(
+                f"template {state.template_id}: {int(drifted)} of {int(total)} sends in the last "
+                f"{WORDS_WINDOW_MS // 60_000} min no longer match the registered text (words changed: {samples[0][1] if samples else '?'})"
+            ),
+            evidence={
+                "message_ids": [m for m, _ in samples],
+                "diff": [d for _, d in samples],
+                "registered_text": self.ctx.pseudonymizer.redact(state.registered.text),
+            },
+            sender_id=state.owner,
+            template_id=state.template_id,
+            last_seen=tally.last_ts,
+        )
+
+    def _drift_finding(self, state, tally, start, end, fresh, registered: bool) -> Finding:
+        urls, numbers, signatures, samples, diffs = [], [], [], [], []
+        sends = 0
+        for k, s in fresh:
+            kind, value = k[0], k[2:]
+            if kind == "d":
+                urls.append(value)
+            elif kind == "p":
+                numbers.append(self.ctx.pseudonym(value))
+            else:
+                signatures.append(value)
+            sends = max(sends, s.sends)
+            samples.extend(m for m in s.samples if m not in samples)
+            row = tally.markers.get(k)
+            if row is not None and len(row) > 3:
+                diffs.append(row[3])
+        usual_sigs = [k[2:] or "(none)" for k in state.known if k.startswith("s:")]
+        if registered and state.registered.markers.signature:
+            usual_sigs = [state.registered.markers.signature]
+        severity = "critical" if urls or numbers else "warning"
+        what = []
+        if urls:
+            what.append("link to " + ", ".join(urls[:3]))
+        if numbers:
+            what.append("callback number " + ", ".join(numbers[:3]))
+        if signatures:
+            shown = [s or "(none)" for s in signatures[:3]]
+            was = ", ".join(usual_sigs[:2]) or "none"
+            what.append(f"signature {', '.join(shown)} (usually {was})")
+        against = "its registered text" if registered else "anything it sent before"
+        evidence: dict = {"message_ids": samples[:MAX_EVIDENCE]}
+        if urls:
+            evidence["urls"] = urls
+        if numbers:
+            evidence["numbers"] = numbers
+        if signatures:
+            evidence["signatures"] = {"seen": signatures, "usual": usual_sigs}
+        if diffs:
+            evidence["diff"] = diffs
+        return Finding(
+            kind=KIND,
+            reason="content_drift",
+            severity=severity,
+            entity_type="template",
+            entity_id=state.template_id,
+            window_start=min(s.first_ts for _, s in fresh) // BUCKET_MS * BUCKET_MS,
+            window_end=end,
+            observed=sends,
+            expected=0.0,
+            score=min(10.0 + sends, 300.0) if severity == "critical" else min(5.0 + sends, 300.0),
+            summary=(
+                f"template {state.template_id}: {sends} send(s) carry {'; '.join(what)}, "
+                f"unlike {against} (possible tampering)"
+            ),
+            evidence=evidence,
+            sender_id=state.owner or _top(tally.senders),
+            template_id=state.template_id,
+            last_seen=tally.last_ts,
+        )
+
+    def _forget_suspects(self, state: TemplateState, now: int, force: bool = False) -> None:
+        old = [k for k, s in state.suspects.items() if s.last_ts < now - SUSPECT_TTL_MS]
+        if force and not old and state.suspects:
+            old = [min(state.suspects, key=lambda k: state.suspects[k].last_ts)]
+        for k in old:
+            del state.suspects[k]
+
+    def _judge_owner(self, state: TemplateState, tally: Tally, start: int, end: int, learning: bool):
+        owner = state.owner
+        registered = owner is not None
+        if owner is None:
+            total = sum(state.senders.values())
+            if total:
+                top = max(state.senders, key=state.senders.__getitem__)
+                if state.senders[top] >= OWNER_MIN_SENDS and state.senders[top] >= OWNER_MIN_SHARE * total:
+                    owner = top
+        foreign = {s: row for s, row in tally.senders.items() if owner is not None and s != owner}
+        if not registered:
+            for s, row in tally.senders.items():
+                if s in state.senders or len(state.senders) < 8:
+                    if s == owner or owner is None or learning:
+                        state.senders[s] = state.senders.get(s, 0) + row[0]
+        if not registered:
+            for s in [s for s, (_, last) in state.strangers.items() if last < end - WINDOW_MS]:
+                del state.strangers[s]
+            for s, row in foreign.items():
+                seen = state.strangers.get(s)
+                if seen is None and len(state.strangers) >= 8:
+                    continue
+                state.strangers[s] = [(seen[0] if seen else 0) + row[0], end]
+        if not foreign:
+            return None
+        sends = sum(row[0] for row in foreign.values())
+        if not registered and (learning or sum(state.strangers.get(s, (0,))[0] for s in foreign) < 2):
+            return None
+        samples = [m for row in foreign.values() for m in row[1]]
+        senders = sorted(foreign, key=lambda s: -foreign[s][0])
+        how = "registered to" if registered else "normally sent only by"
+        return Finding(
+            kind=KIND,
+            reason="foreign_sender",
+            severity="critical",
+            entity_type="template",
+            entity_id=state.template_id,
+            window_start=start,
+            window_end=end,
+            observed=sends,
+            expected=0.0,
+            score=min(20.0 + sends, 300.0),
+            summary=(
+                f"template {state.template_id} ({how} {owner}) was sent {sends} time(s) by "
+                f"{', '.join(senders[:3])}"
+            ),
+            evidence={"message_ids": samples, "senders": senders, "owner": owner},
+            sender_id=senders[0],
+            template_id=state.template_id,
+            last_seen=tally.last_ts,
+        )
+
+    def _classify_sources(self, state: TemplateState, tally: Tally, start: int, established: bool):
+        """Sends in this bucket from sources new to the template: (count, sample ids, sources)."""
+        new_sends = 0
+        new_samples: list[str] = []
+        new_sources: list[str] = []
+        used: dict[str, int] = {}
+        # When the template's main key and main network last sent, counting this bucket.
+        now_used = {p for raw in tally.sources if raw != "other" for p in _source_parts(*raw)}
+        main_last = {}
+        for prefix in ("k:", "n:"):
+            main, last = _main_source(state, prefix, start)
+            main_last[prefix] = start if main in now_used else last
+        for raw, (count, samples) in tally.sources.items():
+            parts = _source_parts(*raw) if raw != "other" else ["other"]
+            src = "|".join(parts)
+            fresh: dict[str, bool] = {}
+            for p in parts:
+                row = state.sources.get(p)
+                if row is None:
+                    if len(state.sources) >= MAX_SOURCES:
+                        later = [k for k, v in state.sources.items() if v[0]]
+                        if not later:
+                            continue
+                        del state.sources[min(later, key=lambda k: state.sources[k][0])]
+                    # Sources of a template's first sends are its own (0); later ones are new for a day.
+                    row = state.sources[p] = [start if established else 0, 0, start]
+                row[1] += count
+                if len(row) < 3:
+                    row.append(start)
+                row[2] = max(row[2], start)
+                used[p] = used.get(p, 0) + count
+                fresh[p] = bool(row[0]) and start - row[0] < NEW_SOURCE_MS
+                last = main_last.get(p[:2])
+                if fresh[p] and last is not None:
+                    # Sending since before the main one's last send, or not yet for long: not its successor.
+                    fresh[p] = row[0] <= last or start - row[0] < SUCCESSOR_MS
+            nets = [p for p in fresh if p.startswith("n:")]
+            is_new = any(fresh.values())
+            if is_new and nets and not any(fresh[n] for n in nets):
+                # A new key from the template's own network: the sender rotated its key in place.
+                is_new = False
+            if is_new:
+                new_sends += count
+                new_samples.extend(samples)
+                new_sources.append(src)
+        state.recent_sources.append([start, used])
+        while state.recent_sources and state.recent_sources[0][0] < start + BUCKET_MS - WINDOW_MS:
+            del state.recent_sources[0]
+        return new_sends, new_samples, new_sources
+
+    def _main_source_silent(self, state: TemplateState, expected: float, now: int) -> bool:
+        """Did the template's main known source (API key, else IP range) stop as the new one started?
+
+        A key rotation replaces the main key, so the new key stands in for it:
+        the main key goes quiet while it usually sends, or the other known
+        sources keep their usual proportion to the new one. A stolen key sends
+        beside the main one (or at an hour it has nothing to send).
+        """
+        for prefix in ("k:", "n:"):
+            rows = {p: row for p, row in state.sources.items() if p.startswith(prefix)}
+            fresh_rows = {p: row for p, row in rows.items() if row[0] and now - row[0] < NEW_SOURCE_MS}
+            known = {p: row[1] for p, row in rows.items() if p not in fresh_rows}
+            fresh = [row[0] for row in fresh_rows.values()]
+            if not known or not fresh:
+                continue
+            since = min(fresh)
+            main = max(known, key=known.__getitem__)
+            history = sum(known.values())
+            share = known[main] / max(history, 1)
+            window = [used for start, used in state.recent_sources if start >= since]
+            if sum(used.get(main, 0) for used in window) > 0:
+                return False
+            if share * expected >= 2.0:
+                return True
+            others = sum(n for used in window for p, n in used.items() if p in known)
+            new = sum(n for used in window for p, n in used.items() if p in fresh_rows)
+            return others > 0 and share < 1.0 and new <= 3.0 * share / (1.0 - share) * others
+        return False
+
+    def _judge_burst(self, state: TemplateState, tally: Tally, end: int, new, expected_hour):
+        new_sends, new_samples, new_sources = new
+        if not new_sends:
+            return None
+        (total, new_total, _), = state.window.sums(end, (WINDOW_MS,))
+        hour_known = expected_hour is not None
+        if expected_hour is None:
+            known = [m for i, m in enumerate(state.profile.means) if state.profile.seen >> i & 1]
+            expected_hour = max(known) if known else 0.0
+        expected = max(expected_hour, 1.0)
+        if hour_known and expected >= 4.0 and total - new_total < 0.5 * expected:
+            # The usual sources fell silent while a new one sends: a key rotation, not a second sender.
+            return None
+        if self._main_source_silent(state, expected, end):
+            return None
+        excess = total - expected
+        score = poisson_tail_score(total, expected)
+        # The new source must add to the usual volume (not replace it: key rotation) and carry the bulk of the
+        # excess (not ride along a campaign at an hour the template has not learned yet).
+        # Half as much from the new source in an hour as the template ever sent in its busiest hour (the
+        # three-in-the-morning burst the size of the nine-o'clock campaign), or far beyond this hour's usual.
+        busiest = max(state.profile.maxes)
+        if new_total < BURST_MIN_SENDS or score < BURST_MIN_SCORE:
+            return None
+        if new_total < 0.5 * busiest and score < BURST_CLEAR_SCORE:
+            return None
+        if excess < 0.5 * new_total or new_total < 0.5 * excess:
+            return None
+        shown = [_show_source(s) for s in new_sources]
+        severity = "critical" if new_total >= 100 or score >= 20 else "warning"
+        return Finding(
+            kind=KIND,
+            reason="volume_burst",
+            severity=severity,
+            entity_type="template",
+            entity_id=state.template_id,
+            window_start=end - WINDOW_MS,
+            window_end=end,
+            observed=total,
+            expected=round(expected, 3),
+            score=score,
+            summary=(
+                f"template {state.template_id}: {int(total)} sends in the last hour against about "
+                f"{expected:.0f} usual at this hour, {int(new_total)} of them from a new source "
+                f"({', '.join(shown[:2])})"
+            ),
+            evidence={"message_ids": new_samples, "new_sources": shown},
+            sender_id=state.owner or _top(tally.senders),
+            template_id=state.template_id,
+            last_seen=tally.last_ts,
+        )
+
+
+_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+def _top(table: dict) -> str | None:
+    return max(table, key=lambda k: table[k][0]) if table else None
+
+
+def _show_source(src: str) -> str:
+    out = []
+    for p in src.split("|"):
+        if p.startswith("k:"):
+            out.append("api key " + p[2:])
+        elif p.startswith("n:"):
+            out.append("ip " + p[2:] + ".*")
+    return " / ".join(out)
+
+
+@dataclass(slots=True)
+class SenderLinksState:
+    domains: dict = field(default_factory=dict)  # domain -> first seen
+    first_ts: int = 0
+    last_ts: int = 0
+    #: bucket start -> [(domain, template_id, message_id, ts)] domains new to an established sender
+    pending: dict = field(default_factory=dict)
+
+
+class SenderLinks(Part):
+    """Per sender: the link domains all its templates carry; a domain none of them ever carried is drift.
+
+    Catches what one template's own history cannot: a template whose very
+    first sends are already tampered, or a dormant registered template woken
+    up by someone else with a new link.
+    """
+
+    name = "template_hijack_sender"
+    inputs: ClassVar = {TEMPLATE_LINKS: _link_sender}
+
+    def process(self, topic: str, key: str, fact: TemplateLink):
+        state = self.entities.get(key) or SenderLinksState()
+        if not state.first_ts or fact.ts < state.first_ts:
+            state.first_ts = fact.ts
+        state.last_ts = max(state.last_ts, fact.ts)
+        if not fact.domain or fact.domain in state.domains:
+            self.save(key, state)
+            return None
+        established = fact.message_id is not None and fact.ts - state.first_ts >= SENDER_LEARN_MS
+        if established and state.domains:
+            start = self.mark(key, fact.ts)
+            state.pending.setdefault(start, []).append((fact.domain, fact.template_id, fact.message_id, fact.ts))
+        if len(state.domains) < MAX_SENDER_DOMAINS:
+            state.domains[fact.domain] = fact.ts
+        self.save(key, state)
+        return None
+
+    def close(self, key: str, start: int, end: int) -> Iterable[Finding]:
+        state = self.entities.get(key)
+        if state is None:
+            return ()
+        found = state.pending.pop(start, None)
+        if not found:
+            return ()
+        self.save(key, state)
+        new_domains = sorted({d for d, *_ in found})
+        templates = sorted({t for _, t, _, _ in found})
+        usual = sorted(d for d in state.domains if d not in new_domains)[:5]
+        return [Finding(
+            kind=KIND,
+            reason="content_drift",
+            severity="warning",
+            entity_type="sender",
+            entity_id=key,
+            window_start=start,
+            window_end=end,
+            observed=len(new_domains),
+            expected=0.0,
+            score=10.0 + len(new_domains),
+            summary=(
+                f"{key}: template {', '.join(templates[:3])} links to {', '.join(new_domains[:3])}, a domain none "
+                f"of its SMS carried before (usually {', '.join(usual[:3]) or 'none'})"
+            ),
+            evidence={"urls": new_domains, "templates": templates, "message_ids": [m for _, _, m, _ in found],
+                      "usual_domains": usual},
+            sender_id=key,
+            template_id=templates[0],
+            last_seen=max(t for *_, t in found),
+        )]
+
+
+TEMPLATE_PARTS: list[type[Part]] = [TemplateWatch, SenderLinks]

@@ -1,0 +1,170 @@
+"""`smsstream replay`: the detectors offline over a JSONL file, deterministic, bad input dead-lettered."""
+
+import dataclasses
+import random
+
+import orjson
+import pytest
+
+from smsstream.cli import main
+from smsstream.detection.gate import DuplicateEvent, LateEvent
+from smsstream.records import RECEIPTS, SENDS, Receipt, Send
+from traffic import HOUR, KEY, MINUTE, T0, Sends, book, engine, numbers
+
+
+def attack_file(path, seed=1):
+    rng = random.Random(seed)
+    borrowers = numbers(rng, 1000)
+    events = book("lender-a", borrowers)
+    sends = Sends(rng, "lender-a", "tpl-remind", borrowers)
+    events += sends.run(T0, 5 * 60, 20)
+    events += sends.run(T0 + 5 * HOUR, 30, 20, stranger_share=0.5)
+    events += sends.run(T0 + 5 * HOUR + 30 * MINUTE, 150, 20)
+    events.sort(key=lambda e: e[1].ts)
+    with open(path, "wb") as f:
+        for topic, record in events:
+            f.write(orjson.dumps({"topic": topic, "value": dataclasses.asdict(record)}) + b"\n")
+    return len(events)
+
+
+def read_jsonl(path):
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+@pytest.fixture
+def keyed(monkeypatch):
+    monkeypatch.setenv("SMSSTREAM_PSEUDONYM_KEY", KEY)
+
+
+def test_replay_writes_contract_alerts_and_reports_throughput(tmp_path, keyed, capsys):
+    events, alerts = tmp_path / "events.jsonl", tmp_path / "alerts.jsonl"
+    attack_file(events)
+    assert main(["replay", str(events), "-o", str(alerts), "--quiet"]) == 0
+    records = read_jsonl(alerts)
+    assert {r["kind"] for r in records} == {"non_borrower_spike"}
+    assert {r["status"] for r in records} == {"firing", "resolved"}
+    assert all(isinstance(r["detected_at"], int) for r in records)
+    err = capsys.readouterr().err
+    assert "lines/s" in err and "firing" in err
+
+
+def test_replay_is_deterministic_bar_detected_at(tmp_path, keyed):
+    events = tmp_path / "events.jsonl"
+    attack_file(events)
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.jsonl"
+        main(["replay", str(events), "-o", str(out), "--quiet"])
+        outputs.append([{k: v for k, v in r.items() if k != "detected_at"} for r in read_jsonl(out)])
+    assert outputs[0] == outputs[1] and outputs[0]
+
+
+def test_bad_lines_are_dead_lettered_with_their_line_number_and_good_ones_still_count(tmp_path, keyed):
+    good = {"message_id": "m1", "ts": T0, "sender_id": "s", "template_id": None, "number": "+8613800000000",
+            "category": "otp", "body": "code"}
+    lines = [
+        orjson.dumps({"topic": SENDS, "value": good}),
+        b"this is not json",
+        orjson.dumps({"topic": SENDS, "value": "{not json either"}),
+        orjson.dumps({"topic": SENDS, "value": {**good, "message_id": "m2", "ts": "yesterday"}}),
+        orjson.dumps({"topic": SENDS, "value": good}),
+        orjson.dumps({"topic": "sms.unknown", "value": good}),
+        orjson.dumps({"topic": "sms.borrowers", "value": None, "key": "lender-a|+8613800000000"}),
+        orjson.dumps({"topic": SENDS, "value": orjson.dumps({**good, "message_id": "m3"}).decode()}),
+    ]
+    events, dl = tmp_path / "events.jsonl", tmp_path / "dl.jsonl"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    assert main(["replay", str(events), "-o", str(tmp_path / "a.jsonl"), "--dead-letter", str(dl), "--quiet"]) == 0
+    dead = read_jsonl(dl)
+    assert [d["offset"] for d in dead] == [2, 3, 4, 5, 6]
+    assert all(d["partition"] is None for d in dead)
+    assert "'ts'" in dead[2]["error"]
+    assert "duplicate" in dead[3]["error"]
+    assert orjson.loads(dead[2]["raw"])["ts"] == "yesterday"
+    assert "+8613800000000" not in "".join(d["error"] for d in dead)
+
+
+def test_missing_pseudonym_key_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SMSSTREAM_PSEUDONYM_KEY", raising=False)
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"")
+    assert main(["replay", str(events), "-o", str(tmp_path / "a.jsonl")]) == 1
+    assert "SMSSTREAM_PSEUDONYM_KEY" in capsys.readouterr().err
+
+
+def test_duplicate_send_binding_and_receipt_are_refused():
+    eng = engine()
+    send = Send("m1", T0, "lender-a", None, "+8613800000000", "otp", "code 1")
+    eng.ingest(SENDS, send)
+    with pytest.raises(DuplicateEvent, match="message_id"):
+        eng.ingest(SENDS, send)
+    eng.ingest(RECEIPTS, Receipt("m1", T0 + 1, "ACCEPTD"))
+    eng.ingest(RECEIPTS, Receipt("m1", T0 + 2, "DELIVRD"))
+    with pytest.raises(DuplicateEvent, match="DELIVRD"):
+        eng.ingest(RECEIPTS, Receipt("m1", T0 + 3, "DELIVRD"))
+    assert eng.counters()["dead_letters"] == {"duplicate": 2}
+
+
+def test_send_later_than_the_allowed_lateness_is_refused_but_a_few_minutes_out_of_order_is_fine():
+    eng = engine()
+    eng.ingest(SENDS, Send("m1", T0 + 10 * MINUTE, "lender-a", None, "+8613800000000", "otp", "code"))
+    eng.ingest(SENDS, Send("m2", T0 + 6 * MINUTE, "lender-a", None, "+8613800000000", "otp", "code"))
+    with pytest.raises(LateEvent, match="lateness"):
+        eng.ingest(SENDS, Send("m3", T0, "lender-a", None, "+8613800000000", "otp", "code"))
+
+
+def test_shuffling_within_the_allowed_lateness_gives_the_same_alerts(tmp_path, keyed):
+    events = tmp_path / "events.jsonl"
+    attack_file(events, seed=3)
+    lines = events.read_bytes().splitlines()
+    rng = random.Random(0)
+    shuffled = []
+    for i in range(0, len(lines), 20):
+        chunk = lines[i:i + 20]
+        rng.shuffle(chunk)
+        shuffled += chunk
+    (tmp_path / "shuffled.jsonl").write_bytes(b"\n".join(shuffled) + b"\n")
+    outs = []
+    for name in ("events", "shuffled"):
+        main(["replay", str(tmp_path / f"{name}.jsonl"), "-o", str(tmp_path / f"{name}.out"), "--quiet"])
+        outs.append(sorted((r["dedup_key"], r["status"], r["window_end"], r["observed"], r["alert_id"],
+                            r["last_seen"], orjson.dumps(r["evidence"], option=orjson.OPT_SORT_KEYS))
+                           for r in read_jsonl(tmp_path / f"{name}.out")))
+    assert outs[0] == outs[1] and outs[0]
+
+
+def test_idle_entities_are_forgotten_but_not_while_their_alert_fires():
+    rng = random.Random(5)
+    borrowers = numbers(rng, 500)
+    events = book("lender-a", borrowers) + book("lender-b", borrowers)
+    events += Sends(rng, "lender-a", "tpl-a", borrowers).run(T0, 2 * 60, 10)
+    events += Sends(rng, "lender-b", "tpl-b", borrowers).run(T0, 4 * 60, 10)
+    events += Sends(rng, "lender-b", "tpl-b", borrowers).run(T0 + 4 * HOUR, 40, 10, stranger_share=0.6)
+    eng = engine(idle_ms=2 * HOUR)
+    for topic, record in sorted(events, key=lambda e: e[1].ts):
+        eng.ingest(topic, record)
+    senders = next(p for p in eng.parts if p.name == "non_borrower_sender")
+    assert senders.book.is_firing("non_borrower_spike/sender/lender-b")
+    for part in eng.parts:
+        part.expire(T0 + 10 * HOUR)
+    assert "lender-a" not in senders.entities
+    assert "lender-b" in senders.entities
+
+
+def test_blank_lines_are_skipped_and_lines_without_topic_or_value_are_dead_lettered(tmp_path, keyed):
+    lines = [
+        b"",
+        b"                    ",
+        b'{"topic": 5, "value": {}}',
+        b"[1, 2]",
+        orjson.dumps({"topic": SENDS}),
+        b'"just a string"',
+    ]
+    events, dl = tmp_path / "events.jsonl", tmp_path / "dl.jsonl"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    assert main(["replay", str(events), "-o", str(tmp_path / "a.jsonl"), "--dead-letter", str(dl), "--quiet"]) == 0
+    dead = read_jsonl(dl)
+    assert [d["offset"] for d in dead] == [3, 4, 5, 6]
+    assert all(d["topic"] == "unknown" for d in dead)
+    assert ["no string 'topic'" in d["error"] for d in dead] == [True, True, False, True]
+    assert "no 'value'" in dead[2]["error"]

@@ -1,0 +1,515 @@
+"""template_hijack: tampered content, foreign senders and bursts from new sources, with their quiet twins."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+from datetime import datetime, timezone
+
+import pytest
+
+from smsstream.detection.base import PartContext
+from smsstream.detection.templates import TemplateWatch
+from smsstream.detection.textshape import Markers, TemplateText
+from smsstream.pseudonym import Pseudonymizer
+from smsstream.records import SENDS, TEMPLATES, Send, Source, Template
+
+KEY = "test-key"
+PN = Pseudonymizer(KEY)
+MIN = 60_000
+HOUR = 60 * MIN
+DAY = 24 * HOUR
+T0 = int(datetime(2026, 11, 2, tzinfo=timezone.utc).timestamp() * 1000)  # a Monday, 00:00 UTC
+
+TEXT = "【QuickLoan】Dear {name}, your repayment of {amount} is due on {date}. Pay in the app or call 400-820-1234."
+NAMES = ["Li Ming", "Wang Fang", "Zhang Wei", "Chen Jie", "Liu Yang", "Zhao Lei"]
+
+
+def body(rng: random.Random, text: str = TEXT) -> str:
+    return (
+        text.replace("{name}", rng.choice(NAMES))
+        .replace("{amount}", f"CNY {rng.randint(100, 9000):,}.00")
+        .replace("{date}", f"2026-11-{rng.randint(10, 28)}")
+        .replace("{loan_id}", str(rng.randint(10**9, 10**10)))
+    )
+
+
+class Harness:
+    """One TemplateWatch part driven the way the engine drives it."""
+
+    def __init__(self):
+        self.part = TemplateWatch(PartContext(PN))
+        self.alerts: list[dict] = []
+        self.n = 0
+
+    def template(self, tid="T1", sender="lenderA", text=TEXT, ts=T0):
+        t = Template(tid, sender, "repayment_reminder", text, ts)
+        self.part.process(TEMPLATES, tid, t)
+
+    def send(self, ts, body, tid="T1", sender="lenderA", key="key-1", ip="10.0.0.5", number=None):
+        self.n += 1
+        number = number or f"+86138{self.n % 10**8:08d}"
+        s = Send(f"m{self.n}", ts, sender, tid, number, "repayment_reminder", body,
+                 f"acc{self.n}", Source(key, ip, "api"), "cmcc")
+        self.part.process(SENDS, tid, s)
+        self.alerts.extend(self.part.advance())
+        return s
+
+    def flush(self):
+        self.alerts.extend(self.part.flush())
+        return self.alerts
+
+    def firing(self, reason=None):
+        return [a for a in self.alerts if a["status"] == "firing" and (reason is None or a["reason"] == reason)]
+
+
+def steady(h: Harness, rng, start, hours, per_hour=30, **kw):
+    for i in range(int(hours * per_hour)):
+        h.send(start + int(i * HOUR / per_hour), body(rng), **kw)
+
+
+# --- body shapes -----------------------------------------------------------------
+
+def test_a_rendered_body_fits_its_registered_text():
+    t = TemplateText(TEXT)
+    assert t.fit(body(random.Random(1))).ok
+
+
+def test_an_injected_link_is_named_with_its_domain():
+    t = TemplateText(TEXT)
+    tampered = body(random.Random(1)).replace("Pay in the app", "Pay now at https://quick-loan.pay-fast.top/r/9")
+    fit = t.fit(tampered)
+    assert not fit.ok and fit.new_domains == ["quick-loan.pay-fast.top"]
+
+
+def test_a_link_hidden_in_a_name_variable_is_injected():
+    t = TemplateText(TEXT)
+    tampered = body(random.Random(1)).replace("Dear ", "Dear Li visit loanhelp.cn ")
+    fit = t.fit(tampered)
+    assert not fit.ok and "loanhelp.cn" in fit.new_domains
+
+
+def test_dates_amounts_and_short_codes_are_not_phone_numbers():
+    m = Markers.of("Pay CNY 12,345.00 by 2026-11-25 10:30, ref 95588, see www.lender.com")
+    assert m.phones == () and m.domains == ("lender.com",)
+
+
+def test_a_template_id_variable_may_hold_long_digits():
+    t = TemplateText("Loan {loan_id} is due on {date}. Call 400-820-1234.")
+    assert t.fit("Loan 2026112300123 is due on 2026-11-30. Call 400-820-1234.").ok
+
+
+# --- content_drift -------------------------------------------------------------
+
+def test_a_link_injected_into_a_registered_template_raises_content_drift_within_minutes():
+    rng = random.Random(2)
+    h = Harness()
+    h.template()
+    steady(h, rng, T0 + 8 * HOUR, 3)
+    attack = T0 + 11 * HOUR
+    for i in range(5):
+        h.send(attack + i * 30_000, body(rng).replace("Pay in the app", "Pay at http://qk-loan.xyz/p"))
+    steady(h, rng, attack + 5 * MIN, 0.5)
+    h.flush()
+    fired = h.firing("content_drift")
+    assert len(fired) == 1
+    alert = fired[0]
+    assert alert["severity"] == "critical"
+    assert alert["evidence"]["urls"] == ["qk-loan.xyz"]
+    assert alert["window_end"] - attack <= 5 * MIN
+    assert alert["dedup_key"] == "template_hijack/template/T1"
+
+
+def test_an_injected_callback_number_is_reported_only_as_a_pseudonym():
+    rng = random.Random(3)
+    h = Harness()
+    h.template()
+    steady(h, rng, T0 + 8 * HOUR, 2)
+    attack = T0 + 10 * HOUR
+    for i in range(3):
+        h.send(attack + i * MIN, body(rng).replace("400-820-1234", "+8617012345678"))
+    h.flush()
+    fired = h.firing("content_drift")
+    assert fired and PN.pseudonym("+8617012345678") in fired[0]["evidence"]["numbers"]
+    text = json.dumps(h.alerts)
+    assert "17012345678" not in text
+
+
+def test_a_changed_signature_raises_content_drift():
+    rng = random.Random(4)
+    h = Harness()
+    h.template()
+    steady(h, rng, T0 + 8 * HOUR, 2)
+    h.send(T0 + 10 * HOUR, body(rng).replace("【QuickLoan】", "【FastCashNow】"))
+    h.flush()
+    fired = h.firing("content_drift")
+    assert fired and fired[0]["evidence"]["signatures"]["seen"] == ["FastCashNow"]
+    assert "QuickLoan" in fired[0]["summary"]
+
+
+def test_reworded_text_in_most_sends_raises_content_drift_with_the_words_changed():
+    rng = random.Random(5)
+    h = Harness()
+    h.template()
+    steady(h, rng, T0 + 8 * HOUR, 2)
+    for i in range(6):
+        h.send(T0 + 10 * HOUR + i * MIN, body(rng).replace("Pay in the app", "Your account is frozen, pay cash to our agent"))
+    h.flush()
+    fired = h.firing("content_drift")
+    assert fired and "frozen" in fired[0]["summary"]
+
+
+def test_ordinary_sends_of_a_registered_template_stay_quiet():
+    rng = random.Random(6)
+    h = Harness()
+    h.template()
+    steady(h, rng, T0, 30, per_hour=20)
+    h.flush()
+    assert h.firing() == []
+
+
+def test_a_new_unregistered_template_with_ordinary_content_stays_quiet_in_its_first_hours():
+    rng = random.Random(7)
+    h = Harness()
+    text = "[CashBee] Hi {name}, loan {loan_id} of {amount} is due {date}. Details: https://cashbee.ph/app"
+    steady_start = T0 + 9 * HOUR
+    for i in range(120):
+        h.send(steady_start + i * 2 * MIN, body(rng, text), tid="U1", sender="cashbee", key="cb-key", ip="52.1.2.3")
+    h.flush()
+    assert h.firing() == []
+
+
+def test_a_new_domain_in_an_unregistered_template_is_caught_once_it_repeats():
+    rng = random.Random(8)
+    h = Harness()
+    text = "[CashBee] Hi {name}, loan {loan_id} of {amount} is due {date}. Details: https://cashbee.ph/app"
+    start = T0 + 8 * HOUR
+    for i in range(90):
+        h.send(start + i * 2 * MIN, body(rng, text), tid="U1", sender="cashbee")
+    attack = start + 3 * HOUR
+    tampered = text.replace("https://cashbee.ph/app", "https://cashbee-ph.help/verify")
+    for i in range(4):
+        h.send(attack + i * MIN, body(rng, tampered), tid="U1", sender="cashbee")
+    h.flush()
+    fired = h.firing("content_drift")
+    assert fired and fired[0]["evidence"]["urls"] == ["cashbee-ph.help"]
+    assert fired[0]["window_end"] - attack <= 5 * MIN
+
+
+# --- foreign_sender ------------------------------------------------------------
+
+def test_a_registered_template_sent_by_another_sender_raises_foreign_sender():
+    rng = random.Random(9)
+    h = Harness()
+    h.template()
+    steady(h, rng, T0 + 8 * HOUR, 1)
+    h.send(T0 + 10 * HOUR, body(rng), sender="shadyLoans")
+    h.flush()
+    fired = h.firing("foreign_sender")
+    assert fired and fired[0]["sender_id"] == "shadyLoans" and fired[0]["severity"] == "critical"
+
+
+def test_an_unregistered_template_learns_its_owner_and_flags_another_sender():
+    rng = random.Random(10)
+    h = Harness()
+    text = "[CashBee] Hi {name}, loan {loan_id} of {amount} is due {date}."
+    steady(h, rng, T0 + 8 * HOUR, 3, tid="U2", sender="cashbee")
+    for i in range(3):
+        h.send(T0 + 12 * HOUR + i * MIN, body(rng, text), tid="U2", sender="copycat")
+    h.flush()
+    fired = h.firing("foreign_sender")
+    assert fired and "copycat" in fired[0]["summary"]
+
+
+def test_the_owner_sending_its_own_template_is_not_foreign():
+    rng = random.Random(11)
+    h = Harness()
+    h.template()
+    steady(h, rng, T0 + 8 * HOUR, 5)
+    h.flush()
+    assert h.firing("foreign_sender") == []
+
+
+# --- volume_burst ----------------------------------------------------------------
+
+def campaign_days(h: Harness, rng, days, key="key-1", ip="10.0.0.5"):
+    """A reminder campaign every morning at nine, a trickle the rest of the day."""
+    for d in range(days):
+        day = T0 + d * DAY
+        for i in range(400):
+            h.send(day + 9 * HOUR + i * 600, body(rng), key=key, ip=ip)
+        for hour in (11, 14, 17, 20):
+            for i in range(5):
+                h.send(day + hour * HOUR + i * 7 * MIN, body(rng), key=key, ip=ip)
+
+
+def test_a_burst_from_a_new_api_key_at_three_in_the_morning_raises_volume_burst():
+    rng = random.Random(12)
+    h = Harness()
+    h.template()
+    campaign_days(h, rng, 2)
+    attack = T0 + 2 * DAY + 3 * HOUR
+    for i in range(300):
+        h.send(attack + i * 2_000, body(rng), key="key-stolen", ip="185.220.101.7")
+    h.flush()
+    fired = h.firing("volume_burst")
+    assert fired and fired[0]["severity"] in ("warning", "critical")
+    assert "key-stolen" in fired[0]["summary"]
+    assert fired[0]["window_end"] - attack <= 5 * MIN
+
+
+def test_the_morning_campaign_from_its_usual_key_does_not_page():
+    rng = random.Random(13)
+    h = Harness()
+    h.template()
+    campaign_days(h, rng, 4)
+    h.flush()
+    assert h.firing() == []
+
+
+def test_a_bigger_than_usual_campaign_from_the_usual_key_does_not_page():
+    rng = random.Random(14)
+    h = Harness()
+    h.template()
+    campaign_days(h, rng, 2)
+    for i in range(1500):
+        h.send(T0 + 2 * DAY + 3 * HOUR + i * 1_000, body(rng))
+    h.flush()
+    assert h.firing() == []
+
+
+def test_a_key_rotation_that_carries_the_usual_volume_does_not_page():
+    rng = random.Random(15)
+    h = Harness()
+    h.template()
+    campaign_days(h, rng, 2)
+    campaign_days_from = T0 + 2 * DAY
+    for i in range(400):
+        h.send(campaign_days_from + 9 * HOUR + i * 600, body(rng), key="key-2", ip="10.0.0.5")
+    h.flush()
+    assert h.firing() == []
+
+
+# --- state -----------------------------------------------------------------------
+
+def test_template_state_survives_pickling_mid_stream():
+    rng = random.Random(16)
+    h = Harness()
+    h.template()
+    steady(h, rng, T0 + 8 * HOUR, 2)
+    state = h.part.entities["T1"]
+    again = pickle.loads(pickle.dumps(state))
+    assert again.registered.text == state.registered.text
+    assert again.known == state.known and again.sources == state.sources
+    assert again.profile == state.profile
+
+
+@pytest.mark.parametrize("n", [200])
+def test_per_template_state_stays_bounded_under_ever_new_links_and_sources(n):
+    rng = random.Random(17)
+    h = Harness()
+    text = "[CashBee] Hi {name}, loan {loan_id} of {amount} is due {date}."
+    steady(h, rng, T0 + 8 * HOUR, 2, tid="U3", sender="cashbee")
+    for i in range(n):
+        h.send(T0 + 11 * HOUR + i * 20_000, body(rng, text) + f" https://x{i}.top/a call +86170{i:08d}",
+               tid="U3", sender="cashbee", key=f"k{i}", ip=f"77.{i % 250}.{i // 250}.1")
+    h.flush()
+    state = h.part.entities["U3"]
+    assert len(state.known) <= 32 and len(state.suspects) <= 32 and len(state.sources) <= 64
+
+
+def test_a_new_domain_in_a_link_variable_is_caught_against_the_links_the_template_usually_carries():
+    rng = random.Random(18)
+    h = Harness()
+    text = "[PeakBee] Dear {name}, loan {loan_id} is overdue. Outstanding {amount}. Pay: {link}"
+    h.template(tid="T9", sender="peakbee", text=text)
+    for i in range(60):
+        h.send(T0 + 8 * HOUR + i * 2 * MIN, body(rng, text).replace("{link}", f"https://peakbee.in/p/{i:05x}"),
+               tid="T9", sender="peakbee")
+    attack = T0 + 11 * HOUR
+    for i in range(3):
+        h.send(attack + i * 20_000, body(rng, text).replace("{link}", f"https://peakbee.verify-kyc.xyz/{i:04x}"),
+               tid="T9", sender="peakbee")
+    h.flush()
+    fired = h.firing("content_drift")
+    assert fired and fired[0]["evidence"]["urls"] == ["peakbee.verify-kyc.xyz"]
+    assert fired[0]["window_end"] - attack <= 3 * MIN
+
+
+def test_links_that_vary_only_in_their_path_stay_quiet():
+    rng = random.Random(19)
+    h = Harness()
+    text = "[PeakBee] Dear {name}, loan {loan_id} is overdue. Pay: {link}"
+    h.template(tid="T9", sender="peakbee", text=text)
+    for i in range(200):
+        h.send(T0 + 8 * HOUR + i * MIN, body(rng, text).replace("{link}", f"https://peakbee.in/p/{rng.getrandbits(28):07x}"),
+               tid="T9", sender="peakbee")
+    h.flush()
+    assert h.firing() == []
+
+
+def test_loan_ids_with_a_dash_are_not_callback_numbers():
+    assert Markers.of("Repay loan QUI015-0000856 today at https://quickpaisa.in/p/0a7b149").phones == ()
+
+
+def test_a_key_rotation_on_a_busier_than_usual_afternoon_does_not_page():
+    rng = random.Random(20)
+    h = Harness()
+    h.template()
+    campaign_days(h, rng, 2)
+    afternoon = T0 + 2 * DAY + 14 * HOUR
+    for i in range(20):
+        h.send(afternoon + i * 3 * MIN, body(rng), key="key-rotated", ip="10.9.9.9")
+    h.flush()
+    assert h.firing() == []
+
+
+def test_a_campaign_straddling_two_hours_of_day_is_judged_against_both():
+    rng = random.Random(21)
+    h = Harness()
+    h.template()
+    for d in range(3):
+        start = T0 + d * DAY + 9 * HOUR + 30 * MIN
+        for i in range(300):
+            h.send(start + i * 6_000, body(rng), key="key-1" if d < 2 or i % 3 else "key-new")
+    h.flush()
+    assert h.firing() == []
+
+
+# --- the sender's link book --------------------------------------------------------
+
+def _engine_run(events):
+    from smsstream.detection.engine import Engine
+    from smsstream.detection.templates import TEMPLATE_PARTS
+
+    engine = Engine(PN, parts=TEMPLATE_PARTS)
+    alerts = []
+    for topic, record in sorted(events, key=lambda e: e[1].ts):
+        alerts.extend(engine.ingest(topic, record))
+    return alerts + engine.flush()
+
+
+def _lender_day(rng, start, n=0):
+    """A lender whose registered reminder links to its own domain, sending all morning."""
+    text = "[CashBee] Hi {name}, {amount} is due {date}. Pay: https://cashbee.ph/pay"
+    events = [(TEMPLATES, Template("R1", "cashbee", "repayment_reminder", text, start))]
+    for i in range(120):
+        ts = start + 8 * HOUR + i * 2 * MIN
+        events.append((SENDS, Send(f"r{i}", ts, "cashbee", "R1", f"+6391700{i:05d}", "repayment_reminder",
+                                   body(rng, text), None, Source("cb-key", "52.1.2.3", "api"))))
+    return events
+
+
+def test_a_template_whose_first_sends_link_to_a_domain_its_sender_never_used_raises_content_drift():
+    rng = random.Random(22)
+    events = _lender_day(rng, T0)
+    attack = T0 + 14 * HOUR
+    text = "[CashBee] Hi {name}, your refund of {amount} is ready: {link}"
+    for i in range(5):
+        b = body(rng, text).replace("{link}", f"https://cashbee-refund.site/{i:06x}")
+        events.append((SENDS, Send(f"a{i}", attack + i * MIN, "cashbee", "U9", f"+6391800{i:05d}",
+                                   "notification", b, None, Source("cb-key", "52.1.2.3", "api"))))
+    fired = [a for a in _engine_run(events) if a["status"] == "firing"]
+    by_sender = [a for a in fired if a["entity_type"] == "sender"]
+    assert by_sender and by_sender[0]["evidence"]["urls"] == ["cashbee-refund.site"]
+    assert by_sender[0]["window_end"] - attack <= 2 * MIN
+
+
+def test_a_new_template_linking_to_the_senders_usual_domain_stays_quiet():
+    rng = random.Random(23)
+    events = _lender_day(rng, T0)
+    text = "[CashBee] Hi {name}, new offers await: https://cashbee.ph/offers"
+    for i in range(30):
+        events.append((SENDS, Send(f"n{i}", T0 + 14 * HOUR + i * MIN, "cashbee", "U10", f"+6391900{i:05d}",
+                                   "loan_marketing", body(rng, text), None, Source("cb-key", "52.1.2.3", "api"))))
+    assert [a for a in _engine_run(events) if a["status"] == "firing"] == []
+
+
+KYC = "[BlueLend] Your KYC documents have been received and are under review."
+
+
+def test_a_new_templates_signature_replaced_after_its_first_few_sends_raises_content_drift():
+    # Seen on simulated traffic: an unregistered template, three honest sends, then its signature swapped.
+    h = Harness()
+    start = T0 + 8 * HOUR
+    for i in range(3):
+        h.send(start + i * 30 * MIN, KYC, tid="U9", sender="bluelend")
+    attack = start + 3 * HOUR
+    for i in range(5):
+        h.send(attack + i * 3 * MIN, KYC.replace("[BlueLend]", "[Legal Cell]"), tid="U9", sender="bluelend")
+    h.flush()
+    fired = h.firing("content_drift")
+    assert fired and fired[0]["severity"] == "warning"
+    assert fired[0]["evidence"]["signatures"] == {"seen": ["Legal Cell"], "usual": ["BlueLend"]}
+    assert fired[0]["window_end"] - attack <= 15 * MIN
+
+
+def test_a_learned_signature_dropped_from_an_established_template_raises_content_drift():
+    h = Harness()
+    start = T0 + 8 * HOUR
+    for i in range(30):
+        h.send(start + i * 4 * MIN, KYC, tid="U9", sender="bluelend")
+    attack = start + 4 * HOUR
+    for i in range(3):
+        h.send(attack + i * MIN, KYC.replace("[BlueLend] ", ""), tid="U9", sender="bluelend")
+    h.flush()
+    fired = h.firing("content_drift")
+    assert fired and fired[0]["evidence"]["signatures"]["seen"] == [""]
+    assert "(none)" in fired[0]["summary"] and "BlueLend" in fired[0]["summary"]
+
+
+def test_a_new_template_that_keeps_its_signature_or_never_signs_stays_quiet():
+    h = Harness()
+    start = T0 + 8 * HOUR
+    for i in range(60):
+        h.send(start + i * 4 * MIN, KYC, tid="U9", sender="bluelend")
+        h.send(start + i * 4 * MIN + 1, KYC.replace("[BlueLend] ", ""), tid="U8", sender="bluelend")
+    h.flush()
+    assert h.firing() == []
+
+
+def test_an_unusual_hour_campaign_from_a_key_rotated_in_place_hours_earlier_does_not_page():
+    rng = random.Random(21)
+    h = Harness()
+    h.template()
+    campaign_days(h, rng, 2)
+    rotated = T0 + 2 * DAY
+    for hour in (9, 11, 14, 17, 20):
+        for i in range(30):
+            h.send(rotated + hour * HOUR + i * 2 * MIN, body(rng), key="key-2", ip="10.0.0.7")
+    early = T0 + 3 * DAY + 3 * HOUR
+    for i in range(300):
+        h.send(early + i * 6_000, body(rng), key="key-2", ip="10.0.0.7")
+    h.flush()
+    assert h.firing() == []
+
+
+def sparse_days(h: Harness, rng, start, days, key, ip):
+    for i in range(int(days * 12)):
+        h.send(start + i * 2 * HOUR + rng.randint(0, 50) * MIN, body(rng), key=key, ip=ip)
+
+
+def test_a_rarely_used_template_blasted_from_the_key_and_network_that_replaced_its_old_ones_does_not_page():
+    rng = random.Random(22)
+    h = Harness()
+    h.template()
+    sparse_days(h, rng, T0, 40 / 24, key="key-1", ip="10.0.0.5")
+    sparse_days(h, rng, T0 + 40 * HOUR, 0.75, key="key-2", ip="172.16.4.9")
+    blast = T0 + 2 * DAY + 13 * HOUR
+    for i in range(25):
+        h.send(blast + i * 2 * MIN, body(rng), key="key-2", ip="172.16.4.9")
+    h.flush()
+    assert h.firing() == []
+
+
+def test_a_rarely_used_template_blasted_from_a_never_seen_key_raises_volume_burst():
+    rng = random.Random(22)
+    h = Harness()
+    h.template()
+    sparse_days(h, rng, T0, 2, key="key-1", ip="10.0.0.5")
+    blast = T0 + 2 * DAY + 13 * HOUR
+    for i in range(30):
+        h.send(blast + i * MIN, body(rng), key="key-stolen", ip="185.220.101.7")
+    h.flush()
+    assert [a for a in h.firing("volume_burst") if "key-stolen" in a["summary"]]
