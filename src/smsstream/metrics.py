@@ -1,0 +1,85 @@
+"""The worker's Prometheus metrics, in one typed container built by :func:`create`.
+
+Labels stay low in cardinality: topics, parts, alert kinds and statuses, and a
+fixed set of dead-letter reasons. Never a number, a sender or a message id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from smsstream.errors import RecordError
+
+#: The dead-letter ``reason`` label takes only these values.
+DEAD_LETTER_REASONS = ("invalid_json", "too_large", "invalid_record", "duplicate", "late", "null_value")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    events_in: Counter
+    dead_letters: Counter
+    alerts: Counter
+    lag_seconds: Gauge
+    state_entities: Gauge
+    merge_buffered: Gauge
+
+
+def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream") -> Metrics:
+    """A fresh set of metrics registered in ``registry`` (a new one when None)."""
+    registry = registry if registry is not None else CollectorRegistry()
+    return Metrics(
+        events_in=Counter(
+            f"{prefix}_events_in", "Input records read, by topic.", ["topic"], registry=registry
+        ),
+        dead_letters=Counter(
+            f"{prefix}_dead_letters",
+            "Input records written to sms.dead-letter, by input topic and reason.",
+            ["topic", "reason"],
+            registry=registry,
+        ),
+        alerts=Counter(
+            f"{prefix}_alerts", "Alert records written to sms.alerts, by kind and status.", ["kind", "status"],
+            registry=registry,
+        ),
+        lag_seconds=Gauge(
+            f"{prefix}_event_time_lag_seconds",
+            "Wall-clock now minus the latest event time a part has processed.",
+            ["part"],
+            registry=registry,
+        ),
+        state_entities=Gauge(
+            f"{prefix}_state_entities", "Entities held in a part's state on this worker.", ["part"],
+            registry=registry,
+        ),
+        merge_buffered=Gauge(
+            f"{prefix}_merge_buffered",
+            "Items a part holds back until slower upstream partitions catch up in event time.",
+            ["part"],
+            registry=registry,
+        ),
+    )
+
+
+def dead_letter_reason(error: RecordError) -> str:
+    """One of :data:`DEAD_LETTER_REASONS` for an error, so the label set stays fixed."""
+    name = type(error).__name__
+    if name == "DuplicateEvent":
+        return "duplicate"
+    if name == "LateEvent":
+        return "late"
+    text = str(error)
+    if text.startswith("value is not valid JSON"):
+        return "invalid_json"
+    if text.startswith("record is") and "bytes" in text:
+        return "too_large"
+    if text.startswith("value is null"):
+        return "null_value"
+    return "invalid_record"
+
+
+def serve(registry: CollectorRegistry, port: int) -> None:
+    """Serve ``/metrics`` on ``port`` in a background thread (0 means do not serve)."""
+    if port:
+        start_http_server(port, registry=registry)

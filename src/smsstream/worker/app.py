@@ -1,0 +1,376 @@
+"""The Faust app: routes input topics to the detector parts, keeps their state in tables.
+
+Dataflow (one repartition per part; the worker itself holds no logic)::
+
+    sms.sends ─────────────┐  route agents, one per input topic:
+    sms.delivery-receipts ─┤    decode ─✗─> sms.dead-letter (key: original key)
+    sms.bindings ──────────┤      │
+    sms.borrowers ─────────┤      └─> one copy per part that consumes the topic,
+    sms.templates ─────────┘          keyed by that part's key (number, message_id, ...)
+                                         │   + heartbeats: each input partition's event time
+                                         v
+              smsstream-part-<name>  (internal topic, one per part)
+                                         │
+                     part agent: per partition a Shard = event-time merge of all
+                     upstream partitions -> duplicate/late gate -> Part.process
+                     -> Part.advance (buckets close on the slowest busy partition)
+                     state: table <name>-state (one snapshot per partition, changelogged)
+                        │                                   │
+                        │ facts, keyed by the next part's    └─> sms.alerts (key: dedup_key)
+                        └─> key (sender, template, carrier), back into smsstream-part-<next>
+
+Offsets are acknowledged only after the shard's snapshot is written to its
+table, so a worker killed between snapshots re-reads those events and rebuilds
+the same state (at least once; alert ids depend on the episode only, so a
+re-sent alert record is the same record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import orjson
+
+from smsstream import kafka, records
+from smsstream.config import Settings
+from smsstream.detection.base import Part, PartContext
+from smsstream.errors import BrokerUnreachable, ConfigError, RecordError
+from smsstream.metrics import Metrics, create, dead_letter_reason
+from smsstream.pseudonym import Pseudonymizer
+from smsstream.worker.flow import Heartbeat, Item, Shard, Source, Topology, decode, encode
+
+log = logging.getLogger(__name__)
+
+APP_ID = "smsstream"
+#: Partitions of each part's internal topic and state table: the unit of scale-out.
+INTERNAL_PARTITIONS = 4
+HEARTBEAT_S = 1.0
+#: An input partition counts as idle once it has been caught up for this long.
+IDLE_AFTER_S = 3.0
+CHECKPOINT_S = 5.0
+CHECKPOINT_EVENTS = 20_000
+#: Table values stay well under Kafka's default 1 MB message limit.
+CHUNK_BYTES = 256 * 1024
+
+
+def part_topic_name(app_id: str, part: type[Part]) -> str:
+    return f"{app_id}-part-{part.name}"
+
+
+async def preflight(settings: Settings, topics: Iterable[str] = (*records.INPUT_TOPICS, records.ALERTS, records.DEAD_LETTER)) -> dict[str, int]:
+    """Partition count of every contract topic; clear errors when the broker or a topic is missing."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.errors import KafkaError
+
+    kwargs = kafka.client_kwargs(settings)
+    consumer = AIOKafkaConsumer(**kwargs, request_timeout_ms=10_000, connections_max_idle_ms=60_000)
+    try:
+        await asyncio.wait_for(consumer.start(), timeout=15)
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        await consumer.stop()
+        raise BrokerUnreachable(
+            f"cannot reach the Kafka broker at {', '.join(kwargs['bootstrap_servers'])} "
+            f"({exc.__class__.__name__}); start one with `smsstream broker`, or set SMSSTREAM_BROKER "
+            "to your cluster's bootstrap address (kafka://host:port)"
+        ) from None
+    try:
+        # Counted on this fetch's own metadata: the consumer's cache holds only topics it has been
+        # asked about (on Apache Kafka it starts empty), and a zero count would let every shard's
+        # event-time merge run ahead of input partitions it was never told to wait for.
+        cluster = await consumer._client.fetch_all_metadata()
+        missing = [t for t in topics if t not in cluster.topics()]
+        if missing:
+            raise ConfigError(
+                f"topics missing on {settings.broker}: {', '.join(missing)}; create them with `smsstream topics apply`"
+            )
+        counts = {t: len(cluster.partitions_for_topic(t) or ()) for t in topics}
+        unknown = [t for t, n in counts.items() if not n]
+        if unknown:
+            raise BrokerUnreachable(
+                f"the broker at {settings.broker} reports no partitions for {', '.join(unknown)}; "
+                "it may still be starting: retry in a few seconds"
+            )
+        return counts
+    finally:
+        await consumer.stop()
+
+
+@dataclass
+class Worker:
+    """The Faust app and what its agents share in this process."""
+
+    app: Any
+    metrics: Metrics
+    registry: Any
+    parts: Sequence[type[Part]]
+    ctx: PartContext
+    topology: Topology | None = None
+    #: (part name, partition) -> shard, for the partitions assigned to this process
+    shards: dict[tuple[str, int], Shard] = field(default_factory=dict)
+
+
+def build(
+    settings: Settings,
+    parts: Sequence[type[Part]] | None = None,
+    *,
+    topic_partitions: dict[str, int] | None = None,
+    app_id: str = APP_ID,
+    partitions: int = INTERNAL_PARTITIONS,
+    registry: Any = None,
+    web_port: int | None = None,
+) -> Worker:
+    """The Faust app for ``settings``; ``topic_partitions`` comes from :func:`preflight`."""
+    import faust
+    from prometheus_client import CollectorRegistry
+
+    if parts is None:
+        from smsstream.detection.engine import DETECTOR_PARTS
+
+        parts = DETECTOR_PARTS
+    pseudonymizer = Pseudonymizer(settings.require_pseudonym_key())
+    ctx = PartContext(pseudonymizer, alert_repeat_ms=settings.alert_repeat_s * 1000)
+    topic_partitions = topic_partitions or {}
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = create(registry)
+
+    app = faust.App(
+        app_id,
+        **kafka.faust_config(settings),
+        store=settings.store,
+        datadir=settings.data_dir,
+        topic_partitions=partitions,
+        topic_disable_leader=True,
+        key_serializer="raw",
+        value_serializer="raw",
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        web_port=web_port or 6066,
+        web_host="127.0.0.1",
+        # Events are acknowledged only at shard snapshots; a rebalance must not wait for that
+        # (unacknowledged events are simply read again by the partition's next owner).
+        stream_wait_empty=False,
+        # a crashed worker's partitions move to the others after this long
+        broker_session_timeout=20.0,
+        broker_heartbeat_interval=3.0,
+    )
+    worker = Worker(app=app, metrics=metrics, registry=registry, parts=parts, ctx=ctx)
+
+    topology = Topology(parts, topic_partitions, partitions)
+    worker.topology = topology
+    alerts_topic = app.topic(records.ALERTS, key_serializer="raw", value_serializer="raw")
+    dead_topic = app.topic(records.DEAD_LETTER, key_serializer="raw", value_serializer="raw")
+    part_topics = {
+        p.name: app.topic(part_topic_name(app_id, p), partitions=partitions, internal=True,
+                          key_serializer="raw", value_serializer="raw")
+        for p in parts
+    }
+    topic_to_part = {t.get_topic_name(): name for name, t in part_topics.items()}
+    tables = {p.name: app.Table(f"{p.name}-state", partitions=partitions, key_type=bytes, value_type=bytes)
+              for p in parts}
+
+    async def send_dead(source: Source, error: RecordError) -> None:
+        value = records.dead_letter(source.topic, source.partition, source.offset, str(error), source.raw)
+        await dead_topic.send(key=source.key, value=orjson.dumps(value))
+        metrics.dead_letters.labels(source.topic, dead_letter_reason(error)).inc()
+
+    # --- route agents: input topic -> part topics ---------------------------
+    #: input partition -> [max event ts, last offset processed]
+    progress: dict[tuple[str, int], list[int]] = {}
+    idle_since: dict[tuple[str, int], float] = {}
+
+    def make_route(topic: str):
+        async def route(stream):
+            async for event in stream.events():
+                message = event.message
+                tp = (topic, message.partition)
+                metrics.events_in.labels(topic).inc()
+                raw, key = message.value, message.key
+                state = progress.setdefault(tp, [0, -1])
+                state[1] = message.offset
+                idle_since.pop(tp, None)
+                source = Source(topic, message.partition, message.offset, key, raw)
+                try:
+                    record = records.decode(topic, raw, key)
+                except RecordError as exc:
+                    await send_dead(source, exc)
+                    continue
+                if record is None:
+                    continue
+                ts = record.ts or state[0]
+                origin = f"{topic}/{message.partition}"
+                for name, part_key, route_key in topology.route(topic, record):
+                    item = Item(topic, part_key, record, ts, origin, source, message.offset)
+                    await part_topics[name].send(key=route_key.encode(), value=encode(item))
+                # only now may a heartbeat claim this time: the items above are queued before it
+                if ts > state[0]:
+                    state[0] = ts
+
+        route.__name__ = f"route_{topic.replace('.', '_').replace('-', '_')}"
+        return route
+
+    for topic in topology.input_topics:
+        source_topic = app.topic(topic, key_serializer="raw", value_serializer="raw")
+        app.agent(source_topic, name=f"{app_id}.route.{topic}")(make_route(topic))
+
+    # --- part agents: one shard per assigned partition ----------------------
+    #: (part, partition) -> events processed since the shard's last snapshot, not yet acknowledged
+    pending: dict[tuple[str, int], list] = {}
+    last_checkpoint: dict[tuple[str, int], float] = {}
+
+    def shard_for(p: type[Part], partition: int) -> Shard:
+        shard = worker.shards.get((p.name, partition))
+        if shard is None:
+            snapshot = load_snapshot(tables[p.name], partition)
+            shard = topology.new_shard(p.name, ctx, snapshot)
+            if snapshot:
+                log.info("part %s partition %d: state restored from its table", p.name, partition)
+            worker.shards[(p.name, partition)] = shard
+        return shard
+
+    def make_part_agent(p: type[Part]):
+        table = tables[p.name]
+
+        async def run_part(stream):
+            acker = stream.noack()
+            async for event in acker.events():
+                partition = event.message.partition
+                shard = shard_for(p, partition)
+                shard.offer(decode(event.message.value))
+                out = shard.run()
+                for source, error in out.dead:
+                    await send_dead(source, error)
+                origin = f"{p.name}/{partition}"
+                for stream_name, fact, ts, seq in out.facts:
+                    for name, fact_key in topology.route_fact(stream_name, fact):
+                        item = Item(stream_name, fact_key, fact, ts, origin, seq=seq)
+                        await part_topics[name].send(key=fact_key.encode(), value=encode(item))
+                for alert in out.alerts:
+                    alert["detected_at"] = int(time.time() * 1000)
+                    await alerts_topic.send(key=alert["dedup_key"].encode(), value=orjson.dumps(alert))
+                    metrics.alerts.labels(alert["kind"], alert["status"]).inc()
+                shard.emitted_until = shard.progress()
+                held = pending.setdefault((p.name, partition), [])
+                held.append(event)
+                now = time.monotonic()
+                if len(held) >= CHECKPOINT_EVENTS or now - last_checkpoint.get((p.name, partition), 0) >= CHECKPOINT_S:
+                    save_snapshot(table, partition, shard.snapshot())
+                    for e in held:
+                        await acker.ack(e)
+                    held.clear()
+                    last_checkpoint[(p.name, partition)] = now
+                    _observe(p, shard)
+
+        run_part.__name__ = f"part_{p.name.replace('-', '_')}"
+        return run_part
+
+    def _observe(p: type[Part], shard: Shard) -> None:
+        mine = [s for (name, _), s in worker.shards.items() if name == p.name]
+        metrics.state_entities.labels(p.name).set(sum(len(s.part.entities) for s in mine))
+        metrics.merge_buffered.labels(p.name).set(sum(len(s.merge) for s in mine))
+        max_ts = max((s.part.clock.max_ts or s.merge.released_until for s in mine), default=0)
+        if max_ts:
+            metrics.lag_seconds.labels(p.name).set(max(0.0, time.time() - max_ts / 1000))
+
+    for p in parts:
+        app.agent(part_topics[p.name], name=f"{app_id}.part.{p.name}")(make_part_agent(p))
+
+    # --- heartbeats: event-time progress of every upstream partition --------
+    @app.timer(interval=HEARTBEAT_S)
+    async def heartbeat() -> None:
+        """Tell every shard how far each upstream partition this process owns has got in event time."""
+        inputs = [tp for tp in app.consumer.assignment() if tp.topic in topology.input_topics]
+        ends = await app.consumer.highwaters(*inputs) if inputs else {}
+        now = time.monotonic()
+        beats: dict[str, list[Heartbeat]] = {}
+        for tp in inputs:
+            key = (tp.topic, tp.partition)
+            state = progress.get(key)
+            end = ends.get(tp)
+            if end is None:
+                caught_up = False
+            elif state is not None:
+                caught_up = state[1] + 1 >= end
+            else:
+                # nothing processed here yet: caught up only if nothing is left after the committed offset
+                # (the fetch position would also count records fetched but still waiting in a buffer)
+                committed = app.consumer._committed_offset.get(tp)
+                caught_up = end == 0 or (committed is not None and committed >= end)
+            if caught_up:
+                idle_since.setdefault(key, now)
+            else:
+                idle_since.pop(key, None)
+            idle = caught_up and now - idle_since[key] >= IDLE_AFTER_S
+            beat = Heartbeat(f"{tp.topic}/{tp.partition}", state[0] if state else 0, idle)
+            for name in topology.heartbeat_targets(tp.topic):
+                beats.setdefault(name, []).append(beat)
+        for (name, partition), shard in list(worker.shards.items()):
+            beat = Heartbeat(f"{name}/{partition}", shard.emitted_until, shard.idle)
+            for target in topology.downstream[name]:
+                beats.setdefault(target, []).append(beat)
+        for name, batch in beats.items():
+            value = encode(batch)
+            for i in range(partitions):
+                await part_topics[name].send(key=None, value=value, partition=i)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app_, revoked, **kwargs) -> None:
+        for tp in revoked:
+            progress.pop((tp.topic, tp.partition), None)
+            idle_since.pop((tp.topic, tp.partition), None)
+            name = topic_to_part.get(tp.topic)
+            if name is not None:
+                # the next owner re-reads from the last snapshot's offsets: forget what came after
+                worker.shards.pop((name, tp.partition), None)
+                pending.pop((name, tp.partition), None)
+                last_checkpoint.pop((name, tp.partition), None)
+
+    @app.page("/health")
+    async def health(web, request):
+        assigned = app.consumer.assignment() if app.consumer else set()
+        return web.json(
+            {
+                "status": "ok",
+                "assigned_partitions": len(assigned),
+                "rebalancing": bool(app.rebalancing),
+                "shards": len(worker.shards),
+                "parts": [p.name for p in parts],
+            }
+        )
+
+    return worker
+
+
+def save_snapshot(table: Any, partition: int, blob: bytes) -> None:
+    """Write a shard's snapshot compressed, in chunks, into the slot not in use, then switch slots.
+
+    Two slots make the switch atomic: a worker killed half-way leaves the
+    manifest pointing at the previous, complete snapshot.
+    """
+    data = zlib.compress(blob, 1)
+    chunks = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
+    key = str(partition).encode()
+    manifest = orjson.loads(table[key]) if table.get(key) else {"slot": 1, "counts": [0, 0]}
+    slot = 1 - manifest["slot"]
+    for i, chunk in enumerate(chunks):
+        table[b"%s/%d/%d" % (key, slot, i)] = chunk
+    for i in range(len(chunks), manifest["counts"][slot]):
+        del table[b"%s/%d/%d" % (key, slot, i)]
+    manifest["counts"][slot] = len(chunks)
+    manifest["slot"] = slot
+    table[key] = orjson.dumps(manifest)
+
+
+def load_snapshot(table: Any, partition: int) -> bytes | None:
+    key = str(partition).encode()
+    raw = table.get(key)
+    if not raw:
+        return None
+    manifest = orjson.loads(raw)
+    slot = manifest["slot"]
+    data = b"".join(table[b"%s/%d/%d" % (key, slot, i)] for i in range(manifest["counts"][slot]))
+    return zlib.decompress(data)

@@ -1,0 +1,49 @@
+"""``smsstream worker``: the Faust worker; the rest of the line goes to Faust's own CLI.
+
+``smsstream worker -l info --web-port 6067`` is ``faust -A ... worker -l info
+--web-port 6067``. Before Faust starts, the broker and the contract topics are
+checked, so a wrong address or missing topics give one clear line, not a
+Faust traceback loop. ``SMSSTREAM_APP_ID`` (default ``smsstream``) names the
+consumer group and prefixes the internal topics: two deployments sharing a
+cluster need different ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import replace
+
+from smsstream.config import Secret, Settings
+
+#: The CLI passes the raw argument list: Faust parses it.
+PASSTHROUGH = True
+
+FAUST_COMMANDS = ("worker", "agents", "tables", "livecheck", "model", "models", "send", "status")
+
+
+def configure(parser) -> None:
+    parser.epilog = "Other arguments go to Faust's worker command (e.g. -l info --web-port 6067)."
+
+
+def run(args: list[str]) -> int:
+    from smsstream import metrics
+    from smsstream.worker.app import APP_ID, build, preflight
+
+    settings = Settings.from_env()
+    if any(a in ("-h", "--help") for a in args):
+        settings = replace(settings, pseudonym_key=Secret("help only"))
+        topic_partitions: dict[str, int] = {}
+    else:
+        settings.require_pseudonym_key()
+        topic_partitions = asyncio.run(preflight(settings))
+    worker = build(settings, topic_partitions=topic_partitions, app_id=os.environ.get("SMSSTREAM_APP_ID") or APP_ID)
+    if topic_partitions:
+        metrics.serve(worker.registry, settings.metrics_port)
+    argv = list(args)
+    if not argv or argv[0] not in FAUST_COMMANDS:
+        argv = ["worker", *argv]
+    sys.argv = ["smsstream worker", *argv]
+    worker.app.main()
+    return 0

@@ -1,0 +1,379 @@
+"""The worker's dataflow without Faust: envelopes, the event-time merge, and one shard of a part.
+
+Each detector part runs on a stream repartitioned by its key. A shard (one
+partition of that stream) receives records and facts from many upstream
+partitions ("origins"), each in its own order and at its own pace. Feeding
+them to the part as they arrive would let a fast origin push the part's clock
+past a slow origin's events, which would then count as late. So a shard first
+merges its origins by event time, the way ``replay`` reads one time-ordered
+file: it releases an item only once every origin that still has data to come
+has reached that item's time (watermark of the slowest busy origin). Origins
+that have caught up with their partition's end are *idle* and do not hold the
+merge back. The merge buffer is bounded: past ``max_buffered`` items the oldest
+are released anyway (bounded skew), and may then be dead-lettered as late.
+"""
+
+from __future__ import annotations
+
+import heapq
+import pickle
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from smsstream.detection.base import BUCKET_MS, Part, PartContext
+from smsstream.detection.engine import EXPIRE_EVERY_MS, next_expiry
+from smsstream.detection.gate import EventGate
+from smsstream.errors import RecordError
+from smsstream.records import BINDINGS, INPUT_TOPICS, RECEIPTS, SENDS
+
+#: Input topics whose event time every part's clock follows, as in ``Engine``; reference topics
+#: hold back only the parts that read them, and only until they have caught up.
+EVENT_TOPICS = (SENDS, RECEIPTS, BINDINGS)
+#: Items a shard may hold back while waiting for a slow origin.
+MAX_BUFFERED = 100_000
+
+
+@dataclass(slots=True)
+class Source:
+    """Where an input record came from, for the dead-letter topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    raw: bytes | None
+
+
+@dataclass(slots=True)
+class Item:
+    """A record (``source`` set) or a fact for one part, keyed by that part's key."""
+
+    stream: str
+    key: str
+    value: Any
+    ts: int
+    origin: str
+    source: Source | None = None
+    #: position in its origin (input offset, or the emitting shard's fact count): an item
+    #: re-sent after its origin restarted from a snapshot is recognised and dropped
+    seq: int = -1
+
+
+@dataclass(slots=True)
+class Heartbeat:
+    """An origin's progress: every item it sends from now on has ``ts >= watermark`` (roughly)."""
+
+    origin: str
+    watermark: int
+    idle: bool
+
+
+Message = Item | list[Heartbeat]
+
+
+def encode(message: Message) -> bytes:
+    """Internal topics carry pickles: they are written and read only by smsstream workers."""
+    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode(raw: bytes) -> Message:
+    return pickle.loads(raw)
+
+
+@dataclass
+class OriginState:
+    watermark: int = 0
+    idle: bool = False
+    seen: bool = False
+    seq: int = -1
+
+
+@dataclass
+class EventTimeMerge:
+    """Releases items in event-time order once all busy origins have passed them."""
+
+    expected: frozenset[str] = frozenset()
+    max_buffered: int = MAX_BUFFERED
+    origins: dict[str, OriginState] = field(default_factory=dict)
+    released_until: int = 0
+    _heap: list = field(default_factory=list)
+    _seq: int = 0
+
+    def _origin(self, name: str) -> OriginState:
+        state = self.origins.get(name)
+        if state is None:
+            state = self.origins[name] = OriginState()
+        return state
+
+    def offer(self, item: Item) -> bool:
+        """Buffer an item; False (and dropped) when it is a re-sent copy of one already taken."""
+        state = self._origin(item.origin)
+        if item.seq >= 0:
+            if item.seq <= state.seq:
+                return False
+            state.seq = item.seq
+        state.seen = True
+        state.idle = False
+        if item.ts > state.watermark:
+            state.watermark = item.ts
+        self._seq += 1
+        heapq.heappush(self._heap, (item.ts, self._seq, item))
+        return True
+
+    def heartbeat(self, beat: Heartbeat) -> None:
+        state = self._origin(beat.origin)
+        state.seen = True
+        state.idle = beat.idle
+        if beat.watermark > state.watermark:
+            state.watermark = beat.watermark
+
+    def bound(self) -> int | None:
+        """Event time up to which every busy origin has delivered; None: wait (an origin never reported)."""
+        busy = []
+        for name in self.expected | self.origins.keys():
+            state = self.origins.get(name)
+            if state is None or not state.seen:
+                return None
+            if not state.idle:
+                busy.append(state.watermark)
+        if busy:
+            return min(busy)
+        return max((s.watermark for s in self.origins.values()), default=0) if self.origins else None
+
+    @property
+    def all_idle(self) -> bool:
+        return bool(self.expected | self.origins.keys()) and all(
+            (s := self.origins.get(n)) is not None and s.seen and s.idle
+            for n in self.expected | self.origins.keys()
+        )
+
+    def release(self) -> list[Item]:
+        out: list[Item] = []
+        heap = self._heap
+        if self.all_idle:
+            while heap:
+                out.append(heapq.heappop(heap)[2])
+        else:
+            bound = self.bound()
+            if bound is not None:
+                while heap and heap[0][0] <= bound:
+                    out.append(heapq.heappop(heap)[2])
+            while len(heap) > self.max_buffered:
+                out.append(heapq.heappop(heap)[2])
+        if out and out[-1].ts > self.released_until:
+            self.released_until = out[-1].ts
+        return out
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What processing some items produced: alert records, facts for other parts, dead letters."""
+
+    alerts: list[dict] = field(default_factory=list)
+    #: (stream, fact, event time, sequence number in this shard's output)
+    facts: list[tuple[str, Any, int, int]] = field(default_factory=list)
+    dead: list[tuple[Source, RecordError]] = field(default_factory=list)
+    processed: int = 0
+
+
+class Shard:
+    """One partition of one part: its merge buffer, duplicate/late gate and the part's state.
+
+    Like ``Engine``, a shard closes buckets on the event time of the whole
+    input (the merge bound covers every partition of the event topics), not
+    only on the events this part sees. Each shard gates the records it gets;
+    only the shards of a topic's *reporting* part dead-letter what the gate
+    refuses, so one bad record yields one dead letter.
+    """
+
+    def __init__(self, part: Part, expected: Iterable[str] = (), reports: frozenset[str] = frozenset()):
+        self.part = part
+        self.reports = reports
+        self.merge = EventTimeMerge(expected=frozenset(expected))
+        self.gate = EventGate(part.ctx.lateness_ms)
+        #: event time this shard has processed and forwarded; facts it sends later are not older
+        self.emitted_until = 0
+        self.facts_sent = 0
+        self._next_expiry = 0
+
+    def offer(self, message: Message) -> None:
+        """Take an item, or a batch of heartbeats (one message carries every origin a sender has)."""
+        if isinstance(message, list):
+            for beat in message:
+                self.merge.heartbeat(beat)
+        else:
+            self.merge.offer(message)
+
+    def run(self) -> Outcome:
+        """Process every item the merge can release, in event-time order, then close due buckets."""
+        out = Outcome()
+        part = self.part
+        lateness = part.ctx.lateness_ms
+        for item in self.merge.release():
+            # As in Engine, an event meets the buckets closed by the events before it.
+            out.alerts.extend(self._advance(item.ts - 1 - lateness))
+            if item.source is not None:
+                try:
+                    self.gate.check(item.stream, item.value)
+                except RecordError as exc:
+                    if item.stream in self.reports:
+                        out.dead.append((item.source, exc))
+                    continue
+            out.processed += 1
+            if item.key:
+                for stream, fact in part.process(item.stream, item.key, item.value) or ():
+                    self.facts_sent += 1
+                    out.facts.append((stream, fact, item.ts, self.facts_sent))
+        bound = self.merge.bound()
+        if bound is not None:
+            # Events still to come are not older than the bound; once all is idle, nothing is to come.
+            out.alerts.extend(self._advance(bound - lateness - (0 if self.merge.all_idle else 1)))
+        return out
+
+    def _advance(self, watermark: int) -> list[dict]:
+        """``Engine._advance`` for one part: close buckets, expiring on the same hourly grid."""
+        limit = watermark - watermark % BUCKET_MS
+        part = self.part
+        if watermark <= 0 or limit <= part.closed_until:
+            return []
+        out: list[dict] = []
+        while self._next_expiry and self._next_expiry <= limit:
+            at = self._next_expiry
+            out.extend(part.advance(at))
+            part.expire(at)
+            self.gate.expire()
+            self._next_expiry = at + EXPIRE_EVERY_MS
+        out.extend(part.advance(watermark))
+        if not self._next_expiry:
+            self._next_expiry = next_expiry(limit)
+        return out
+
+    def progress(self) -> int:
+        bound = self.merge.bound()
+        return max(self.merge.released_until, bound or 0)
+
+    @property
+    def idle(self) -> bool:
+        return self.merge.all_idle and not len(self.merge)
+
+    def snapshot(self) -> bytes:
+        state = {k: v for k, v in vars(self.part).items() if k != "ctx"}
+        return pickle.dumps(
+            {
+                "part": state,
+                "merge": self.merge,
+                "gate": self.gate,
+                "emitted_until": self.emitted_until,
+                "facts_sent": self.facts_sent,
+                "next_expiry": self._next_expiry,
+            },
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+
+    @classmethod
+    def restore(
+        cls,
+        part_cls: type[Part],
+        ctx: PartContext,
+        raw: bytes,
+        expected: Iterable[str] = (),
+        reports: frozenset[str] = frozenset(),
+    ) -> "Shard":
+        data = pickle.loads(raw)
+        part = part_cls(ctx)
+        vars(part).update(data["part"])
+        shard = cls(part, expected, reports)
+        shard.merge = data["merge"]
+        shard.merge.expected = frozenset(expected)
+        shard.gate = data["gate"]
+        shard.emitted_until = data["emitted_until"]
+        shard._next_expiry = data["next_expiry"]
+        shard.facts_sent = data["facts_sent"]
+        return shard
+
+
+class Topology:
+    """Which part gets which record or fact, under which key, and whose progress each shard waits for.
+
+    The Faust app and the in-process tests both route through this, so the
+    wiring is tested without a broker.
+    """
+
+    def __init__(self, parts: Sequence[type[Part]], topic_partitions: Mapping[str, int], partitions: int):
+        self.parts = list(parts)
+        self.partitions = partitions
+        self.by_name = {p.name: p for p in self.parts}
+        self.consumers: dict[str, list[type[Part]]] = {}
+        emitters: dict[str, list[type[Part]]] = {}
+        for p in self.parts:
+            for stream in p.inputs:
+                self.consumers.setdefault(stream, []).append(p)
+            for stream in p.emits:
+                emitters.setdefault(stream, []).append(p)
+        self.input_topics = [t for t in INPUT_TOPICS if t in self.consumers]
+        self.clock_topics = [t for t in EVENT_TOPICS if t in self.consumers]
+        #: the part whose shards dead-letter a topic's duplicates and late events
+        self.reporter = {t: self.consumers[t][0].name for t in self.input_topics}
+        self.expected: dict[str, frozenset[str]] = {}
+        self.reports: dict[str, frozenset[str]] = {}
+        self.downstream: dict[str, list[str]] = {}
+        for p in self.parts:
+            origins = {f"{t}/{i}" for t in self.clock_topics for i in range(topic_partitions.get(t, 0))}
+            for stream in p.inputs:
+                if stream in INPUT_TOPICS:
+                    origins |= {f"{stream}/{i}" for i in range(topic_partitions.get(stream, 0))}
+                for upstream in emitters.get(stream, ()):
+                    origins |= {f"{upstream.name}/{i}" for i in range(partitions)}
+            self.expected[p.name] = frozenset(origins)
+            self.reports[p.name] = frozenset(t for t, name in self.reporter.items() if name == p.name)
+            self.downstream[p.name] = sorted({q.name for s in p.emits for q in self.consumers.get(s, ())})
+
+    def route(self, topic: str, record: Any) -> list[tuple[str, str, str]]:
+        """``(part name, part key, partitioning key)`` for each part that takes this input record.
+
+        The reporting part gets every record (for the gate), keyed by the
+        record's id when it has no use for it (empty part key).
+        """
+        out = []
+        for p in self.consumers.get(topic, ()):
+            key = p.inputs[topic](record)
+            if key is None:
+                if self.reporter.get(topic) != p.name:
+                    continue
+                out.append((p.name, "", record_id(record)))
+            else:
+                out.append((p.name, key, key))
+        return out
+
+    def route_fact(self, stream: str, fact: Any) -> list[tuple[str, str]]:
+        """``(part name, key)`` for each part that takes this fact."""
+        out = []
+        for q in self.consumers.get(stream, ()):
+            key = q.inputs[stream](fact)
+            if key is not None:
+                out.append((q.name, key))
+        return out
+
+    def heartbeat_targets(self, topic: str) -> list[str]:
+        """Parts that must hear an input partition's progress: all of them for event topics."""
+        if topic in EVENT_TOPICS:
+            return [p.name for p in self.parts]
+        return [p.name for p in self.consumers.get(topic, ())]
+
+    def new_shard(self, name: str, ctx: PartContext, snapshot: bytes | None = None) -> Shard:
+        p = self.by_name[name]
+        if snapshot:
+            return Shard.restore(p, ctx, snapshot, self.expected[name], self.reports[name])
+        return Shard(p(ctx), self.expected[name], self.reports[name])
+
+
+def record_id(record: Any) -> str:
+    """A stable id for partitioning a record that has no part key (borrower pair, template id, ...)."""
+    for attr in ("message_id", "event_id", "template_id"):
+        value = getattr(record, attr, None)
+        if value:
+            return value
+    return f"{getattr(record, 'sender_id', '')}|{getattr(record, 'number', '')}"

@@ -1,0 +1,52 @@
+"""Worker metrics: fixed, low-cardinality labels; never a number or a sender."""
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from smsstream import metrics
+from smsstream.detection.gate import DuplicateEvent, LateEvent
+from smsstream.errors import RecordError
+from smsstream.records import decode
+
+
+def _error(raw: bytes) -> RecordError:
+    try:
+        decode("sms.sends", raw)
+    except RecordError as exc:
+        return exc
+    raise AssertionError("record was accepted")
+
+
+def test_each_worker_metric_counts_in_its_own_registry():
+    registry = CollectorRegistry()
+    m = metrics.create(registry)
+    m.events_in.labels("sms.sends").inc(3)
+    m.dead_letters.labels("sms.sends", "invalid_json").inc()
+    m.alerts.labels("non_borrower_spike", "firing").inc()
+    assert registry.get_sample_value("smsstream_events_in_total", {"topic": "sms.sends"}) == 3
+    assert registry.get_sample_value(
+        "smsstream_dead_letters_total", {"topic": "sms.sends", "reason": "invalid_json"}) == 1
+    assert registry.get_sample_value(
+        "smsstream_alerts_total", {"kind": "non_borrower_spike", "status": "firing"}) == 1
+    assert metrics.create().events_in is not m.events_in
+
+
+def test_dead_letter_reasons_come_from_a_fixed_set():
+    cases = {
+        b"{oops": "invalid_json",
+        b"x" * (70 * 1024): "too_large",
+        b'{"message_id": 5}': "invalid_record",
+    }
+    for raw, reason in cases.items():
+        assert metrics.dead_letter_reason(_error(raw)) == reason
+    assert metrics.dead_letter_reason(DuplicateEvent("duplicate send")) == "duplicate"
+    assert metrics.dead_letter_reason(LateEvent("late send")) == "late"
+    assert set(metrics.DEAD_LETTER_REASONS) >= set(cases.values()) | {"duplicate", "late"}
+
+
+def test_exposition_never_carries_a_phone_number():
+    registry = CollectorRegistry()
+    m = metrics.create(registry)
+    error = _error(b'{"message_id":"m","ts":1700000000000,"sender_id":"s","number":"+8613800138000",'
+                   b'"category":"nope","body":"x"}')
+    m.dead_letters.labels("sms.sends", metrics.dead_letter_reason(error)).inc()
+    assert b"8613800138000" not in generate_latest(registry)

@@ -1,0 +1,106 @@
+"""The streaming worker on a real broker: same alerts as replay, bad input dead-lettered, clear startup errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import urllib.request
+
+import orjson
+import pytest
+
+from smsstream.broker import free_port
+from smsstream.config import Settings
+from smsstream.errors import ConfigError
+from smsstream.records import ALERTS, DEAD_LETTER, SENDS
+from smsstream.topics import apply_topics
+from smsstream.worker.app import preflight
+from smsstream.worker.process import WorkerProcess
+from worker_scenario import MALFORMED, comparable, consume, end_offsets, prepared, worker_env
+
+
+@pytest.fixture(scope="module")
+def streamed(broker_url, bootstrap, tmp_path_factory):
+    """One worker over the shared scenario, which starts with a few malformed sends."""
+    tmp = tmp_path_factory.mktemp("worker")
+    scenario = prepared(broker_url, bootstrap, tmp)
+    expected = scenario["expected"]
+    env = worker_env(broker_url, tmp)
+    start = asyncio.run(end_offsets(bootstrap, ALERTS))
+    dead_start = asyncio.run(end_offsets(bootstrap, DEAD_LETTER))
+    worker = WorkerProcess(env, free_port(), tmp / "worker.log").start()
+    try:
+        worker.wait_ready()
+        want = set(comparable(expected))
+        records = asyncio.run(consume(
+            bootstrap, ALERTS, lambda ms: set(comparable([orjson.loads(m.value) for m in ms])) >= want, 300,
+            start=start))
+        (tmp / "expected.jsonl").write_bytes(b"".join(orjson.dumps(a) + b"\n" for a in expected))
+        (tmp / "worker-alerts.jsonl").write_bytes(b"".join(m.value + b"\n" for m in records))
+        dead = asyncio.run(consume(bootstrap, DEAD_LETTER, lambda ms: len(ms) >= len(MALFORMED), 30,
+                                   start=dead_start))
+        metrics_text = urllib.request.urlopen(
+            f"http://127.0.0.1:{env['SMSSTREAM_METRICS_PORT']}/metrics", timeout=5).read().decode()
+        yield {"expected": expected, "records": records, "dead": dead, "metrics": metrics_text,
+               "health": worker.health(), "alive": worker.running()}
+    finally:
+        worker.stop()
+
+
+@pytest.mark.broker
+def test_worker_writes_the_alerts_replay_writes(streamed):
+    expected = streamed["expected"]
+    assert len({a["kind"] for a in expected}) >= 2
+    alerts = [orjson.loads(m.value) for m in streamed["records"]]
+    assert comparable(alerts) == comparable(expected)
+    assert all(m.key.decode() == orjson.loads(m.value)["dedup_key"] for m in streamed["records"])
+    assert all(isinstance(a["detected_at"], int) and a["detected_at"] > 0 for a in alerts)
+
+
+@pytest.mark.broker
+def test_malformed_records_land_on_the_dead_letter_topic_and_the_worker_keeps_going(streamed):
+    dead = {m.key: orjson.loads(m.value) for m in streamed["dead"]}
+    assert set(dead) == {key for key, _ in MALFORMED}
+    assert "not valid JSON" in dead[b"bad-json"]["error"]
+    assert dead[b"bad-field"]["error"].startswith("field '")
+    assert dead[b"\xff\xfe"]["raw_encoding"] == "base64"
+    assert all(d["topic"] == SENDS and isinstance(d["offset"], int) for d in dead.values())
+    assert streamed["alive"]
+    # the unparseable text and the non-UTF-8 bytes both fail as JSON
+    assert 'smsstream_dead_letters_total{reason="invalid_json",topic="sms.sends"} 2.0' in streamed["metrics"]
+    assert 'smsstream_dead_letters_total{reason="invalid_record",topic="sms.sends"} 1.0' in streamed["metrics"]
+    assert "+91" not in streamed["metrics"]
+
+
+@pytest.mark.broker
+def test_health_endpoint_reports_assigned_partitions(streamed):
+    health = streamed["health"]
+    assert health["status"] == "ok" and health["assigned_partitions"] > 0
+
+
+@pytest.mark.broker
+def test_missing_topics_are_named_with_the_command_that_creates_them(broker_url):
+    settings = Settings.from_env({"SMSSTREAM_BROKER": broker_url})
+    with pytest.raises(ConfigError, match=r"sms\.not-there.*smsstream topics apply"):
+        asyncio.run(preflight(settings, topics=["sms.not-there"]))
+
+
+@pytest.mark.broker
+def test_startup_counts_every_partition_of_every_topic_so_no_input_partition_is_left_unwaited(broker_url, bootstrap):
+    apply_topics(broker_url)
+    settings = Settings.from_env({"SMSSTREAM_BROKER": broker_url})
+    counts = asyncio.run(preflight(settings))
+    assert counts == {t: len(asyncio.run(end_offsets(bootstrap, t))) for t in counts}
+    assert all(n > 0 for n in counts.values())
+
+
+def test_unreachable_broker_names_the_address_and_the_fix(tmp_path):
+    port = free_port()
+    env = dict(os.environ, SMSSTREAM_BROKER=f"kafka://127.0.0.1:{port}", SMSSTREAM_PSEUDONYM_KEY="k")
+    result = subprocess.run([sys.executable, "-m", "smsstream", "worker"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "smsstream broker" in result.stderr and "SMSSTREAM_BROKER" in result.stderr

@@ -1,0 +1,160 @@
+"""One simulated scenario on the session's broker, shared by the worker tests.
+
+The input topics of a broker are shared by every test of a session, so the
+scenario is produced once; each test runs its workers under its own
+``SMSSTREAM_APP_ID`` (own consumer group, own internal topics), reads the
+input from the start, and looks only at the alert records written after it
+started. ``expected`` is what ``replay`` writes before its end-of-input flush
+(a live worker never reaches the end of its input).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+from conftest import PSEUDONYM_KEY
+from smsstream.broker import free_port
+from smsstream.detection.engine import Engine
+from smsstream.pseudonym import Pseudonymizer
+from smsstream.records import SENDS
+from smsstream.replay import replay_lines
+from smsstream.topics import apply_topics
+
+#: A small clean scenario with every attack kind: two simulated days, a few senders.
+SCENARIO = ["--days", "2", "--senders", "6", "--rate", "0.03", "--seed", "7", "--clean"]
+MALFORMED = [
+    (b"bad-json", b"{not json"),
+    (b"bad-field", b'{"message_id": "x1", "ts": "yesterday"}'),
+    (b"\xff\xfe", b"\xff\xfe\x00binary"),
+]
+
+_prepared: dict[str, dict] = {}
+
+
+class NoFlush(Engine):
+    def flush(self) -> list[dict]:
+        return []
+
+
+def prepared(broker_url: str, bootstrap: str, tmp: Path) -> dict:
+    """Topics applied, scenario produced (once per broker), and the alerts replay expects."""
+    if broker_url not in _prepared:
+        apply_topics(broker_url)
+        path = tmp / "events.jsonl"
+        subprocess.run([sys.executable, "-m", "smsstream", "simulate", *SCENARIO, "-q", "-o", str(path)],
+                       check=True, capture_output=True)
+        lines = path.read_bytes().splitlines()
+        expected: list[dict] = []
+        replay_lines(lines, NoFlush(Pseudonymizer(PSEUDONYM_KEY)), expected.append)
+        asyncio.run(produce(bootstrap, lines, MALFORMED))
+        _prepared[broker_url] = {"lines": lines, "expected": expected}
+    return _prepared[broker_url]
+
+
+async def produce(bootstrap: str, lines: list[bytes], malformed: list[tuple[bytes, bytes]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    await producer.start()
+    try:
+        for key, value in malformed:
+            await producer.send(SENDS, value=value, key=key)
+        for line in lines:
+            obj = orjson.loads(line)
+            value = obj["value"]
+            raw = None if value is None else value.encode() if isinstance(value, str) else orjson.dumps(value)
+            key = obj.get("key")
+            await producer.send(obj["topic"], value=raw, key=key.encode() if key else None)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def _assigned(topic: str, bootstrap: str):
+    """A group-less consumer subscribed to ``topic``, once it has all its partitions (metadata loaded)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    for _ in range(200):
+        if consumer.assignment():
+            break
+        await asyncio.sleep(0.05)
+    return consumer
+
+
+async def _stop(consumer) -> None:
+    # aiokafka 0.14 re-raises the cancellation of its own commit-reset task when a
+    # group-less consumer stops right after starting
+    with contextlib.suppress(asyncio.CancelledError):
+        await consumer.stop()
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict:
+    consumer = await _assigned(topic, bootstrap)
+    try:
+        tps = list(consumer.assignment())
+        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await _stop(consumer)
+
+
+async def consume(bootstrap: str, topic: str, until, timeout: float, start: dict | None = None,
+                  on_batch=None) -> list:
+    """Read ``topic`` (from ``start`` offsets, else the beginning) until ``until(messages)`` holds and 5 s pass quietly."""
+    consumer = await _assigned(topic, bootstrap)
+    for tp in consumer.assignment():
+        if start and tp.partition in start:
+            consumer.seek(tp, start[tp.partition])
+        else:
+            await consumer.seek_to_beginning(tp)
+    messages: list = []
+    quiet_since = time.monotonic()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=1000)
+            got = [m for ms in batch.values() for m in ms]
+            if got:
+                messages += got
+                quiet_since = time.monotonic()
+                if on_batch is not None:
+                    on_batch(messages)
+            elif until(messages) and time.monotonic() - quiet_since >= 5:
+                break
+    finally:
+        await _stop(consumer)
+    return messages
+
+
+def comparable(alerts: list[dict]) -> list[bytes]:
+    """Alert records bar ``detected_at``, deduplicated (a re-sent record is the same record).
+
+    Evidence *samples* (lists of message ids, numbers) are left out: which 20
+    of many sends are quoted may differ where replay's file order and the
+    worker's event-time merge break ties differently; every figure is compared.
+    """
+    def strip(a: dict) -> dict:
+        out = {k: v for k, v in a.items() if k != "detected_at"}
+        out["evidence"] = {k: v for k, v in a["evidence"].items() if not isinstance(v, list)}
+        return out
+
+    return sorted({orjson.dumps(strip(a), option=orjson.OPT_SORT_KEYS) for a in alerts})
+
+
+def worker_env(broker_url: str, tmp: Path, **extra) -> dict:
+    env = dict(os.environ, SMSSTREAM_BROKER=broker_url, SMSSTREAM_PSEUDONYM_KEY=PSEUDONYM_KEY,
+               SMSSTREAM_METRICS_PORT=str(free_port()), SMSSTREAM_DATA_DIR=str(tmp / "data"),
+               SMSSTREAM_STORE="memory://", SMSSTREAM_APP_ID=f"smsstream-test-{uuid.uuid4().hex[:8]}")
+    env.update(extra)
+    return env
