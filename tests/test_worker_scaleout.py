@@ -10,7 +10,7 @@ import pytest
 from smsstream.broker import free_port
 from smsstream.records import ALERTS
 from smsstream.worker.process import WorkerProcess
-from worker_scenario import comparable, consume, end_offsets, prepared, worker_env
+from worker_scenario import comparable, consume, end_offsets, log_digest, prepared, worker_env
 
 
 @pytest.mark.broker
@@ -47,6 +47,8 @@ def test_killing_one_of_two_workers_loses_no_counts_and_duplicates_no_episode(br
     (tmp_path / "worker-alerts.jsonl").write_bytes(b"".join(m.value + b"\n" for m in records))
     (tmp_path / "expected.jsonl").write_bytes(b"".join(orjson.dumps(a) + b"\n" for a in expected))
     # no counts lost: every figure of every alert is what one uninterrupted replay computes
+    missing = set(comparable(expected)) - set(comparable(alerts))
+    assert not missing, f"{len(missing)} of {len(expected)} alert records never came\n{log_digest(first, second)}"
     assert comparable(alerts) == comparable(expected)
     # no duplicated episode: one alert_id per (dedup_key, first_seen), and the same ids as replay
     episodes = {(a["dedup_key"], a["first_seen"]): a["alert_id"] for a in alerts}

@@ -152,6 +152,17 @@ def comparable(alerts: list[dict]) -> list[bytes]:
     return sorted({orjson.dumps(strip(a), option=orjson.OPT_SORT_KEYS) for a in alerts})
 
 
+def log_digest(*workers, lines: int = 40) -> str:
+    """What went on in each worker (rebalances, recovery, warnings), for a failing test's message."""
+    keep = ("WARNING", "ERROR", "CRITICAL", "Traceback", "rebalanc", "Recovery", "assigned", "restored", "Worker ready")
+    out = []
+    for w in workers:
+        text = w.log_path.read_text(errors="replace").splitlines() if w.log_path.exists() else []
+        picked = [line[:200] for line in text if any(k in line for k in keep)]
+        out.append(f"--- {w.log_path.name} ({len(text)} lines), notable:\n" + "\n".join(picked[-lines:]))
+    return "\n".join(out)
+
+
 def worker_env(broker_url: str, tmp: Path, **extra) -> dict:
     env = dict(os.environ, SMSSTREAM_BROKER=broker_url, SMSSTREAM_PSEUDONYM_KEY=PSEUDONYM_KEY,
                SMSSTREAM_METRICS_PORT=str(free_port()), SMSSTREAM_DATA_DIR=str(tmp / "data"),
