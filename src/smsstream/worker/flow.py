@@ -90,7 +90,13 @@ class OriginState:
 
 @dataclass
 class EventTimeMerge:
-    """Releases items in event-time order once all busy origins have passed them."""
+    """Releases items in event-time order once all busy origins have passed them.
+
+    Ties in event time are broken by origin and position, never by arrival:
+    a shard restored from a snapshot then processes the same items in the
+    same order and numbers its facts as before, so its downstream can drop
+    the re-sent ones by number.
+    """
 
     expected: frozenset[str] = frozenset()
     max_buffered: int = MAX_BUFFERED
@@ -117,7 +123,7 @@ class EventTimeMerge:
         if item.ts > state.watermark:
             state.watermark = item.ts
         self._seq += 1
-        heapq.heappush(self._heap, (item.ts, self._seq, item))
+        heapq.heappush(self._heap, (item.ts, item.origin, item.seq, self._seq, item))
         return True
 
     def heartbeat(self, beat: Heartbeat) -> None:
@@ -152,14 +158,14 @@ class EventTimeMerge:
         heap = self._heap
         if self.all_idle:
             while heap:
-                out.append(heapq.heappop(heap)[2])
+                out.append(heapq.heappop(heap)[-1])
         else:
             bound = self.bound()
             if bound is not None:
                 while heap and heap[0][0] <= bound:
-                    out.append(heapq.heappop(heap)[2])
+                    out.append(heapq.heappop(heap)[-1])
             while len(heap) > self.max_buffered:
-                out.append(heapq.heappop(heap)[2])
+                out.append(heapq.heappop(heap)[-1])
         if out and out[-1].ts > self.released_until:
             self.released_until = out[-1].ts
         return out
