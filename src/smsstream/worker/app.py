@@ -253,6 +253,10 @@ def build(
                     alert["detected_at"] = int(time.time() * 1000)
                     await alerts_topic.send(key=alert["dedup_key"].encode(), value=orjson.dumps(alert))
                     metrics.alerts.labels(alert["kind"], alert["status"]).inc()
+                if worker.shards.get((p.name, partition)) is not shard:
+                    # revoked while this event was in flight: its next owner reads it again from
+                    # the last snapshot, so this shard's newer state must not be saved or acknowledged
+                    continue
                 shard.emitted_until = shard.progress()
                 held = pending.setdefault((p.name, partition), [])
                 held.append(event)
