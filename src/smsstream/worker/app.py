@@ -363,7 +363,8 @@ def save_snapshot(table: Any, partition: int, blob: bytes) -> None:
     for i, chunk in enumerate(chunks):
         table[b"%s/%d/%d" % (key, slot, i)] = chunk
     for i in range(len(chunks), manifest["counts"][slot]):
-        del table[b"%s/%d/%d" % (key, slot, i)]
+        # a worker killed between these deletes and the manifest leaves some of them done already
+        table.pop(b"%s/%d/%d" % (key, slot, i), None)
     manifest["counts"][slot] = len(chunks)
     manifest["slot"] = slot
     table[key] = orjson.dumps(manifest)
