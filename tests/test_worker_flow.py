@@ -8,7 +8,6 @@ uneven speeds; the alerts must be those of ``Engine`` over the same events.
 from __future__ import annotations
 
 import random
-import zlib
 
 import pytest
 
@@ -16,12 +15,8 @@ from smsstream.detection.base import PartContext
 from smsstream.detection.engine import DETECTOR_PARTS
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import BORROWERS, RECEIPTS, SENDS, Send
-from smsstream.worker.flow import EventTimeMerge, Heartbeat, Item, Source, Topology, decode, encode
+from smsstream.worker.flow import EventTimeMerge, Heartbeat, Item, Outbox, Source, Topology, decode, encode, partition_of
 from traffic import HOUR, KEY, MINUTE, T0, Sends, book, engine, numbers
-
-
-def _partition(key: str, n: int) -> int:
-    return zlib.crc32(key.encode()) % n
 
 
 class LocalDataflow:
@@ -55,7 +50,7 @@ class LocalDataflow:
         n = len({i for _, i in self.inputs})
         for topic, record in events:
             producer_key = getattr(record, "number", None) or getattr(record, "message_id", "")
-            self.inputs[(topic, _partition(producer_key, n))].append(record)
+            self.inputs[(topic, partition_of(producer_key, n))].append(record)
 
     def _shard(self, name: str, partition: int):
         shard = self.shards.get((name, partition))
@@ -69,15 +64,20 @@ class LocalDataflow:
     def _read(self, tp, count: int) -> None:
         topic, partition = tp
         log = self.inputs[tp]
+        outbox = Outbox(self.partitions)
         for offset in range(self.read_at[tp], min(self.read_at[tp] + count, len(log))):
             record = log[offset]
             ts = record.ts or self.max_ts[tp]
             self.max_ts[tp] = max(self.max_ts[tp], ts)
             source = Source(topic, partition, offset, None, b"{}")
             for name, part_key, route_key in self.topology.route(topic, record):
-                item = Item(topic, part_key, record, ts, f"{topic}/{partition}", source, offset)
-                self.inbox[(name, _partition(route_key, self.partitions))].append(encode(item))
+                outbox.add(name, route_key, Item(topic, part_key, record, ts, f"{topic}/{partition}", source, offset))
             self.read_at[tp] = offset + 1
+        self._send(outbox)
+
+    def _send(self, outbox: Outbox) -> None:
+        for target, items in outbox.take().items():
+            self.inbox[target].append(encode(items))
 
     def _heartbeats(self) -> None:
         beats: dict[str, list[Heartbeat]] = {}
@@ -106,10 +106,11 @@ class LocalDataflow:
                     out = shard.run()
                     self.dead += [str(error) for _, error in out.dead]
                     self.alerts += out.alerts
+                    facts = Outbox(self.partitions)
                     for stream, fact, ts, seq in out.facts:
                         for target, key in self.topology.route_fact(stream, fact):
-                            item = Item(stream, key, fact, ts, f"{name}/{partition}", seq=seq)
-                            self.inbox[(target, _partition(key, self.partitions))].append(encode(item))
+                            facts.add(target, key, Item(stream, key, fact, ts, f"{name}/{partition}", seq=seq))
+                    self._send(facts)
                     shard.emitted_until = shard.progress()
 
     def run(self, batch: int = 50, restart_every: int = 0, checkpoint_every: int = 0,

@@ -42,7 +42,7 @@ from smsstream.detection.base import Part, PartContext
 from smsstream.errors import BrokerUnreachable, ConfigError, RecordError
 from smsstream.metrics import Metrics, create, dead_letter_reason
 from smsstream.pseudonym import Pseudonymizer
-from smsstream.worker.flow import Heartbeat, Item, Shard, Source, Topology, decode, encode
+from smsstream.worker.flow import Heartbeat, Item, Outbox, Shard, Source, Topology, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ CHECKPOINT_S = 5.0
 CHECKPOINT_EVENTS = 20_000
 #: Table values stay well under Kafka's default 1 MB message limit.
 CHUNK_BYTES = 256 * 1024
+#: A route agent sends what its input records fan out to once it holds this many items, or after this long.
+ROUTE_BATCH_ITEMS = 2_000
+ROUTE_BATCH_S = 0.25
 
 
 def part_topic_name(app_id: str, part: type[Part]) -> str:
@@ -98,6 +101,19 @@ async def preflight(settings: Settings, topics: Iterable[str] = (*records.INPUT_
         return counts
     finally:
         await consumer.stop()
+
+
+@dataclass
+class RouteBatch:
+    """Input records a route agent has read and routed but not yet sent on: acknowledged only once sent."""
+
+    outbox: Outbox
+    acker: Any = None
+    held: list = field(default_factory=list)
+    #: input partition -> (highest event time, last offset) among the held records
+    reached: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    opened: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass
@@ -179,36 +195,70 @@ def build(
         metrics.dead_letters.labels(source.topic, dead_letter_reason(error)).inc()
 
     # --- route agents: input topic -> part topics ---------------------------
-    #: input partition -> [max event ts, last offset processed]
+    #: input partition -> [max event ts, last offset] of the records sent on to the parts
     progress: dict[tuple[str, int], list[int]] = {}
     idle_since: dict[tuple[str, int], float] = {}
+    routes: dict[str, RouteBatch] = {}
+
+    async def send_items(outbox: Outbox) -> None:
+        for (name, partition), items in outbox.take().items():
+            await part_topics[name].send(key=None, value=encode(items), partition=partition)
+
+    async def flush_route(batch: RouteBatch) -> None:
+        """Send the held records' items, then let heartbeats claim their time, then acknowledge them.
+
+        One flush at a time: the items of an input partition must reach each
+        part partition in offset order (a shard drops an item numbered below
+        one it already has, as a re-sent copy).
+        """
+        async with batch.lock:
+            held, batch.held = batch.held, []
+            reached, batch.reached = batch.reached, {}
+            await send_items(batch.outbox)
+            for tp, (ts, offset) in reached.items():
+                state = progress.get(tp)
+                if state is not None:
+                    state[0] = max(state[0], ts)
+                    state[1] = max(state[1], offset)
+            for event in held:
+                await batch.acker.ack(event)
 
     def make_route(topic: str):
+        batch = routes[topic] = RouteBatch(Outbox(partitions))
+        reporter = topology.reporter.get(topic)
+
         async def route(stream):
-            async for event in stream.events():
+            batch.acker = acker = stream.noack()
+            async for event in acker.events():
                 message = event.message
                 tp = (topic, message.partition)
                 metrics.events_in.labels(topic).inc()
                 raw, key = message.value, message.key
                 state = progress.setdefault(tp, [0, -1])
-                state[1] = message.offset
                 idle_since.pop(tp, None)
+                ts, _ = batch.reached.get(tp, (state[0], 0))
                 source = Source(topic, message.partition, message.offset, key, raw)
                 try:
                     record = records.decode(topic, raw, key)
                 except RecordError as exc:
                     await send_dead(source, exc)
-                    continue
-                if record is None:
-                    continue
-                ts = record.ts or state[0]
-                origin = f"{topic}/{message.partition}"
-                for name, part_key, route_key in topology.route(topic, record):
-                    item = Item(topic, part_key, record, ts, origin, source, message.offset)
-                    await part_topics[name].send(key=route_key.encode(), value=encode(item))
-                # only now may a heartbeat claim this time: the items above are queued before it
-                if ts > state[0]:
-                    state[0] = ts
+                    record = None
+                if record is not None:
+                    ts = max(ts, record.ts or 0)
+                    origin = f"{topic}/{message.partition}"
+                    # only the reporting part dead-letters, so only its copy carries the raw bytes
+                    lean = Source(topic, message.partition, message.offset, key, None)
+                    for name, part_key, route_key in topology.route(topic, record):
+                        item = Item(topic, part_key, record, record.ts or ts, origin,
+                                    source if name == reporter else lean, message.offset)
+                        batch.outbox.add(name, route_key, item)
+                if not batch.held:
+                    batch.opened = time.monotonic()
+                batch.held.append(event)
+                batch.reached[tp] = (ts, message.offset)
+                if (batch.outbox.items >= ROUTE_BATCH_ITEMS or batch.outbox.full
+                        or time.monotonic() - batch.opened >= ROUTE_BATCH_S):
+                    await flush_route(batch)
 
         route.__name__ = f"route_{topic.replace('.', '_').replace('-', '_')}"
         return route
@@ -235,6 +285,8 @@ def build(
     def make_part_agent(p: type[Part]):
         table = tables[p.name]
 
+        facts = Outbox(partitions)
+
         async def run_part(stream):
             acker = stream.noack()
             async for event in acker.events():
@@ -247,8 +299,8 @@ def build(
                 origin = f"{p.name}/{partition}"
                 for stream_name, fact, ts, seq in out.facts:
                     for name, fact_key in topology.route_fact(stream_name, fact):
-                        item = Item(stream_name, fact_key, fact, ts, origin, seq=seq)
-                        await part_topics[name].send(key=fact_key.encode(), value=encode(item))
+                        facts.add(name, fact_key, Item(stream_name, fact_key, fact, ts, origin, seq=seq))
+                await send_items(facts)
                 for alert in out.alerts:
                     alert["detected_at"] = int(time.time() * 1000)
                     await alerts_topic.send(key=alert["dedup_key"].encode(), value=orjson.dumps(alert))
@@ -287,6 +339,9 @@ def build(
     @app.timer(interval=HEARTBEAT_S)
     async def heartbeat() -> None:
         """Tell every shard how far each upstream partition this process owns has got in event time."""
+        for batch in routes.values():
+            if batch.held:
+                await flush_route(batch)
         inputs = [tp for tp in app.consumer.assignment() if tp.topic in topology.input_topics]
         ends = await app.consumer.highwaters(*inputs) if inputs else {}
         now = time.monotonic()
@@ -323,6 +378,13 @@ def build(
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_, revoked, **kwargs) -> None:
+        gone = {(tp.topic, tp.partition) for tp in revoked}
+        for batch in routes.values():
+            # not sent, so not acknowledged: the partition's next owner reads and routes them again
+            batch.outbox.drop({f"{topic}/{partition}" for topic, partition in gone})
+            batch.held = [e for e in batch.held if (e.message.topic, e.message.partition) not in gone]
+            for tp in gone:
+                batch.reached.pop(tp, None)
         for tp in revoked:
             progress.pop((tp.topic, tp.partition), None)
             idle_since.pop((tp.topic, tp.partition), None)
@@ -342,6 +404,8 @@ def build(
                 "assigned_partitions": len(assigned),
                 "rebalancing": bool(app.rebalancing),
                 "shards": len(worker.shards),
+                # a shard is idle once every upstream partition has caught up and its merge is empty
+                "idle_shards": sum(shard.idle for shard in worker.shards.values()),
                 "parts": [p.name for p in parts],
             }
         )

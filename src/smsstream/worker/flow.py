@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import pickle
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -68,7 +69,8 @@ class Heartbeat:
     idle: bool
 
 
-Message = Item | list[Heartbeat]
+#: What one internal-topic message carries: items in their origin's order, or heartbeats.
+Message = Item | list[Item | Heartbeat]
 
 
 def encode(message: Message) -> bytes:
@@ -206,10 +208,14 @@ class Shard:
         self._next_expiry = 0
 
     def offer(self, message: Message) -> None:
-        """Take an item, or a batch of heartbeats (one message carries every origin a sender has)."""
+        """Take an item, or a batch of items or heartbeats (one message carries many)."""
         if isinstance(message, list):
-            for beat in message:
-                self.merge.heartbeat(beat)
+            merge = self.merge
+            for element in message:
+                if element.__class__ is Heartbeat:
+                    merge.heartbeat(element)
+                else:
+                    merge.offer(element)
         else:
             self.merge.offer(message)
 
@@ -374,6 +380,63 @@ class Topology:
         if snapshot:
             return Shard.restore(p, ctx, snapshot, self.expected[name], self.reports[name])
         return Shard(p(ctx), self.expected[name], self.reports[name])
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The internal-topic partition of a part key; every writer of the internal topics uses this."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+class Outbox:
+    """Items for the parts' internal topics, grouped by target partition, sent as one message per group.
+
+    Faust's cost is per message, not per byte: an input record fans out to
+    several parts and facts, and one message per record and part would make
+    that fan-out the worker's limit (and pin a hot sender's partition to
+    Faust's per-message rate). Items keep their origin's order within a group.
+    """
+
+    #: a group is sent once it holds this many bytes of raw input (well under Kafka's 1 MB message limit)
+    MAX_GROUP_BYTES = 256 * 1024
+
+    def __init__(self, partitions: int):
+        self.partitions = partitions
+        self.groups: dict[tuple[str, int], list[Item]] = {}
+        self.items = 0
+        self.largest = 0
+        self._bytes: dict[tuple[str, int], int] = {}
+
+    def add(self, part: str, key: str, item: Item) -> None:
+        target = (part, partition_of(key, self.partitions))
+        group = self.groups.get(target)
+        if group is None:
+            group = self.groups[target] = []
+        group.append(item)
+        self.items += 1
+        if item.source is not None and item.source.raw:
+            size = self._bytes[target] = self._bytes.get(target, 0) + len(item.source.raw)
+            if size > self.largest:
+                self.largest = size
+
+    @property
+    def full(self) -> bool:
+        return self.largest >= self.MAX_GROUP_BYTES
+
+    def take(self) -> dict[tuple[str, int], list[Item]]:
+        groups = self.groups
+        self.groups, self._bytes, self.items, self.largest = {}, {}, 0, 0
+        return groups
+
+    def drop(self, origins: set[str]) -> None:
+        """Forget items from these origins (their partitions were revoked: the next owner sends them)."""
+        for target, group in list(self.groups.items()):
+            kept = [item for item in group if item.origin not in origins]
+            self.items -= len(group) - len(kept)
+            if kept:
+                self.groups[target] = kept
+            else:
+                del self.groups[target]
+                self._bytes.pop(target, None)
 
 
 def record_id(record: Any) -> str:
