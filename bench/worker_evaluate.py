@@ -1,0 +1,184 @@
+"""The same simulated scenario scored through ``replay`` and through live workers on the embedded broker.
+
+    python bench/worker_evaluate.py                              # 1 day, 20 senders, rate 0.2
+    python bench/worker_evaluate.py --days 3 --senders 60 --rate 1 --workers 2
+
+Simulates a labelled scenario to JSONL, runs ``smsstream replay`` over it,
+then starts Tansu, creates the topics, produces the same records, starts
+``--workers`` worker processes in one group and collects ``sms.alerts`` until
+every input record has been read and no alert has come for ``--settle``
+seconds. Both alert sets are scored by ``smsstream evaluate``; the figures
+must agree. Also prints the workers' throughput (input records over the wall
+time from the first worker being ready to the last input record read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+
+from smsstream.broker import EmbeddedBroker, free_port
+from smsstream.records import ALERTS
+from smsstream.topics import apply_topics
+from smsstream.worker.app import INTERNAL_PARTITIONS
+from smsstream.worker.process import WorkerProcess
+
+KEY = "bench-worker-evaluate"
+EVENTS_IN = re.compile(r'^smsstream_events_in_total\{topic="[^"]+"\} ([0-9.e+]+)$', re.M)
+
+
+def smsstream(*args: str, env: dict) -> None:
+    subprocess.run([sys.executable, "-m", "smsstream", *args], check=True, env=env)
+
+
+async def produce(bootstrap: str, lines: list[bytes]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        pending = []
+        for line in lines:
+            obj = orjson.loads(line)
+            value = obj["value"]
+            raw = None if value is None else value.encode() if isinstance(value, str) else orjson.dumps(value)
+            key = obj.get("key")
+            pending.append(await producer.send(obj["topic"], value=raw, key=key.encode() if key else None))
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+def events_read(metrics_ports: list[int]) -> int:
+    total = 0.0
+    for port in metrics_ports:
+        with contextlib.suppress(OSError):
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
+            total += sum(float(v) for v in EVENTS_IN.findall(text))
+    return int(total)
+
+
+def caught_up(workers: list[WorkerProcess]) -> bool:
+    """Every shard of every part exists on some live worker and has nothing left to process."""
+    health = [h for w in workers if w.running() and (h := w.health())]
+    shards = sum(h["shards"] for h in health)
+    parts = max((len(h["parts"]) for h in health), default=0)
+    return bool(health) and shards >= parts * INTERNAL_PARTITIONS and all(
+        h["idle_shards"] == h["shards"] for h in health)
+
+
+async def collect_alerts(bootstrap: str, total: int, metrics_ports: list[int], settle: float, timeout: float,
+                         workers: list[WorkerProcess]) -> tuple[list[bytes], float]:
+    """Alert records until all input is processed and ``settle`` s pass without one; the time processing took."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(ALERTS, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    values: list[bytes] = []
+    started = last_alert = last_report = time.monotonic()
+    read_all_at = done_at = None
+    # a worker's counter restarts with it, so the sum only says "all read" once it reaches the total
+    try:
+        while time.monotonic() - started < timeout:
+            batch = await consumer.getmany(timeout_ms=1000)
+            got = [m.value for ms in batch.values() for m in ms]
+            now = time.monotonic()
+            if got:
+                values += got
+                last_alert = now
+            read = events_read(metrics_ports)
+            if read_all_at is None and read >= total:
+                read_all_at = now
+            if now - last_report >= 10:
+                last_report = now
+                alive = sum(w.running() for w in workers)
+                print(f"  [{now - started:5.0f}s] read {read:,}/{total:,} input records "
+                      f"({read / (now - started):,.0f}/s), {len(values)} alert records, {alive} worker(s) up, "
+                      f"{'caught up' if caught_up(workers) else 'processing'}", flush=True)
+            up = read_all_at is not None and caught_up(workers)
+            done_at = (done_at or now) if up else None
+            if done_at is not None and now - max(last_alert, done_at) >= settle:
+                break
+        else:
+            print(f"  gave up after {timeout:.0f} s", flush=True)
+    finally:
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer.stop()
+    return values, (done_at or time.monotonic()) - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--days", type=int, default=1)
+    parser.add_argument("--senders", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--settle", type=float, default=30.0, help="quiet seconds that end the collection")
+    parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--keep", help="directory for the files (default: a temporary one)")
+    args = parser.parse_args()
+
+    workdir = Path(args.keep or tempfile.mkdtemp(prefix="smsstream-worker-eval-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "SMSSTREAM_PSEUDONYM_KEY": os.environ.get("SMSSTREAM_PSEUDONYM_KEY") or KEY}
+    events = workdir / "events.jsonl"
+    labels = workdir / "events.labels.jsonl"
+    print(f"simulating {args.days} day(s), {args.senders} senders, rate {args.rate}, seed {args.seed} -> {events}")
+    smsstream("simulate", "-o", str(events), "--days", str(args.days), "--senders", str(args.senders),
+              "--rate", str(args.rate), "--seed", str(args.seed), "-q", env=env)
+    lines = events.read_bytes().splitlines()
+    print(f"replaying {len(lines):,} records")
+    smsstream("replay", str(events), "-o", str(workdir / "replay-alerts.jsonl"), "--quiet", env=env)
+
+    with EmbeddedBroker() as broker:
+        apply_topics(broker.url)
+        print(f"producing to {broker.url}")
+        asyncio.run(produce(broker.bootstrap, lines))
+        worker_env = {**env, "SMSSTREAM_BROKER": broker.url, "SMSSTREAM_STORE": "memory://",
+                      "SMSSTREAM_DATA_DIR": str(workdir / "worker-data")}
+        ports = [free_port() for _ in range(args.workers)]
+        workers = [WorkerProcess({**worker_env, "SMSSTREAM_METRICS_PORT": str(port)}, free_port(),
+                                 workdir / f"worker-{i}.log", loglevel="warn").start()
+                   for i, port in enumerate(ports)]
+        try:
+            for w in workers:
+                w.wait_ready(progress=lambda text: print(f"  {text}", flush=True))
+            print(f"{args.workers} worker(s) ready; collecting alerts")
+            values, took = asyncio.run(collect_alerts(broker.bootstrap, len(lines), ports, args.settle,
+                                                      args.timeout, workers))
+        finally:
+            for w in workers:
+                w.stop()
+    (workdir / "worker-alerts.jsonl").write_bytes(b"".join(v + b"\n" for v in values))
+    print(f"workers processed {len(lines):,} records in {took:.0f} s ({len(lines) / max(took, 1e-9):,.0f} records/s)")
+
+    scores = {}
+    for name in ("replay", "worker"):
+        out = subprocess.run([sys.executable, "-m", "smsstream", "evaluate", "--labels", str(labels),
+                              "--alerts", str(workdir / f"{name}-alerts.jsonl")],
+                             check=True, env=env, capture_output=True, text=True).stdout
+        scores[name] = out
+        print(f"\n== evaluate, {name} ==\n{out}")
+    same = scores["replay"] == scores["worker"]
+    print("figures agree" if same else "FIGURES DIFFER", f"(files in {workdir})")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
