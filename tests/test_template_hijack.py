@@ -513,3 +513,36 @@ def test_a_rarely_used_template_blasted_from_a_never_seen_key_raises_volume_burs
         h.send(blast + i * MIN, body(rng), key="key-stolen", ip="185.220.101.7")
     h.flush()
     assert [a for a in h.firing("volume_burst") if "key-stolen" in a["summary"]]
+
+
+KASH = "[KashRide] Your KYC documents have been received and are under review."
+
+
+def test_a_never_used_registered_template_whose_first_sends_already_carry_a_link_raises_content_drift():
+    # Seen on simulated traffic (seed 14): a stolen key's very first sends of a dormant registered template all
+    # carried the injected link, which the template then "learned"; its plain sends minutes later fit the
+    # registration, so the registration is current and the link is tampering.
+    h = Harness()
+    h.template(tid="T7", sender="kashride", text=KASH)
+    attack = T0 + 30 * HOUR
+    rng = random.Random(24)
+    for i in range(30):
+        link = rng.random() < 0.7 or i < 4
+        b = f"{KASH} https://kashride-refund.site/2b93d589" if link else KASH
+        h.send(attack + i * MIN, b, tid="T7", sender="kashride", key="ak-stolen", ip="42.67.221.216")
+    h.flush()
+    fired = h.firing("content_drift")
+    assert fired and fired[0]["evidence"]["urls"] == ["kashride-refund.site"]
+    assert fired[0]["severity"] == "critical"
+    assert fired[0]["window_end"] - attack <= 10 * MIN
+
+
+def test_a_registered_template_whose_every_send_carries_a_link_its_stale_registration_lacks_stays_quiet():
+    # The sender added its link to the text and never re-registered: nothing ever fits, the link is its normal.
+    h = Harness()
+    h.template(tid="T7", sender="kashride", text=KASH)
+    start = T0 + 30 * HOUR
+    for i in range(120):
+        h.send(start + i * 3 * MIN, f"{KASH} https://kashride.in/kyc", tid="T7", sender="kashride")
+    h.flush()
+    assert h.firing() == []

@@ -8,7 +8,10 @@ three reasons, all on the same alert ``template_hijack/template/<id>``:
   carried before (for unregistered templates, learned during its first
   ``LEARN_MS``). Markers are judged per message when the bucket closes; a
   marker that differs from the *registered* text pages at once (even for a
-  new template, as long as some of its traffic fits its registration); an
+  new template, as long as some of its traffic fits its registration; what
+  its first sends carried against the registration before any send fitted
+  is held, and pages as soon as one fits, or is learned if none fits while
+  the template learns: a stale registration); an
   unregistered template's new marker must repeat across recipients, since
   loan ids and links vary per message. A word-only change pages when most
   of a normally fitting template's recent sends carry it.
@@ -156,6 +159,10 @@ class TemplateState:
     learned_until: int = 0
     known: dict = field(default_factory=dict)  # marker key -> sends carrying it
     suspects: dict = field(default_factory=dict)  # marker key -> Suspect
+    #: markers unlike the registration that a registered template's first sends carried before any of its
+    #: sends fitted the registration: marker key -> Suspect; they page once a send fits (the registration is
+    #: current, so they are tampering), and are learned if none fits while the template learns (stale registration)
+    held: dict = field(default_factory=dict)
     senders: dict = field(default_factory=dict)  # sender -> sends (bounded, learned owner)
     strangers: dict = field(default_factory=dict)
     links: list = field(default_factory=list)  # domains already told to the sender's link book  # sender other than the learned owner -> [sends, last ts]
@@ -384,15 +391,47 @@ class TemplateWatch(Part):
     def _judge_markers(self, state: TemplateState, tally: Tally, start: int, end: int, learning: bool):
         registered = state.registered
         fresh: list[tuple[str, Suspect]] = []
+        fits = (state.fitting + tally.fitting) > 0
+        if state.held:
+            if fits:
+                # Some sends fit the registration after all: what the first sends carried against it is tampering.
+                for k, s in state.held.items():
+                    if k not in tally.markers:
+                        state.suspects[k] = s
+                        fresh.append((k, s))
+                    elif k not in state.suspects:
+                        state.suspects[k] = s  # this bucket's sends are added below
+                state.held = {}
+            elif not learning:
+                # Nothing ever fitted: the registration is stale and the first sends showed the template's normal.
+                for k, s in state.held.items():
+                    if len(state.known) < MAX_MARKERS:
+                        state.known[k] = s.sends
+                state.held = {}
         for k, row in tally.markers.items():
             count, samples, recipients = row[0], row[1], row[2]
             if k in state.known:
                 state.known[k] += count
                 continue
             vs_registration = k in tally.unregistered_markers
-            if learning and not (vs_registration and (state.fitting + tally.fitting) > 0) and not (
+            if learning and not (vs_registration and fits) and not (
                 k.startswith("s:") and _signed_otherwise(state, k)
             ):
+                if vs_registration and registered is not None:
+                    # Unlike the registration before any send fitted it: hold it until the template shows
+                    # whether its registration is current (a send fits) or stale (none does while it learns).
+                    h = state.held.get(k)
+                    if h is None:
+                        if len(state.held) >= MAX_SUSPECTS:
+                            continue
+                        h = state.held[k] = Suspect(start, tally.last_ts)
+                    h.last_ts = max(h.last_ts, tally.last_ts)
+                    h.sends += count
+                    for r in recipients:
+                        if len(h.recipients) < 2 and r not in h.recipients:
+                            h.recipients.append(r)
+                    h.samples = (h.samples + samples)[-MAX_EVIDENCE:]
+                    continue
                 # A new template's first traffic defines its normal markers.
                 if len(state.known) < MAX_MARKERS:
                     state.known[k] = count
