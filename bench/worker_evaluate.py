@@ -131,6 +131,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--settle", type=float, default=30.0, help="quiet seconds that end the collection")
     parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--loglevel", default="warn", help="the workers' log level (logs are kept beside the files)")
     parser.add_argument("--keep", help="directory for the files (default: a temporary one)")
     args = parser.parse_args()
 
@@ -154,7 +155,7 @@ def main() -> int:
                       "SMSSTREAM_DATA_DIR": str(workdir / "worker-data")}
         ports = [free_port() for _ in range(args.workers)]
         workers = [WorkerProcess({**worker_env, "SMSSTREAM_METRICS_PORT": str(port)}, free_port(),
-                                 workdir / f"worker-{i}.log", loglevel="warn").start()
+                                 workdir / f"worker-{i}.log", loglevel=args.loglevel).start()
                    for i, port in enumerate(ports)]
         try:
             for w in workers:

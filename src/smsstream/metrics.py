@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from smsstream.errors import RecordError
 
@@ -24,6 +24,7 @@ class Metrics:
     lag_seconds: Gauge
     state_entities: Gauge
     merge_buffered: Gauge
+    snapshot_seconds: Histogram
 
 
 def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream") -> Metrics:
@@ -57,6 +58,13 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream")
             f"{prefix}_merge_buffered",
             "Items a part holds back until slower upstream partitions catch up in event time.",
             ["part"],
+            registry=registry,
+        ),
+        snapshot_seconds=Histogram(
+            f"{prefix}_snapshot_seconds",
+            "Time to save one shard's state snapshot to its table (snapshots of larger states are spaced out).",
+            ["part"],
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
         ),
     )

@@ -52,7 +52,12 @@ INTERNAL_PARTITIONS = 4
 HEARTBEAT_S = 1.0
 #: An input partition counts as idle once it has been caught up for this long.
 IDLE_AFTER_S = 3.0
+#: A shard's snapshot is saved at most this often, and at least this often ...
 CHECKPOINT_S = 5.0
+CHECKPOINT_MAX_S = 120.0
+#: ... and within that, rarely enough that saving takes at most this share of the shard's time
+#: (a snapshot is the whole shard: a borrower book of millions of numbers takes seconds).
+CHECKPOINT_BUDGET = 0.05
 CHECKPOINT_EVENTS = 20_000
 #: Table values stay well under Kafka's default 1 MB message limit.
 CHUNK_BYTES = 256 * 1024
@@ -270,7 +275,7 @@ def build(
     # --- part agents: one shard per assigned partition ----------------------
     #: (part, partition) -> events processed since the shard's last snapshot, not yet acknowledged
     pending: dict[tuple[str, int], list] = {}
-    last_checkpoint: dict[tuple[str, int], float] = {}
+    next_checkpoint: dict[tuple[str, int], float] = {}
 
     def shard_for(p: type[Part], partition: int) -> Shard:
         shard = worker.shards.get((p.name, partition))
@@ -313,12 +318,15 @@ def build(
                 held = pending.setdefault((p.name, partition), [])
                 held.append(event)
                 now = time.monotonic()
-                if len(held) >= CHECKPOINT_EVENTS or now - last_checkpoint.get((p.name, partition), 0) >= CHECKPOINT_S:
+                if len(held) >= CHECKPOINT_EVENTS or now >= next_checkpoint.get((p.name, partition), 0):
                     save_snapshot(table, partition, shard.snapshot())
+                    spent = time.monotonic() - now
+                    metrics.snapshot_seconds.labels(p.name).observe(spent)
                     for e in held:
                         await acker.ack(e)
                     held.clear()
-                    last_checkpoint[(p.name, partition)] = now
+                    next_checkpoint[(p.name, partition)] = now + min(
+                        CHECKPOINT_MAX_S, max(CHECKPOINT_S, spent / CHECKPOINT_BUDGET))
                     _observe(p, shard)
 
         run_part.__name__ = f"part_{p.name.replace('-', '_')}"
@@ -393,7 +401,7 @@ def build(
                 # the next owner re-reads from the last snapshot's offsets: forget what came after
                 worker.shards.pop((name, tp.partition), None)
                 pending.pop((name, tp.partition), None)
-                last_checkpoint.pop((name, tp.partition), None)
+                next_checkpoint.pop((name, tp.partition), None)
 
     @app.page("/health")
     async def health(web, request):
