@@ -24,6 +24,7 @@ import hashlib
 import math
 
 LN10 = math.log(10.0)
+_MINUS_LN2 = -math.log(2.0)
 #: Score given when a count is impossible under the baseline (p = 0).
 MAX_SCORE = 300.0
 HOUR_MS = 3_600_000
@@ -99,7 +100,7 @@ def decay(elapsed_ms: float, half_life_ms: float) -> float:
     """Weight left after ``elapsed_ms`` of event time at the given half-life."""
     if elapsed_ms <= 0:
         return 1.0
-    return math.exp(-math.log(2.0) * elapsed_ms / half_life_ms)
+    return math.exp(_MINUS_LN2 * elapsed_ms / half_life_ms)
 
 
 # --- decayed counts and baselines ---------------------------------------------
