@@ -228,11 +228,6 @@ def _list(allowed: frozenset[str]) -> str:
 
 # --- parsers -----------------------------------------------------------------
 
-def _plain_opt(value: Any) -> bool:
-    """None or a string within ``MAX_ID_CHARS``: what a well-formed optional id is."""
-    return value is None or (value.__class__ is str and len(value) <= MAX_ID_CHARS)
-
-
 # Each parser first tries a fast path that only accepts the well-formed case
 # (one type check per field, written out in place: a helper call per field
 # costs more than the check); anything else goes the field-by-field way
@@ -259,7 +254,9 @@ def parse_send(d: dict) -> Send:
                 return Send(message_id, ts, sender_id, template_id, number, category, body, account_id, None, carrier)
             if src.__class__ is dict:
                 api_key_id, source_ip, channel = src.get("api_key_id"), src.get("source_ip"), src.get("channel")
-                if (_plain_opt(api_key_id) and _plain_opt(source_ip) and _plain_opt(channel)):
+                if ((api_key_id is None or (api_key_id.__class__ is str and len(api_key_id) <= MAX_ID_CHARS))
+                        and (source_ip is None or (source_ip.__class__ is str and len(source_ip) <= MAX_ID_CHARS))
+                        and (channel is None or (channel.__class__ is str and len(channel) <= MAX_ID_CHARS))):
                     return Send(message_id, ts, sender_id, template_id, number, category, body, account_id,
                                 Source(api_key_id, source_ip, channel), carrier)
     d = _obj(d)

@@ -160,7 +160,7 @@ class ShareBaseline:
     def learn(self, ts: int, trials: float, hits: float, half_life_ms: float) -> "ShareBaseline":
         if ts > self.ts:
             if self.ts:
-                d = decay(ts - self.ts, half_life_ms)
+                d = math.exp(_MINUS_LN2 * (ts - self.ts) / half_life_ms)  # decay(), once per closed bucket
                 self.hits *= d
                 self.trials *= d
             self.ts = ts
@@ -385,14 +385,22 @@ class BucketRing:
         if head < 0 or idx - head >= size:
             for col in self.cols:
                 col[:] = [0] * size
+        elif idx - head == 1:
+            # the usual step: one bucket on, one slot to clear
+            slot = idx % size
+            for col in self.cols:
+                col[slot] = 0
         else:
             a, b = (head + 1) % size, (idx + 1) % size
-            for col in self.cols:
-                if a < b:
-                    col[a:b] = _ZEROS[: b - a]
-                else:
-                    col[a:] = _ZEROS[: size - a]
-                    col[:b] = _ZEROS[:b]
+            if a < b:
+                zeros = _ZEROS[: b - a]
+                for col in self.cols:
+                    col[a:b] = zeros
+            else:
+                tail, lead = _ZEROS[: size - a], _ZEROS[:b]
+                for col in self.cols:
+                    col[a:] = tail
+                    col[:b] = lead
         self.head = idx
 
     def add(self, idx: int, *counts: int) -> None:
