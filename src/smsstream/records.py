@@ -235,30 +235,35 @@ def _list(allowed: frozenset[str]) -> str:
 
 def parse_send(d: dict) -> Send:
     if d.__class__ is dict:
-        get = d.get
-        body, src, number, category = get("body"), get("source"), get("number"), get("category")
-        message_id, ts, sender_id = get("message_id"), get("ts"), get("sender_id")
-        template_id, account_id, carrier = get("template_id"), get("account_id"), get("carrier")
-        if (
-            body.__class__ is str and len(body) <= MAX_BODY_CHARS
-            and number.__class__ is str and E164.match(number)
-            and category.__class__ is str and category in CATEGORIES
-            and message_id.__class__ is str and 0 < len(message_id) <= MAX_ID_CHARS
-            and ts.__class__ is int and MIN_TS <= ts < MAX_TS
-            and sender_id.__class__ is str and 0 < len(sender_id) <= MAX_ID_CHARS
-            and (template_id is None or (template_id.__class__ is str and len(template_id) <= MAX_ID_CHARS))
-            and (account_id is None or (account_id.__class__ is str and len(account_id) <= MAX_ID_CHARS))
-            and (carrier is None or (carrier.__class__ is str and len(carrier) <= MAX_ID_CHARS))
-        ):
-            if src is None:
-                return Send(message_id, ts, sender_id, template_id, number, category, body, account_id, None, carrier)
-            if src.__class__ is dict:
-                api_key_id, source_ip, channel = src.get("api_key_id"), src.get("source_ip"), src.get("channel")
-                if ((api_key_id is None or (api_key_id.__class__ is str and len(api_key_id) <= MAX_ID_CHARS))
-                        and (source_ip is None or (source_ip.__class__ is str and len(source_ip) <= MAX_ID_CHARS))
-                        and (channel is None or (channel.__class__ is str and len(channel) <= MAX_ID_CHARS))):
-                    return Send(message_id, ts, sender_id, template_id, number, category, body, account_id,
-                                Source(api_key_id, source_ip, channel), carrier)
+        try:
+            body, number, category = d["body"], d["number"], d["category"]
+            message_id, ts, sender_id = d["message_id"], d["ts"], d["sender_id"]
+        except KeyError:
+            pass  # a required field is missing: the error path below names it
+        else:
+            get = d.get
+            src, template_id, account_id, carrier = get("source"), get("template_id"), get("account_id"), get("carrier")
+            if (
+                body.__class__ is str and len(body) <= MAX_BODY_CHARS
+                and number.__class__ is str and E164.match(number)
+                and category.__class__ is str and category in CATEGORIES
+                and message_id.__class__ is str and 0 < len(message_id) <= MAX_ID_CHARS
+                and ts.__class__ is int and MIN_TS <= ts < MAX_TS
+                and sender_id.__class__ is str and 0 < len(sender_id) <= MAX_ID_CHARS
+                and (template_id is None or (template_id.__class__ is str and len(template_id) <= MAX_ID_CHARS))
+                and (account_id is None or (account_id.__class__ is str and len(account_id) <= MAX_ID_CHARS))
+                and (carrier is None or (carrier.__class__ is str and len(carrier) <= MAX_ID_CHARS))
+            ):
+                if src is None:
+                    return Send(message_id, ts, sender_id, template_id, number, category, body, account_id, None,
+                                carrier)
+                if src.__class__ is dict:
+                    api_key_id, source_ip, channel = src.get("api_key_id"), src.get("source_ip"), src.get("channel")
+                    if ((api_key_id is None or (api_key_id.__class__ is str and len(api_key_id) <= MAX_ID_CHARS))
+                            and (source_ip is None or (source_ip.__class__ is str and len(source_ip) <= MAX_ID_CHARS))
+                            and (channel is None or (channel.__class__ is str and len(channel) <= MAX_ID_CHARS))):
+                        return Send(message_id, ts, sender_id, template_id, number, category, body, account_id,
+                                    Source(api_key_id, source_ip, channel), carrier)
     d = _obj(d)
     body = d.get("body")
     if body is None:
@@ -293,9 +298,11 @@ def parse_send(d: dict) -> Send:
 
 def parse_receipt(d: dict) -> Receipt:
     if d.__class__ is dict:
-        get = d.get
-        message_id, ts, status, error_code, carrier = (
-            get("message_id"), get("ts"), get("status"), get("error_code"), get("carrier"))
+        try:
+            message_id, ts, status = d["message_id"], d["ts"], d["status"]
+        except KeyError:
+            message_id = None  # a required field is missing: the error path below names it
+        error_code, carrier = d.get("error_code"), d.get("carrier")
         if (message_id.__class__ is str and 0 < len(message_id) <= MAX_ID_CHARS
                 and ts.__class__ is int and MIN_TS <= ts < MAX_TS
                 and status.__class__ is str and status in RECEIPT_STATUSES
@@ -314,9 +321,11 @@ def parse_receipt(d: dict) -> Receipt:
 
 def parse_borrower(d: dict) -> Borrower:
     if d.__class__ is dict:
-        get = d.get
-        sender_id, number, account_id, status, ts = (
-            get("sender_id"), get("number"), get("account_id"), get("status"), get("ts"))
+        try:
+            sender_id, number, status, ts = d["sender_id"], d["number"], d["status"], d["ts"]
+        except KeyError:
+            sender_id = None  # a required field is missing: the error path below names it
+        account_id = d.get("account_id")
         if (sender_id.__class__ is str and 0 < len(sender_id) <= MAX_ID_CHARS
                 and number.__class__ is str and E164.match(number)
                 and (account_id is None or (account_id.__class__ is str and len(account_id) <= MAX_ID_CHARS))
