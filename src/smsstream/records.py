@@ -228,41 +228,42 @@ def _list(allowed: frozenset[str]) -> str:
 
 # --- parsers -----------------------------------------------------------------
 
-def _plain_id(value: Any) -> bool:
-    """A non-empty string within ``MAX_ID_CHARS``: what a well-formed required id is."""
-    return value.__class__ is str and 0 < len(value) <= MAX_ID_CHARS
-
-
-def _plain_opt(value: Any) -> bool:
-    return value is None or (value.__class__ is str and len(value) <= MAX_ID_CHARS)
-
-
-def _plain_ts(value: Any) -> bool:
-    return value.__class__ is int and MIN_TS <= value < MAX_TS
-
-
 # Each parser first tries a fast path that only accepts the well-formed case
-# (one type check per field, no error text built); anything else goes the
-# field-by-field way below, which names the first bad field.
+# (one type check per field, written out in place: a helper call per field
+# costs more than the check); anything else goes the field-by-field way
+# below, which names the first bad field.
 
 def parse_send(d: dict) -> Send:
     if d.__class__ is dict:
-        body, src, number, category = d.get("body"), d.get("source"), d.get("number"), d.get("category")
-        if (
-            body.__class__ is str and len(body) <= MAX_BODY_CHARS
-            and number.__class__ is str and E164.match(number)
-            and category.__class__ is str and category in CATEGORIES
-            and (src is None or (src.__class__ is dict and _plain_opt(src.get("api_key_id"))
-                                 and _plain_opt(src.get("source_ip")) and _plain_opt(src.get("channel"))))
-        ):
-            message_id, ts, sender_id = d.get("message_id"), d.get("ts"), d.get("sender_id")
-            template_id, account_id, carrier = d.get("template_id"), d.get("account_id"), d.get("carrier")
-            if (_plain_id(message_id) and _plain_ts(ts) and _plain_id(sender_id) and _plain_opt(template_id)
-                    and _plain_opt(account_id) and _plain_opt(carrier)):
-                return Send(message_id, ts, sender_id, template_id, number, category, body, account_id,
-                            None if src is None else Source(src.get("api_key_id"), src.get("source_ip"),
-                                                            src.get("channel")),
-                            carrier)
+        try:
+            body, number, category = d["body"], d["number"], d["category"]
+            message_id, ts, sender_id = d["message_id"], d["ts"], d["sender_id"]
+        except KeyError:
+            pass  # a required field is missing: the error path below names it
+        else:
+            get = d.get
+            src, template_id, account_id, carrier = get("source"), get("template_id"), get("account_id"), get("carrier")
+            if (
+                body.__class__ is str and len(body) <= MAX_BODY_CHARS
+                and number.__class__ is str and E164.match(number)
+                and category.__class__ is str and category in CATEGORIES
+                and message_id.__class__ is str and 0 < len(message_id) <= MAX_ID_CHARS
+                and ts.__class__ is int and MIN_TS <= ts < MAX_TS
+                and sender_id.__class__ is str and 0 < len(sender_id) <= MAX_ID_CHARS
+                and (template_id is None or (template_id.__class__ is str and len(template_id) <= MAX_ID_CHARS))
+                and (account_id is None or (account_id.__class__ is str and len(account_id) <= MAX_ID_CHARS))
+                and (carrier is None or (carrier.__class__ is str and len(carrier) <= MAX_ID_CHARS))
+            ):
+                if src is None:
+                    return Send(message_id, ts, sender_id, template_id, number, category, body, account_id, None,
+                                carrier)
+                if src.__class__ is dict:
+                    api_key_id, source_ip, channel = src.get("api_key_id"), src.get("source_ip"), src.get("channel")
+                    if ((api_key_id is None or (api_key_id.__class__ is str and len(api_key_id) <= MAX_ID_CHARS))
+                            and (source_ip is None or (source_ip.__class__ is str and len(source_ip) <= MAX_ID_CHARS))
+                            and (channel is None or (channel.__class__ is str and len(channel) <= MAX_ID_CHARS))):
+                        return Send(message_id, ts, sender_id, template_id, number, category, body, account_id,
+                                    Source(api_key_id, source_ip, channel), carrier)
     d = _obj(d)
     body = d.get("body")
     if body is None:
@@ -297,10 +298,16 @@ def parse_send(d: dict) -> Send:
 
 def parse_receipt(d: dict) -> Receipt:
     if d.__class__ is dict:
-        message_id, ts, status = d.get("message_id"), d.get("ts"), d.get("status")
+        try:
+            message_id, ts, status = d["message_id"], d["ts"], d["status"]
+        except KeyError:
+            message_id = None  # a required field is missing: the error path below names it
         error_code, carrier = d.get("error_code"), d.get("carrier")
-        if (_plain_id(message_id) and _plain_ts(ts) and status.__class__ is str and status in RECEIPT_STATUSES
-                and _plain_opt(error_code) and _plain_opt(carrier)):
+        if (message_id.__class__ is str and 0 < len(message_id) <= MAX_ID_CHARS
+                and ts.__class__ is int and MIN_TS <= ts < MAX_TS
+                and status.__class__ is str and status in RECEIPT_STATUSES
+                and (error_code is None or (error_code.__class__ is str and len(error_code) <= MAX_ID_CHARS))
+                and (carrier is None or (carrier.__class__ is str and len(carrier) <= MAX_ID_CHARS))):
             return Receipt(message_id, ts, status, error_code, carrier)
     d = _obj(d)
     return Receipt(
@@ -314,10 +321,16 @@ def parse_receipt(d: dict) -> Receipt:
 
 def parse_borrower(d: dict) -> Borrower:
     if d.__class__ is dict:
-        sender_id, number, account_id, status, ts = (
-            d.get("sender_id"), d.get("number"), d.get("account_id"), d.get("status"), d.get("ts"))
-        if (_plain_id(sender_id) and number.__class__ is str and E164.match(number) and _plain_opt(account_id)
-                and status.__class__ is str and status in BORROWER_STATUSES and _plain_ts(ts)):
+        try:
+            sender_id, number, status, ts = d["sender_id"], d["number"], d["status"], d["ts"]
+        except KeyError:
+            sender_id = None  # a required field is missing: the error path below names it
+        account_id = d.get("account_id")
+        if (sender_id.__class__ is str and 0 < len(sender_id) <= MAX_ID_CHARS
+                and number.__class__ is str and E164.match(number)
+                and (account_id is None or (account_id.__class__ is str and len(account_id) <= MAX_ID_CHARS))
+                and status.__class__ is str and status in BORROWER_STATUSES
+                and ts.__class__ is int and MIN_TS <= ts < MAX_TS):
             return Borrower(sender_id, number, account_id, status, ts)
     d = _obj(d)
     return Borrower(

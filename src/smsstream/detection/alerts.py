@@ -122,6 +122,8 @@ class AlertBook:
 
     def advance(self, watermark: int) -> list[dict]:
         """Resolve episodes quiet since before ``watermark - quiet_ms``."""
+        if not self.episodes:
+            return []
         out = []
         done = [k for k, e in self.episodes.items() if e.last_hit + self.quiet_ms <= watermark]
         for key in done:

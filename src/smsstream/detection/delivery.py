@@ -91,32 +91,42 @@ class ReceiptJoin(Part):
             self._drop_hour(min(self._by_hour))
 
     def process(self, topic: str, key: str, value: Any):
-        waiting = self.entities.get(key)
-        self.clock.observe(value.ts)
+        entities = self.entities
+        waiting = entities.get(key)
+        ts = value.ts
+        clock = self.clock
+        if ts > clock.max_ts:
+            clock.max_ts = ts
         if topic == SENDS:
             if waiting is not None and waiting[0] == "r":
-                del self.entities[key]
-                _, ts, status, error_code, carrier = waiting
-                return self._joined(key, ts, value.ts, value.sender_id, value.template_id,
+                del entities[key]
+                _, received, status, error_code, carrier = waiting
+                return self._joined(key, received, ts, value.sender_id, value.template_id,
                                     carrier or value.carrier, status, error_code)
-            self.entities[key] = ("s", value.ts, value.sender_id, value.template_id, value.carrier)
-            self._remember(key, value.ts)
+            entities[key] = ("s", ts, value.sender_id, value.template_id, value.carrier)
+            self._remember(key, ts)
             return None
-        outcome = OUTCOME.get(value.status)
+        status = value.status
+        outcome = OUTCOME.get(status)
         if outcome is None:
             self.counters["receipts_not_final"] += 1
             return None
         if waiting is None:
-            self.entities[key] = ("r", value.ts, value.status, value.error_code, value.carrier)
-            self._remember(key, value.ts)
+            entities[key] = ("r", ts, status, value.error_code, value.carrier)
+            self._remember(key, ts)
             return None
         if waiting[0] == "r":
             self.counters["receipts_after_join"] += 1
             return None
-        del self.entities[key]
+        del entities[key]
         _, sent, sender_id, template_id, carrier = waiting
-        return self._joined(key, value.ts, sent, sender_id, template_id, value.carrier or carrier,
-                            value.status, value.error_code)
+        counters = self.counters
+        counters["joined_outcomes"] += 1
+        if ts - sent > PROMPT_MS:
+            counters["late_outcomes"] += 1
+            return None
+        return [(DELIVERY_OUTCOMES, DeliveryOutcome(
+            ts, sender_id, template_id, value.carrier or carrier, outcome, status, key, value.error_code))]
 
     def _joined(self, key, ts, sent, sender_id, template_id, carrier, status, error_code):
         self.counters["joined_outcomes"] += 1

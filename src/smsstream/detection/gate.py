@@ -49,18 +49,33 @@ class EventGate:
 
     def check(self, topic: str, record) -> None:
         """Raise ``DuplicateEvent`` or ``LateEvent``, or note the event as seen."""
-        ts = record.ts
         if topic == SENDS:
             ident = record.message_id
-            what = "send"
-        elif topic == BINDINGS:
-            ident = "b|" + record.event_id
-            what = "binding"
         elif topic == RECEIPTS:
             ident = "r|" + record.message_id + "|" + record.status
-            what = "receipt"
+        elif topic == BINDINGS:
+            ident = "b|" + record.event_id
         else:
             return
+        ts = record.ts
+        seen = self.seen
+        max_ts = self.max_ts
+        if ident in seen or (topic != RECEIPTS and max_ts and ts < max_ts - self.lateness_ms):
+            self._reject(topic, record, ident)
+        if ts > max_ts:
+            self.max_ts = ts
+        seen[ident] = ts
+        b = ts - ts % BUCKET_MS
+        ids = self._by_bucket.get(b)
+        if ids is None:
+            self._by_bucket[b] = [ident]
+        else:
+            ids.append(ident)
+
+    def _reject(self, topic: str, record, ident: str) -> None:
+        """Raise the error that says why ``record`` is a duplicate or late."""
+        what = "send" if topic == SENDS else "binding" if topic == BINDINGS else "receipt"
+        ts = record.ts
         if ident in self.seen:
             first = self.seen[ident]
             label = "event_id" if topic == BINDINGS else "message_id"
@@ -69,21 +84,11 @@ class EventGate:
                 f"duplicate {what}{extra}: this {label} was already seen at ts={first} "
                 f"(ids are remembered for {self.horizon_ms // 60_000} min of event time)"
             )
-        if topic != RECEIPTS and self.max_ts and ts < self.max_ts - self.lateness_ms:
-            behind = (self.max_ts - ts) // 1000
-            raise LateEvent(
-                f"late {what}: ts={ts} is {behind} s behind the latest event time; "
-                f"at most {self.lateness_ms // 1000} s of lateness is accepted"
-            )
-        if ts > self.max_ts:
-            self.max_ts = ts
-        self.seen[ident] = ts
-        b = ts - ts % BUCKET_MS
-        ids = self._by_bucket.get(b)
-        if ids is None:
-            self._by_bucket[b] = [ident]
-        else:
-            ids.append(ident)
+        behind = (self.max_ts - ts) // 1000
+        raise LateEvent(
+            f"late {what}: ts={ts} is {behind} s behind the latest event time; "
+            f"at most {self.lateness_ms // 1000} s of lateness is accepted"
+        )
 
     def expire(self) -> None:
         """Forget ids older than the horizon."""

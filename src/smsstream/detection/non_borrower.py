@@ -99,6 +99,10 @@ class BorrowerBook(Part):
             )
             return [(LOAN_SENDS, fact)]
         sender = value.sender_id
+        if not value.removed and (lenders is None or lenders == sender):
+            # The common case: a number's first (or only, again) lender.
+            self.entities[key] = sender
+            return None
         items = () if lenders is None else (lenders,) if lenders.__class__ is str else lenders
         horizon = clock.max_ts - FORMER_MS
         kept = tuple(i for i in items if (i != sender if i.__class__ is str else i[0] != sender and i[1] >= horizon))
@@ -123,9 +127,7 @@ class BorrowerBook(Part):
         self._next_sweep = now + _DAY
         horizon = now - FORMER_MS
         dropped = 0
-        for key, lenders in list(self.entities.items()):
-            if lenders.__class__ is str:
-                continue
+        for key, lenders in [(k, v) for k, v in self.entities.items() if v.__class__ is not str]:
             kept = tuple(i for i in lenders if i.__class__ is str or i[1] >= horizon)
             if len(kept) == len(lenders):
                 continue

@@ -24,6 +24,7 @@ import hashlib
 import math
 
 LN10 = math.log(10.0)
+_MINUS_LN2 = -math.log(2.0)
 #: Score given when a count is impossible under the baseline (p = 0).
 MAX_SCORE = 300.0
 HOUR_MS = 3_600_000
@@ -99,7 +100,7 @@ def decay(elapsed_ms: float, half_life_ms: float) -> float:
     """Weight left after ``elapsed_ms`` of event time at the given half-life."""
     if elapsed_ms <= 0:
         return 1.0
-    return math.exp(-math.log(2.0) * elapsed_ms / half_life_ms)
+    return math.exp(_MINUS_LN2 * elapsed_ms / half_life_ms)
 
 
 # --- decayed counts and baselines ---------------------------------------------
@@ -159,7 +160,7 @@ class ShareBaseline:
     def learn(self, ts: int, trials: float, hits: float, half_life_ms: float) -> "ShareBaseline":
         if ts > self.ts:
             if self.ts:
-                d = decay(ts - self.ts, half_life_ms)
+                d = math.exp(_MINUS_LN2 * (ts - self.ts) / half_life_ms)  # decay(), once per closed bucket
                 self.hits *= d
                 self.trials *= d
             self.ts = ts
@@ -384,14 +385,22 @@ class BucketRing:
         if head < 0 or idx - head >= size:
             for col in self.cols:
                 col[:] = [0] * size
+        elif idx - head == 1:
+            # the usual step: one bucket on, one slot to clear
+            slot = idx % size
+            for col in self.cols:
+                col[slot] = 0
         else:
             a, b = (head + 1) % size, (idx + 1) % size
-            for col in self.cols:
-                if a < b:
-                    col[a:b] = _ZEROS[: b - a]
-                else:
-                    col[a:] = _ZEROS[: size - a]
-                    col[:b] = _ZEROS[:b]
+            if a < b:
+                zeros = _ZEROS[: b - a]
+                for col in self.cols:
+                    col[a:b] = zeros
+            else:
+                tail, lead = _ZEROS[: size - a], _ZEROS[:b]
+                for col in self.cols:
+                    col[a:] = tail
+                    col[:b] = lead
         self.head = idx
 
     def add(self, idx: int, *counts: int) -> None:

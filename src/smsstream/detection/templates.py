@@ -198,15 +198,33 @@ def _source_parts(api_key_id: str | None, source_ip: str | None) -> list[str]:
     return parts
 
 
-def _main_source(state: TemplateState, prefix: str, now: int) -> tuple[str | None, int | None]:
-    """The template's main established API key (``k:``) or network (``n:``) and when it last sent."""
-    rows = {p: row for p, row in state.sources.items()
-            if p.startswith(prefix) and not (row[0] and now - row[0] < NEW_SOURCE_MS)}
-    if not rows:
-        return None, None
-    main = max(rows, key=lambda p: rows[p][1])
-    row = rows[main]
-    return main, row[2] if len(row) > 2 else now
+#: (api key, source ip) -> ``_source_parts`` of it; a template's sources repeat in nearly every send
+_PARTS_OF: dict[tuple, tuple[str, ...]] = {}
+MAX_PARTS_OF = 4096
+
+
+def _parts_of(raw: tuple) -> tuple[str, ...]:
+    parts = _PARTS_OF.get(raw)
+    if parts is None:
+        parts = tuple(_source_parts(*raw))
+        if len(_PARTS_OF) < MAX_PARTS_OF:
+            _PARTS_OF[raw] = parts
+    return parts
+
+
+def _main_sources(state: TemplateState, now: int) -> dict[str, tuple[str, int]]:
+    """The template's main established API key (``k:``) and network (``n:``) and when each last sent.
+
+    The main one is the established source of that kind with the most sends (the first of equals).
+    """
+    top: dict[str, tuple[str, list]] = {}
+    for p, row in state.sources.items():
+        prefix = p[:2]
+        if (prefix == "k:" or prefix == "n:") and not (row[0] and now - row[0] < NEW_SOURCE_MS):
+            best = top.get(prefix)
+            if best is None or row[1] > best[1][1]:
+                top[prefix] = (p, row)
+    return {prefix: (p, row[2] if len(row) > 2 else now) for prefix, (p, row) in top.items()}
 
 
 def _bump(table: dict, key: str, sample: str, cap: int = 64) -> list:
@@ -278,20 +296,35 @@ class TemplateWatch(Part):
             state.learned_until = ts + LEARN_MS
         if ts > state.last_ts:
             state.last_ts = ts
-        start = self.mark(key, ts)
-        tally = state.tallies.get(start)
+        # ``mark`` inlined: this runs once per send
+        clock = self.clock
+        if ts > clock.max_ts:
+            clock.max_ts = ts
+        start = ts - ts % BUCKET_MS
+        if start < self.closed_until:
+            start = self.closed_until
+        due = self._due.get(start)
+        if due is None:
+            self._due[start] = {key: None}
+        else:
+            due[key] = None
+        tallies = state.tallies
+        tally = tallies.get(start)
         if tally is None:
-            tally = state.tallies[start] = Tally()
+            tally = tallies[start] = Tally()
         tally.total += 1
-        tally.last_ts = max(tally.last_ts, ts)
+        if ts > tally.last_ts:
+            tally.last_ts = ts
         self.counters["template_sends_judged"] += 1
         mid = send.message_id
         if send.sender_id != state.owner or state.registered is None:
             # A registered owner's own sends need no counting: only strangers are judged.
             _bump(tally.senders, send.sender_id, mid, cap=16)
         src = send.source
-        if src is not None and (src.api_key_id or src.source_ip):
-            _bump(tally.sources, (src.api_key_id, src.source_ip), mid, cap=32)
+        if src is not None:
+            api_key_id, source_ip = src.api_key_id, src.source_ip
+            if api_key_id or source_ip:
+                _bump(tally.sources, (api_key_id, source_ip), mid, cap=32)
 
         body = send.body
         registered = state.registered
@@ -623,13 +656,13 @@ class TemplateWatch(Part):
         new_sources: list[str] = []
         used: dict[str, int] = {}
         # When the template's main key and main network last sent, counting this bucket.
-        now_used = {p for raw in tally.sources if raw != "other" for p in _source_parts(*raw)}
-        main_last = {}
-        for prefix in ("k:", "n:"):
-            main, last = _main_source(state, prefix, start)
+        parts_of = {raw: _parts_of(raw) if raw != "other" else ("other",) for raw in tally.sources}
+        now_used = {p for raw, parts in parts_of.items() if raw != "other" for p in parts}
+        main_last: dict[str, int | None] = {"k:": None, "n:": None}
+        for prefix, (main, last) in _main_sources(state, start).items():
             main_last[prefix] = start if main in now_used else last
         for raw, (count, samples) in tally.sources.items():
-            parts = _source_parts(*raw) if raw != "other" else ["other"]
+            parts = parts_of[raw]
             src = "|".join(parts)
             fresh: dict[str, bool] = {}
             for p in parts:

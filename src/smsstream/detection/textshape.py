@@ -43,6 +43,10 @@ _DATE_TIME = re.compile(
 )
 #: Not inside an id such as ``QUI015-0000856`` or a path: no word character, dot, comma, dash or slash before.
 _PHONE = re.compile(r"(?<![\w.,/-])\+?\d[\d\- ()]{5,18}\d(?![\w]|[.,]\d)")
+#: The digit run of ``_PHONE`` alone: a text without one has no phone in it, and this is found faster.
+_DIGIT_RUN = re.compile(r"\d[\d\- ()]{5,18}\d")
+#: Either probe in one pass: where a value may hold a host name or a phone number.
+_LINK_OR_PHONE = re.compile(_DOT_PROBE.pattern + "|" + _PHONE.pattern)
 _MIN_PHONE_DIGITS = 7
 _SIGNATURE_HEAD = re.compile(r"^\s*(?:【([^】]{1,40})】|\[([^\]]{1,40})\])")
 _SIGNATURE_TAIL = re.compile(r"(?:【([^】]{1,40})】|\[([^\]]{1,40})\])\s*$")
@@ -103,6 +107,8 @@ def _plain_link_host(value: str) -> str | None:
 def phones(text: str) -> list[str]:
     """Phone-like digit runs (7+ digits), as bare digits with a leading ``+`` kept; dates, times and links excluded."""
     found: list[str] = []
+    if _DIGIT_RUN.search(text) is None:
+        return found
     for m in _PHONE.finditer(text):
         raw = m.group(0)
         digits = "".join(c for c in raw if c.isdigit())
@@ -138,6 +144,8 @@ def words(text: str) -> list[str]:
 
 _NUM = "\0num"
 _VAR_TOKEN = "\0var"
+#: Most phone-variable values one registered template remembers the numbers of.
+MAX_REMEMBERED_VALUES = 256
 
 
 def _masked(token: str) -> str:
@@ -228,7 +236,8 @@ _FITS = Fit(True)
 class TemplateText:
     """A registered template text, compiled for linear matching of bodies against it."""
 
-    __slots__ = ("text", "chunks", "kinds", "markers", "has_signature", "has_link_vars", "_limits", "_tokens")
+    __slots__ = ("text", "chunks", "kinds", "markers", "has_signature", "has_link_vars", "_limits", "_tokens",
+                 "_url_at", "_link_vars", "_phones_in")
 
     def __init__(self, text: str):
         self.text = normalise(text)
@@ -241,6 +250,10 @@ class TemplateText:
         self.has_signature = self.markers.signature is not None
         self.has_link_vars = "url" in self.kinds or "phone" in self.kinds
         self._limits = [_VAR_LIMITS[k] for k in self.kinds]
+        self._url_at = frozenset(i for i, k in enumerate(self.kinds) if k == "url")
+        self._link_vars = [(i, k) for i, k in enumerate(self.kinds) if k in ("url", "phone")]
+        #: phone-variable value -> the numbers in it: a template's hotline is the same in most sends
+        self._phones_in: dict[str, list[str]] = {}
         self._tokens: list[str] | None = None
 
     def __reduce__(self):
@@ -288,14 +301,20 @@ class TemplateText:
     def _var_markers(self, values: list[str]) -> Markers | None:
         found_domains: list[str] = []
         found_phones: list[str] = []
-        for value, kind in zip(values, self.kinds):
+        for i, kind in self._link_vars:
+            value = values[i]
             if kind == "url":
                 host = _plain_link_host(value)
                 for d in (host,) if host else domains(value):
                     if d not in found_domains:
                         found_domains.append(d)
-            elif kind == "phone":
-                found_phones.extend(p for p in phones(value) if p not in found_phones)
+            else:
+                numbers = self._phones_in.get(value)
+                if numbers is None:
+                    numbers = phones(value)
+                    if len(self._phones_in) < MAX_REMEMBERED_VALUES:
+                        self._phones_in[value] = numbers
+                found_phones.extend(p for p in numbers if p not in found_phones)
         if not (found_domains or found_phones):
             return None
         return Markers(tuple(found_domains), tuple(found_phones))
@@ -306,9 +325,11 @@ class TemplateText:
         for value, (max_chars, max_words) in zip(values, self._limits):
             if len(value) > max_chars or value.count(" ") >= max_words:
                 return value
-        # One look over all values for anything link- or phone-like before judging them one by one.
-        joined = "\n".join(v for v, k in zip(values, kinds) if k != "url")
-        if _DOT_PROBE.search(joined) is None and _PHONE.search(joined) is None:
+        # One look over all values for anything link- or phone-like before judging them one by one
+        # (neither probe can match across the newline).
+        url_at = self._url_at
+        joined = "\n".join([v for i, v in enumerate(values) if i not in url_at] if url_at else values)
+        if _LINK_OR_PHONE.search(joined) is None:
             return None
         for value, kind in zip(values, kinds):
             if kind == "url":
