@@ -76,7 +76,7 @@ class LocalDataflow:
         self._send(outbox)
 
     def _send(self, outbox: Outbox) -> None:
-        for target, items in outbox.take().items():
+        for target, items in outbox.take():
             self.inbox[target].append(encode(items))
 
     def _heartbeats(self) -> None:
@@ -263,3 +263,14 @@ def test_an_item_sent_again_after_its_origin_restarted_is_taken_once():
     assert merge.offer(Item("s", "k", "v", 11, "a", seq=8))
     merge.heartbeat(Heartbeat("a", 11, idle=True))
     assert [i.seq for i in merge.release()] == [7, 8]
+
+
+def test_an_outbox_keeps_each_partitions_items_in_order_and_messages_bounded():
+    outbox = Outbox(partitions=4)
+    for seq in range(5_000):
+        outbox.add("part", "one-hot-sender", Item("s", "one-hot-sender", None, seq, "up/0", seq=seq))
+    messages = outbox.take()
+    assert {target for target, _ in messages} == {("part", partition_of("one-hot-sender", 4))}
+    assert max(len(items) for _, items in messages) <= Outbox.MAX_MESSAGE_ITEMS
+    assert [item.seq for _, items in messages for item in items] == list(range(5_000))
+    assert outbox.take() == [] and outbox.items == 0

@@ -206,7 +206,7 @@ def build(
     routes: dict[str, RouteBatch] = {}
 
     async def send_items(outbox: Outbox) -> None:
-        for (name, partition), items in outbox.take().items():
+        for (name, partition), items in outbox.take():
             await part_topics[name].send(key=None, value=encode(items), partition=partition)
 
     async def flush_route(batch: RouteBatch) -> None:

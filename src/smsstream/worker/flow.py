@@ -398,6 +398,9 @@ class Outbox:
 
     #: a group is sent once it holds this many bytes of raw input (well under Kafka's 1 MB message limit)
     MAX_GROUP_BYTES = 256 * 1024
+    #: and no message carries more items than this (a fact pickles to ~100 bytes; a long-held merge
+    #: can release a day of them in one run)
+    MAX_MESSAGE_ITEMS = 2_000
 
     def __init__(self, partitions: int):
         self.partitions = partitions
@@ -422,10 +425,12 @@ class Outbox:
     def full(self) -> bool:
         return self.largest >= self.MAX_GROUP_BYTES
 
-    def take(self) -> dict[tuple[str, int], list[Item]]:
+    def take(self) -> list[tuple[tuple[str, int], list[Item]]]:
+        """Every group as messages: ``((part, partition), items)``, in order within a group."""
         groups = self.groups
         self.groups, self._bytes, self.items, self.largest = {}, {}, 0, 0
-        return groups
+        step = self.MAX_MESSAGE_ITEMS
+        return [(target, group[i:i + step]) for target, group in groups.items() for i in range(0, len(group), step)]
 
     def drop(self, origins: set[str]) -> None:
         """Forget items from these origins (their partitions were revoked: the next owner sends them)."""
