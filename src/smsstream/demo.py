@@ -25,7 +25,7 @@ from pathlib import Path
 
 import orjson
 
-from smsstream.broker import _die_with_parent
+from smsstream.broker import die_with_parent
 from smsstream.records import ALERTS
 
 #: A seed whose simulated day has all four attack kinds detected within 19 event-time hours.
@@ -107,7 +107,7 @@ class Demo:
         with open(self.workdir / "simulate.log", "wb") as log:
             self.simulator = subprocess.Popen(cmd, env=self.env(), stdin=subprocess.DEVNULL, stdout=log,
                                               stderr=subprocess.STDOUT, start_new_session=True,
-                                              preexec_fn=_die_with_parent)
+                                              preexec_fn=die_with_parent)
         self.say(f"streaming {self.args.days} simulated day(s) with attacks at {self.args.speedup:g}x "
                  "(a simulated hour every {:.0f} s); alerts appear below. Ctrl-C stops everything.".format(
                      3600 / self.args.speedup))

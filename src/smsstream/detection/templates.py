@@ -394,7 +394,6 @@ class TemplateWatch(Part):
         if tally is None:
             return ()
         learning = end <= state.learned_until or state.sends < LEARN_N
-        established = not learning
         age = end - state.first_ts
         sources_known = (state.sends >= SOURCE_LEARN_N and not learning) or age >= DAY_MS
         new = self._classify_sources(state, tally, start, sources_known)

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Callable, Mapping
 
-from smsstream.broker import _die_with_parent
+from smsstream.broker import die_with_parent
 from smsstream.errors import SmsstreamError
 
 
@@ -42,7 +42,7 @@ class WorkerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         return self
 
