@@ -152,18 +152,8 @@ class SharePart(Part):
         state = self.entities.get(key)
         if state is None:
             state = self.new_state(ts)
-        # ``mark`` and ``_count`` inlined: this runs once per trial per entity type
-        clock = self.clock
-        if ts > clock.max_ts:
-            clock.max_ts = ts
-        start = ts - ts % BUCKET_MS
-        if start < self.closed_until:
-            start = self.closed_until
-        due = self._due.get(start)
-        if due is None:
-            self._due[start] = {key: None}
-        else:
-            due[key] = None
+        # ``_count`` inlined: this runs once per trial per entity type
+        start = self.mark(key, ts)
         idx = start // BUCKET_MS
         ring = state.ring
         if idx > ring.head:

@@ -296,18 +296,7 @@ class TemplateWatch(Part):
             state.learned_until = ts + LEARN_MS
         if ts > state.last_ts:
             state.last_ts = ts
-        # ``mark`` inlined: this runs once per send
-        clock = self.clock
-        if ts > clock.max_ts:
-            clock.max_ts = ts
-        start = ts - ts % BUCKET_MS
-        if start < self.closed_until:
-            start = self.closed_until
-        due = self._due.get(start)
-        if due is None:
-            self._due[start] = {key: None}
-        else:
-            due[key] = None
+        start = self.mark(key, ts)
         tallies = state.tallies
         tally = tallies.get(start)
         if tally is None:
