@@ -152,17 +152,9 @@ class SharePart(Part):
         state = self.entities.get(key)
         if state is None:
             state = self.new_state(ts)
-        # ``_count`` inlined: this runs once per trial per entity type
         start = self.mark(key, ts)
         idx = start // BUCKET_MS
-        ring = state.ring
-        if idx > ring.head:
-            ring.advance(idx)
-        slot = idx % ring.SIZE
-        cols = ring.cols
-        cols[0][slot] += 1
-        if hit:
-            cols[hit][slot] += 1
+        _count(state.ring, idx, hit)
         if sub is not None and self.MAX_SUBS:
             subs = state.subs
             if subs is None:
