@@ -13,6 +13,7 @@ import pytest
 
 from smsstream.detection.base import PartContext
 from smsstream.detection.engine import DETECTOR_PARTS
+from smsstream.detection.facts import LOAN_SENDS, LoanSend, RoutineCount, RoutineTally
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import BORROWERS, RECEIPTS, SENDS, Send
 from smsstream.worker.flow import EventTimeMerge, Heartbeat, Item, Outbox, Source, Topology, decode, encode, partition_of
@@ -45,6 +46,8 @@ class LocalDataflow:
         self.shards = {}
         self.alerts: list[dict] = []
         self.dead: list[str] = []
+        #: part -> items its shards processed
+        self.processed: dict[str, int] = {}
 
     def produce(self, events) -> None:
         n = len({i for _, i in self.inputs})
@@ -104,6 +107,7 @@ class LocalDataflow:
                     shard.offer(decode(log[self.inbox_at[(name, partition)]]))
                     self.inbox_at[(name, partition)] += 1
                     out = shard.run()
+                    self.processed[name] = self.processed.get(name, 0) + out.processed
                     self.dead += [str(error) for _, error in out.dead]
                     self.alerts += out.alerts
                     facts = Outbox(self.partitions)
@@ -220,6 +224,57 @@ def test_a_crashed_half_resuming_from_older_snapshots_loses_and_doubles_nothing(
     # a record written again after the crash is the same record
     assert sorted(set(comparable(alerts))) == comparable(replay(events))
     assert flow.dead == []
+
+
+def test_a_hot_senders_sends_reach_its_shards_as_counts_per_minute_not_one_by_one():
+    rng = random.Random(5)
+    borrowers = numbers(rng, 1500)
+    events = book("lender-a", borrowers) + Sends(rng, "lender-a", "tpl-remind", borrowers).run(T0, 30, 400)
+    events.sort(key=lambda e: e[1].ts)
+    loan_sends = sum(1 for topic, _ in events if topic == SENDS)
+    flow = LocalDataflow()
+    flow.produce(events)
+    assert comparable(flow.run()) == comparable(replay(events))
+    # every send is judged against the borrower book and every receipt joined, one by one ...
+    assert flow.processed["borrower_book"] >= loan_sends
+    # ... but the sender's shard takes the routine ones as a few counts a minute from each producer shard;
+    # what still comes one by one are the non-borrower sends and failed receipts (the evidence)
+    for part in ("non_borrower_sender", "non_borrower_template", "delivery_sender", "delivery_carrier"):
+        assert flow.processed[part] < loan_sends / 10, part
+
+
+def test_a_routine_count_sent_again_after_its_producer_restarted_counts_once():
+    topology = Topology(DETECTOR_PARTS, {t: 1 for t in (SENDS, RECEIPTS, BORROWERS)}, 1)
+    shard = topology.new_shard("non_borrower_sender", PartContext(Pseudonymizer(KEY)))
+
+    def count(ts: int, n: int) -> Item:
+        return Item(LOAN_SENDS, "lender-a", RoutineCount(ts, T0, "lender-a", "tpl", None, n), ts, "borrower_book/0")
+
+    # the producer's counts so far for the first minute, then its final count, then a restored producer
+    # sending both again, then the next minute
+    for item in (count(T0 + 10_000, 5), count(T0 + 50_000, 8), count(T0 + 10_000, 5), count(T0 + 50_000, 8)):
+        shard.offer(item)
+    shard.offer(Item(LOAN_SENDS, "lender-a", RoutineCount(T0 + MINUTE + 5_000, T0 + MINUTE, "lender-a", "tpl",
+                                                        None, 3), T0 + MINUTE + 5_000, "borrower_book/0"))
+    shard.offer(count(T0 + 50_000, 8))
+    shard.offer([Heartbeat(origin, T0 + HOUR, idle=True) for origin in topology.expected["non_borrower_sender"]])
+    shard.run()
+    ring = shard.part.entities["lender-a"].ring
+    assert [ring.get(T0 // MINUTE)[0], ring.get(T0 // MINUTE + 1)[0]] == [8, 3]
+
+
+def test_a_producer_adds_up_routine_facts_of_its_open_minute_and_passes_evidence_on():
+    tally = RoutineTally()
+    assert tally.roll(T0 + 1_000) == []
+    routine = [LoanSend(T0 + s * 1_000, "lender-a", "tpl", f"m{s}", False) for s in (30, 5, 50)]
+    hit = LoanSend(T0 + 20_000, "lender-a", "tpl", "m-hit", True, "pn:x")
+    older = LoanSend(T0 - 1_000, "lender-a", "tpl", "m-old", False)
+    assert [tally.take(LOAN_SENDS, f) for f in (*routine, hit, older)] == [True, True, True, False, False]
+    assert tally.pending_since() == T0 + 5_000
+    assert tally.roll(T0 + 59_000) == []  # still the same minute
+    ((stream, counted),) = tally.roll(T0 + MINUTE)
+    assert (stream, counted.count, counted.first_ts, counted.ts) == (LOAN_SENDS, 3, T0 + 5_000, T0 + 50_000)
+    assert tally.pending_since() is None
 
 
 def test_a_duplicate_send_is_dead_lettered_once_however_many_parts_read_it():

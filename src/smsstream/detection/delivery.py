@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from smsstream.detection.base import BUCKET_MS, Part
-from smsstream.detection.facts import BLOCKED, DELIVERED, DELIVERY_OUTCOMES, FAILED, DeliveryOutcome
+from smsstream.detection.facts import BLOCKED, DELIVERED, DELIVERY_OUTCOMES, FAILED, DeliveryOutcome, RoutineCount
 from smsstream.detection.share import Share, SharePart, ShareState
 from smsstream.records import RECEIPTS, SENDS
 
@@ -177,10 +177,20 @@ class _DeliveryShare(SharePart):
               hits_word="undelivered (UNDELIV/REJECTD/EXPIRED/DELETED/UNKNOWN)"),
     )
 
-    def process(self, topic: str, key: str, value: DeliveryOutcome):
-        """Count one outcome; hits are labelled by carrier (overridden where the label or slice differs)."""
-        self.count(key, value.ts, _HIT[value.outcome], value.message_id, value.carrier,
-                   value.sender_id, value.template_id)
+    def process(self, topic: str, key: str, value: DeliveryOutcome | RoutineCount):
+        if value.__class__ is RoutineCount:
+            self.count_routine(key, value, self.slice_of(value))
+        else:
+            self.count(key, value.ts, _HIT[value.outcome], value.message_id, self.label_of(value),
+                       value.sender_id, value.template_id, self.slice_of(value))
+        return None
+
+    def label_of(self, outcome: DeliveryOutcome) -> str | None:
+        """What a hit is labelled with in the evidence."""
+        return outcome.carrier
+
+    def slice_of(self, outcome: DeliveryOutcome | RoutineCount) -> str | None:
+        """The slice of the entity an outcome also counts in (with ``MAX_SUBS``)."""
         return None
 
     def label_name(self) -> str:
@@ -212,10 +222,8 @@ class SenderDelivery(_DeliveryShare):
     inputs: ClassVar = {DELIVERY_OUTCOMES: _outcome_sender}
     MAX_SUBS = 8
 
-    def process(self, topic: str, key: str, value: DeliveryOutcome):
-        self.count(key, value.ts, _HIT[value.outcome], value.message_id, value.carrier,
-                   value.sender_id, value.template_id, value.carrier)
-        return None
+    def slice_of(self, outcome: DeliveryOutcome | RoutineCount) -> str | None:
+        return outcome.carrier
 
     def sub_name(self) -> str:
         return "carrier"
@@ -243,10 +251,11 @@ class CarrierDelivery(_DeliveryShare):
     JUDGE_SUBS = False
     ONE_SENDER = 0.5
 
-    def process(self, topic: str, key: str, value: DeliveryOutcome):
-        self.count(key, value.ts, _HIT[value.outcome], value.message_id, value.sender_id,
-                   value.sender_id, value.template_id, value.sender_id)
-        return None
+    def label_of(self, outcome: DeliveryOutcome) -> str | None:
+        return outcome.sender_id
+
+    def slice_of(self, outcome: DeliveryOutcome | RoutineCount) -> str | None:
+        return outcome.sender_id
 
     def label_name(self) -> str:
         return "senders"

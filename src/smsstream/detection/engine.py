@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from smsstream.detection.base import BUCKET_MS, DEFAULT_LATENESS_MS, Part, PartContext
 from smsstream.detection.delivery import DELIVERY_PARTS
+from smsstream.detection.facts import RoutineTally
 from smsstream.detection.gate import DEFAULT_DEDUP_HORIZON_MS, DuplicateEvent, EventGate, LateEvent
 from smsstream.detection.non_borrower import NON_BORROWER_PARTS
 from smsstream.detection.rebind import REBIND_PARTS
@@ -58,6 +59,8 @@ class Engine:
             for stream, keyfn in part.inputs.items():
                 self.routes.setdefault(stream, []).append((part, keyfn))
         self.gate = EventGate(lateness_ms, dedup_horizon_ms)
+        self.tally = RoutineTally()
+        self._roll_at = 0
         self.events: Counter[str] = Counter()
         self.dead_letters: Counter[str] = Counter()
         self.alerts: Counter[str] = Counter()
@@ -81,6 +84,9 @@ class Engine:
             self.dead_letters["late"] += 1
             raise
         self.events[topic] += 1
+        gate = self.gate
+        if gate.max_ts >= self._roll_at:
+            self._roll(gate.max_ts)
         routes = self.routes
         for part, keyfn in routes.get(topic, ()):
             key = keyfn(record)
@@ -88,22 +94,31 @@ class Engine:
                 facts = part.process(topic, key, record)
                 if facts:
                     self._route_facts(facts)
-        gate = self.gate
         if gate.max_ts:
             watermark = gate.max_ts - gate.lateness_ms
             if watermark - watermark % BUCKET_MS > self._closed_until:
                 return self._advance(watermark)
         return []
 
-    def _route_facts(self, facts: list) -> None:
+    def _roll(self, ts: int) -> None:
+        """Forward the routine counts of the bucket the input has left (they are not judged before it closes)."""
+        rolled = self.tally.roll(ts)
+        self._roll_at = self.tally.open_bucket + BUCKET_MS
+        if rolled:
+            self._route_facts(rolled, tally=False)
+
+    def _route_facts(self, facts: list, tally: bool = True) -> None:
         routes = self.routes
+        take = self.tally.take
         for stream, value in facts:
+            if tally and take(stream, value):
+                continue
             for part, keyfn in routes.get(stream, ()):
                 key = keyfn(value)
                 if key is not None:
                     more = part.process(stream, key, value)
                     if more:
-                        self._route_facts(more)
+                        self._route_facts(more, tally)
 
     def _advance(self, watermark: int) -> list[dict]:
         out: list[dict] = []
@@ -128,6 +143,7 @@ class Engine:
 
     def flush(self) -> list[dict]:
         """End of input: close every bucket still open and return what that writes."""
+        self._route_facts(self.tally.roll(self.tally.open_bucket + BUCKET_MS), tally=False)
         out: list[dict] = []
         for part in self.parts:
             out.extend(part.flush())

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from smsstream.detection.base import Part
-from smsstream.detection.facts import LOAN_SENDS, LoanSend
+from smsstream.detection.facts import LOAN_SENDS, LoanSend, RoutineCount
 from smsstream.detection.share import Share, SharePart, ShareState, window_samples
 from smsstream.records import BORROWERS, LOAN_OBLIGATION, SENDS
 
@@ -147,9 +147,12 @@ class _NonBorrowerShare(SharePart):
               hits_word="sent to numbers that are not its borrowers"),
     )
 
-    def process(self, topic: str, key: str, value: LoanSend):
-        self.count(key, value.ts, 1 if value.non_borrower else 0, value.message_id,
-                   value.number_pn, value.sender_id, value.template_id)
+    def process(self, topic: str, key: str, value: LoanSend | RoutineCount):
+        if value.__class__ is RoutineCount:
+            self.count_routine(key, value)
+        else:
+            self.count(key, value.ts, 1 if value.non_borrower else 0, value.message_id,
+                       value.number_pn, value.sender_id, value.template_id)
         return None
 
     def why(self, share: Share) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
 
 from smsstream.detection.base import BUCKET_MS, Finding, Part
+from smsstream.detection.facts import RoutineCount
 from smsstream.detection.stats import BucketRing, ShareBaseline, binomial_exact_tail_score, binomial_tail_score
 
 MINUTE = 60_000
@@ -96,12 +97,12 @@ class ShareState:
     subs: dict | None = None
 
 
-def _count(ring: BucketRing, idx: int, hit: int) -> None:
+def _count(ring: BucketRing, idx: int, hit: int, trials: int = 1) -> None:
     if idx > ring.head:
         ring.advance(idx)
     slot = idx % ring.SIZE
     cols = ring.cols
-    cols[0][slot] += 1
+    cols[0][slot] += trials
     if hit:
         cols[hit][slot] += 1
 
@@ -142,19 +143,28 @@ class SharePart(Part):
         return ShareState(ring=BucketRing(1 + len(self.shares)), baselines=[ShareBaseline() for _ in self.shares],
                           first_ts=ts, last_ts=ts, samples=[{} for _ in self.shares])
 
-    def count(self, key: str, ts: int, hit: int, message_id: str, label: str | None,
-              sender_id: str | None, template_id: str | None, sub: str | None = None) -> None:
+    def count(self, key: str, ts: int, hit: int, message_id: str | None, label: str | None,
+              sender_id: str | None, template_id: str | None, sub: str | None = None,
+              trials: int = 1, first_ts: int | None = None) -> None:
         """Count one trial for ``key``; ``hit`` is 0, or 1 + the index of the share it is a hit of.
 
         ``sub`` names a slice of the entity judged on its own as well (a
         sender's traffic on one carrier), when the class sets ``MAX_SUBS``.
+        ``trials`` > 1 counts a ``RoutineCount`` (no hits) whose earliest
+        event was at ``first_ts``. What the state keeps does not depend on the
+        order trials arrive in within a bucket: first and last times are the
+        extremes, and sender and template are those of the latest trial.
         """
         state = self.entities.get(key)
+        if first_ts is None:
+            first_ts = ts
         if state is None:
-            state = self.new_state(ts)
+            state = self.new_state(first_ts)
+        elif first_ts < state.first_ts:
+            state.first_ts = first_ts
         start = self.mark(key, ts)
         idx = start // BUCKET_MS
-        _count(state.ring, idx, hit)
+        _count(state.ring, idx, hit, trials)
         if sub is not None and self.MAX_SUBS:
             subs = state.subs
             if subs is None:
@@ -163,16 +173,21 @@ class SharePart(Part):
             if slice_ is None and len(subs) < self.MAX_SUBS:
                 slice_ = subs[sub] = [BucketRing(1 + len(self.shares)), [ShareBaseline() for _ in self.shares]]
             if slice_ is not None:
-                _count(slice_[0], idx, hit)
+                _count(slice_[0], idx, hit, trials)
         if hit:
             keep_sample(state.samples[hit - 1], ts, message_id, label)
-        if ts > state.last_ts:
+        if ts >= state.last_ts:
             state.last_ts = ts
-        if sender_id is not None:
-            state.sender_id = sender_id
-        if template_id is not None:
-            state.template_id = template_id
+            if sender_id is not None:
+                state.sender_id = sender_id
+            if template_id is not None:
+                state.template_id = template_id
         self.entities[key] = state
+
+    def count_routine(self, key: str, routine: RoutineCount, sub: str | None = None) -> None:
+        """Count a producer's routine facts of one bucket (no hits, so no evidence)."""
+        self.count(key, routine.ts, 0, None, None, routine.sender_id, routine.template_id, sub,
+                   routine.count, routine.first_ts)
 
     # --- per closed bucket -------------------------------------------------------
 
@@ -225,7 +240,7 @@ class SharePart(Part):
             observed=observed,
             expected=expected,
             score=score,
-            summary=self.summary(key, state, share, int(k), int(n), observed, expected, window_ms, cold, sub),
+            summary=self.summary(key, state, share, int(k), int(n), observed, expected, end, window_ms, cold, sub),
             evidence=evidence,
             sender_id=state.sender_id if self.entity_type != "carrier" else None,
             template_id=state.template_id if self.entity_type == "template" else None,
@@ -295,13 +310,14 @@ class SharePart(Part):
         return True
 
     def summary(self, key: str, state: ShareState, share: Share, k: int, n: int, observed: float,
-                expected: float, window_ms: int, cold: bool, sub: str | None = None) -> str:
+                expected: float, end: int, window_ms: int, cold: bool, sub: str | None = None) -> str:
         who = f"{self.entity_type} {self.entity_id(key)}"
         if self.entity_type == "template" and state.sender_id:
             who += f" (sender {state.sender_id})"
         if sub is not None:
             who += f" on {self.sub_name()} {sub}"
-        new = f"; new {self.entity_type}, first seen {(state.last_ts - state.first_ts) // MINUTE} min ago" if cold else ""
+        seen_for = (min(state.last_ts, end) - state.first_ts) // MINUTE
+        new = f"; new {self.entity_type}, first seen {seen_for} min ago" if cold else ""
         return (
             f"{self.kind} {share.reason}: {who}: {k} of {n} {self.trials_word} in the last "
             f"{window_ms // MINUTE} min were {share.hits_word} ({observed:.1%}), "

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from smsstream.detection.base import BUCKET_MS, Part, PartContext
 from smsstream.detection.engine import EXPIRE_EVERY_MS, next_expiry
+from smsstream.detection.facts import RoutineCount, RoutineTally
 from smsstream.detection.gate import EventGate
 from smsstream.errors import RecordError
 from smsstream.records import BINDINGS, INPUT_TOPICS, RECEIPTS, SENDS
@@ -206,6 +207,10 @@ class Shard:
         self.emitted_until = 0
         self.facts_sent = 0
         self._next_expiry = 0
+        #: routine facts this shard produces, added up per bucket (``RoutineTally``)
+        self.tally = RoutineTally()
+        #: per producing origin: the latest bucket it sent routine counts for, and the count per group
+        self.routine_seen: dict[str, tuple[int, dict]] = {}
 
     def offer(self, message: Message) -> None:
         """Take an item, or a batch of items or heartbeats (one message carries many)."""
@@ -224,26 +229,70 @@ class Shard:
         out = Outcome()
         part = self.part
         lateness = part.ctx.lateness_ms
+        tally = self.tally
+        roll_at = tally.open_bucket + BUCKET_MS
         for item in self.merge.release():
             # As in Engine, an event meets the buckets closed by the events before it.
             out.alerts.extend(self._advance(item.ts - 1 - lateness))
+            if item.ts >= roll_at:
+                self._send_routine(out, tally.roll(item.ts))
+                roll_at = tally.open_bucket + BUCKET_MS
+            value = item.value
             if item.source is not None:
                 try:
-                    self.gate.check(item.stream, item.value)
+                    self.gate.check(item.stream, value)
                 except RecordError as exc:
                     if item.stream in self.reports:
                         out.dead.append((item.source, exc))
                     continue
+            elif value.__class__ is RoutineCount:
+                value = self._routine_delta(item.origin, item.stream, value)
+                if value is None:
+                    continue
             out.processed += 1
             if item.key:
-                for stream, fact in part.process(item.stream, item.key, item.value) or ():
+                for stream, fact in part.process(item.stream, item.key, value) or ():
+                    if tally.take(stream, fact):
+                        continue
                     self.facts_sent += 1
                     out.facts.append((stream, fact, item.ts, self.facts_sent))
         bound = self.merge.bound()
         if bound is not None:
+            if tally.groups and (bound >= roll_at or self.merge.all_idle):
+                # the input has passed the open bucket (or gone quiet): consumers need its counts so far
+                self._send_routine(out, tally.unsent())
             # Events still to come are not older than the bound; once all is idle, nothing is to come.
             out.alerts.extend(self._advance(bound - lateness - (0 if self.merge.all_idle else 1)))
         return out
+
+    @staticmethod
+    def _send_routine(out: Outcome, counts: list) -> None:
+        """Routine counts carry no sequence number: a count sent again replaces, not adds (``_routine_delta``)."""
+        for stream, counted in counts:
+            out.facts.append((stream, counted, counted.ts, -1))
+
+    def _routine_delta(self, origin: str, stream: str, counted: RoutineCount) -> RoutineCount | None:
+        """What a producer's cumulative count adds to what this shard already took from it; None if nothing.
+
+        A producer sends a bucket's counts in order, and a later bucket only
+        once the earlier one is complete, so a count for an older bucket than
+        the latest from that origin is a re-sent copy.
+        """
+        bucket = counted.first_ts - counted.first_ts % BUCKET_MS
+        seen = self.routine_seen.get(origin)
+        if seen is None or bucket > seen[0]:
+            seen = self.routine_seen[origin] = (bucket, {})
+        elif bucket < seen[0]:
+            return None
+        group = (stream, counted.sender_id, counted.template_id, counted.carrier)
+        before = seen[1].get(group, 0)
+        if counted.count <= before:
+            return None
+        seen[1][group] = counted.count
+        if not before:
+            return counted
+        return RoutineCount(counted.ts, counted.first_ts, counted.sender_id, counted.template_id,
+                            counted.carrier, counted.count - before)
 
     def _advance(self, watermark: int) -> list[dict]:
         """``Engine._advance`` for one part: close buckets, expiring on the same hourly grid."""
@@ -264,8 +313,11 @@ class Shard:
         return out
 
     def progress(self) -> int:
+        """Event time this shard has forwarded: routine counts it still holds are older than what it has read."""
         bound = self.merge.bound()
-        return max(self.merge.released_until, bound or 0)
+        done = max(self.merge.released_until, bound or 0)
+        pending = self.tally.pending_since()
+        return done if pending is None else min(done, pending)
 
     @property
     def idle(self) -> bool:
@@ -281,6 +333,8 @@ class Shard:
                 "emitted_until": self.emitted_until,
                 "facts_sent": self.facts_sent,
                 "next_expiry": self._next_expiry,
+                "tally": self.tally,
+                "routine_seen": self.routine_seen,
             },
             protocol=pickle.HIGHEST_PROTOCOL,
         )
@@ -304,6 +358,8 @@ class Shard:
         shard.emitted_until = data["emitted_until"]
         shard._next_expiry = data["next_expiry"]
         shard.facts_sent = data["facts_sent"]
+        shard.tally = data["tally"]
+        shard.routine_seen = data["routine_seen"]
         return shard
 
 
