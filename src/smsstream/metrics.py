@@ -25,6 +25,7 @@ class Metrics:
     state_entities: Gauge
     merge_buffered: Gauge
     snapshot_seconds: Histogram
+    heartbeat_failures: Counter
 
 
 def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream") -> Metrics:
@@ -65,6 +66,11 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream")
             "Time to save one shard's state snapshot to its table (snapshots of larger states are spaced out).",
             ["part"],
             buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        ),
+        heartbeat_failures=Counter(
+            f"{prefix}_heartbeat_failures",
+            "Heartbeat rounds that failed (retried a second later); a steady rise holds every part's clock back.",
             registry=registry,
         ),
     )

@@ -346,7 +346,19 @@ def build(
     # --- heartbeats: event-time progress of every upstream partition --------
     @app.timer(interval=HEARTBEAT_S)
     async def heartbeat() -> None:
-        """Tell every shard how far each upstream partition this process owns has got in event time."""
+        """Tell every shard how far each upstream partition this process owns has got in event time.
+
+        A failed round (the broker busy, a rebalance under way) is logged and
+        the next one a second later tries again: an exception escaping a
+        Faust timer would stop the whole worker.
+        """
+        try:
+            await send_heartbeats()
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            metrics.heartbeat_failures.inc()
+            log.warning("heartbeat round failed (%s: %s); retrying in %s s", type(exc).__name__, exc, HEARTBEAT_S)
+
+    async def send_heartbeats() -> None:
         for batch in routes.values():
             if batch.held:
                 await flush_route(batch)
