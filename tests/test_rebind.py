@@ -94,6 +94,28 @@ def test_a_large_lenders_normal_daily_handful_of_rebinds_stays_quiet():
     assert w.firing() == []
 
 
+def test_a_lender_rebinding_150_accounts_a_day_stays_quiet_from_its_first_day_on():
+    rng = random.Random(2)
+    w = World()
+    handful_a_day(w, rng, "hugeLender", 7, per_day=150)
+    w.run()
+    assert w.firing() == []
+
+
+def test_a_mass_rebind_at_a_lender_used_to_150_a_day_still_fires():
+    rng = random.Random(3)
+    w = World()
+    handful_a_day(w, rng, "hugeLender", 4, per_day=150)
+    attack = T0 + 3 * DAY + 2 * HOUR  # at night, when the lender's own staff are not working
+    for i in range(25):
+        w.bind(attack + i * 40_000, "hugeLender", f"victim{i}", number(50_000 + i), number(60_000 + i % 3),
+               "api", device="evil-0", ip="203.0.113.9")
+    w.run()
+    fired = w.firing("mass_rebind")
+    assert fired and fired[0]["entity_id"] == "hugeLender"
+    assert fired[0]["window_end"] - attack <= 15 * MIN
+
+
 # --- number_fan_in -------------------------------------------------------------------
 
 def test_one_number_collecting_accounts_across_lenders_raises_number_fan_in():

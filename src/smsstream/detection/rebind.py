@@ -73,6 +73,17 @@ DEVICE_FAN_OUT_MIN = 3
 MAX_SENDER_ROWS = 200
 SENDER_WINDOWS_MS = (10 * MINUTE, 30 * MINUTE, HOUR_MS, 6 * HOUR_MS)
 MASS_REBIND_MIN = 5
+#: Rebinds happen in business hours: a day's rate is spent in about half the day, so a window
+#: expects twice its share of the daily rate (a large lender's or a branch device's busy
+#: afternoon is not an attack).
+BUSINESS_HOURS_FACTOR = 2.0
+#: A lender (or staff device) whose rebinds were first seen less than this ago is young: its
+#: rate is learned from everything it does, and a young lender fires only on overwhelming evidence.
+SENDER_COLD_MS = DAY_MS
+SENDER_COLD_FIRE_SCORE = 12.0
+#: A lender's (and a staff device's) prior rate weighs a quarter of a day, so a large one's own
+#: rate takes over within its first day.
+SENDER_PRIOR_DAYS = 0.25
 #: Tail score (-log10 p) that fires, and that keeps a firing alert alive.
 FIRE_SCORE = 5.5
 HOLD_SCORE = 2.5
@@ -107,14 +118,17 @@ class NumberBinding:
         return asdict(self)
 
 
-def rate_per_day(count: DecayedCount, first_ts: int, now: int, prior_per_day: float) -> float:
+def rate_per_day(count: DecayedCount, first_ts: int, now: int, prior_per_day: float,
+                 counted_until: int | None = None, prior_days: float = PRIOR_DAYS) -> float:
     """An entity's event rate from a decayed count, shrunk towards ``prior_per_day`` while it is young.
 
     The decayed count of a steady rate r settles at ``r * half_life / ln 2``;
-    before that, at the rate times the time observed (also decayed).
+    before that, at the rate times the time observed (also decayed), which
+    ends at ``counted_until`` when the count lags behind ``now``.
     """
-    observed_ms = RATE_HALF_LIFE_MS / math.log(2) * (1.0 - 0.5 ** (max(now - first_ts, 0) / RATE_HALF_LIFE_MS))
-    return (count.get(now, RATE_HALF_LIFE_MS) + prior_per_day * PRIOR_DAYS) / (observed_ms / DAY_MS + PRIOR_DAYS)
+    observed = (now if counted_until is None else counted_until) - first_ts
+    observed_ms = RATE_HALF_LIFE_MS / math.log(2) * (1.0 - 0.5 ** (max(observed, 0) / RATE_HALF_LIFE_MS))
+    return (count.get(now, RATE_HALF_LIFE_MS) + prior_per_day * prior_days) / (observed_ms / DAY_MS + prior_days)
 
 
 class DelayedRate:
@@ -125,7 +139,7 @@ class DelayedRate:
     lasts ``accept_ms`` (a new normal), otherwise dropped.
     """
 
-    __slots__ = ("count", "first_ts", "queue", "held", "held_since")
+    __slots__ = ("count", "first_ts", "queue", "held", "held_since", "counted_until")
 
     def __init__(self) -> None:
         self.count = DecayedCount()
@@ -133,6 +147,8 @@ class DelayedRate:
         self.queue: list[list] = []  # [bucket start, rebinds, judged abnormal]
         self.held = 0.0
         self.held_since = 0
+        #: the count covers time up to here (buckets older than the judging window)
+        self.counted_until = 0
 
     def observe(self, start: int, count: float, abnormal: bool) -> None:
         if not self.first_ts:
@@ -140,6 +156,7 @@ class DelayedRate:
         self.queue.append([start, count, abnormal])
 
     def settle(self, now: int, delay_ms: int, accept_ms: int) -> None:
+        self.counted_until = now - delay_ms
         queue = self.queue
         i = 0
         while i < len(queue) and queue[i][0] < now - delay_ms:
@@ -158,8 +175,9 @@ class DelayedRate:
         if i:
             del queue[:i]
 
-    def per_day(self, now: int, prior_per_day: float) -> float:
-        return rate_per_day(self.count, self.first_ts or now, now, prior_per_day)
+    def per_day(self, now: int, prior_per_day: float, prior_days: float = PRIOR_DAYS) -> float:
+        return rate_per_day(self.count, self.first_ts or now, now, prior_per_day, self.counted_until or None,
+                            prior_days)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DelayedRate) and all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
@@ -466,6 +484,9 @@ class NumberRebinds(Part):
 class SenderState:
     window: BucketWindow = field(default_factory=BucketWindow)  # [start, rebinds]
     rate: DelayedRate = field(default_factory=DelayedRate)
+    #: rebinds in the buckets closed so far, and when the first was seen (for a young sender's rate)
+    total: int = 0
+    first_ts: int = 0
     #: recent rebinds for evidence: (ts, account_id, old pn, device, ip, channel)
     recent: list = field(default_factory=list)
     last_ts: int = 0
@@ -497,21 +518,36 @@ class SenderRebinds(Part):
         state.window.prune(end - SENDER_WINDOWS_MS[-1])
         count = next((r[1] for r in state.window.rows if r[0] == start), 0)
         state.rate.settle(start, SENDER_WINDOWS_MS[-1], self.ACCEPT_AFTER_MS)
-        per_day = state.rate.per_day(start, SENDER_PRIOR_PER_DAY)
-        best = (0.0, 0.0, 0.0, SENDER_WINDOWS_MS[0])
+        per_day = state.rate.per_day(start, SENDER_PRIOR_PER_DAY, SENDER_PRIOR_DAYS)
+        if not state.first_ts:
+            state.first_ts = start
+        state.total += count
+        young = end - state.first_ts < SENDER_COLD_MS
+        best = (0.0, 0.0, 0.0, SENDER_WINDOWS_MS[0], per_day)
         for w in SENDER_WINDOWS_MS:
             # Accounts, not rebinds: one account flapping is account_flapping's business.
             n = len({r[1] for r in state.recent if end - w <= r[0] < end})
-            lam = per_day * w / DAY_MS
+            expected_per_day = per_day
+            if young:
+                # The learned rate lags a window behind: judge against what came before this window.
+                history = end - w - state.first_ts
+                if history < w:
+                    continue  # less of this lender's history than the window itself to judge it against
+                before = state.total - sum(r[1] for r in state.window.rows if end - w <= r[0] < end)
+                expected_per_day = max(per_day, before * DAY_MS / history)
+            lam = expected_per_day * w / DAY_MS * BUSINESS_HOURS_FACTOR
             score = poisson_tail_score(n, lam) if n >= MASS_REBIND_MIN else 0.0
             if score > best[0]:
-                best = (score, n, lam, w)
-        score, n, lam, w = best
+                best = (score, n, lam, w, expected_per_day)
+        score, n, lam, w, per_day = best
         abnormal = score >= HOLD_SCORE
-        state.rate.observe(start, count, abnormal)
+        # A young sender's rate is still mostly the prior: learn all of it, or a large lender's
+        # ordinary day would be held out as abnormal and never learned.
+        state.rate.observe(start, count, abnormal and not young)
         self.save(key, state)
         if not abnormal:
             return ()
+        fire_score = SENDER_COLD_FIRE_SCORE if young else FIRE_SCORE
         rows = [r for r in state.recent if end - w <= r[0] < end]
         devices = Counter(r[3] for r in rows)
         ips = Counter(r[4] for r in rows)
@@ -523,7 +559,7 @@ class SenderRebinds(Part):
         return [Finding(
             kind=KIND,
             reason="mass_rebind",
-            severity="critical" if score >= 2 * FIRE_SCORE and n >= 10 else "warning",
+            severity="critical" if score >= 2 * fire_score and n >= 10 else "warning",
             entity_type="sender",
             entity_id=key,
             window_start=end - w,
@@ -534,6 +570,7 @@ class SenderRebinds(Part):
             summary=(
                 f"{key}: {int(n)} accounts changed number in the last {w // MINUTE} min, against about "
                 f"{lam:.2f} usual ({per_day:.1f} a day){concentrated}"
+                + ("; rebinds first seen at this lender less than a day ago" if young else "")
             ),
             evidence={
                 "accounts": [r[1] for r in rows][-SAMPLES:],
@@ -544,7 +581,7 @@ class SenderRebinds(Part):
             },
             sender_id=key,
             last_seen=rows[-1][0] if rows else end,
-            firing=score >= FIRE_SCORE,
+            firing=score >= fire_score,
         )]
 
 
@@ -588,10 +625,14 @@ class DeviceRebinds(Part):
         # Distinct numbers the accounts left: one customer moving all their loans counts once.
         origins = {r[2] for r in rows}
         n = len(origins)
-        prior = STAFF_DEVICE_PRIOR_PER_DAY if state.staff else DEVICE_PRIOR_PER_DAY
         state.rate.settle(start, DEVICE_WINDOW_MS, self.ACCEPT_AFTER_MS)
-        per_day = state.rate.per_day(start, prior)
-        lam = per_day * DEVICE_WINDOW_MS / DAY_MS
+        if state.staff:
+            # a branch or call-centre device moves accounts all day: its own rate takes over quickly
+            per_day = state.rate.per_day(start, STAFF_DEVICE_PRIOR_PER_DAY, SENDER_PRIOR_DAYS)
+        else:
+            per_day = state.rate.per_day(start, DEVICE_PRIOR_PER_DAY)
+        young = not state.rate.first_ts or start - state.rate.first_ts < SENDER_COLD_MS
+        lam = per_day * DEVICE_WINDOW_MS / DAY_MS * BUSINESS_HOURS_FACTOR
         score = poisson_tail_score(n, lam) if n >= DEVICE_FAN_OUT_MIN else 0.0
         accounts = [r[1] for r in rows]
         senders = sorted({a.partition("|")[0] for a in accounts})
@@ -599,7 +640,9 @@ class DeviceRebinds(Part):
         # start of a fan-out. Worth an info, never more, until a third account follows.
         early = n == 2 and len(senders) >= 2 and not state.staff and poisson_tail_score(n, lam) >= 1.0
         abnormal = score >= HOLD_SCORE
-        state.rate.observe(start, count, abnormal)
+        # as for a young lender: a device's first day is learned whole, so a busy staff device's
+        # ordinary day is not held out as abnormal and never learned
+        state.rate.observe(start, count, abnormal and not (young and state.staff))
         self.save(key, state)
         if not (abnormal or early):
             return ()
