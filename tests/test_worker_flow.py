@@ -15,7 +15,7 @@ from smsstream.detection.base import PartContext
 from smsstream.detection.engine import DETECTOR_PARTS
 from smsstream.detection.facts import LOAN_SENDS, LoanSend, RoutineCount, RoutineTally
 from smsstream.pseudonym import Pseudonymizer
-from smsstream.records import BORROWERS, RECEIPTS, SENDS, Send
+from smsstream.records import BORROWERS, RECEIPTS, SENDS, Receipt, Send
 from smsstream.worker.flow import EventTimeMerge, Heartbeat, Item, Outbox, Source, Topology, decode, encode, partition_of
 from traffic import HOUR, KEY, MINUTE, T0, Sends, book, engine, numbers
 
@@ -261,6 +261,23 @@ def test_a_routine_count_sent_again_after_its_producer_restarted_counts_once():
     shard.run()
     ring = shard.part.entities["lender-a"].ring
     assert [ring.get(T0 // MINUTE)[0], ring.get(T0 // MINUTE + 1)[0]] == [8, 3]
+
+
+def test_a_shard_whose_merge_overflowed_tells_its_downstream_no_more_than_its_slowest_origin():
+    topology = Topology(DETECTOR_PARTS, {t: 1 for t in (SENDS, RECEIPTS, BORROWERS)}, 1)
+    shard = topology.new_shard("receipt_join", PartContext(Pseudonymizer(KEY)))
+    shard.merge.max_buffered = 10
+    shard.offer([Heartbeat(origin, T0, idle=False) for origin in topology.expected["receipt_join"]])
+    fast = f"{RECEIPTS}/0"
+    for i in range(50):
+        receipt = Receipt(f"m{i}", T0 + i * MINUTE, "DELIVRD", None, "carrier-a")
+        shard.offer(Item(RECEIPTS, receipt.message_id, receipt, receipt.ts, fast,
+                         Source(RECEIPTS, 0, i, None, b"{}"), seq=i))
+        shard.run()
+    # 40 receipts went through early to bound the buffer, but the other origins may still send
+    # anything from T0 on: facts from those are still to come, so downstream must not close past T0
+    assert shard.merge.released_until >= T0 + 39 * MINUTE
+    assert shard.progress() == T0
 
 
 def test_a_producer_adds_up_routine_facts_of_its_open_minute_and_passes_evidence_on():

@@ -313,9 +313,14 @@ class Shard:
         return out
 
     def progress(self) -> int:
-        """Event time this shard has forwarded: routine counts it still holds are older than what it has read."""
+        """Event time up to which this shard has forwarded all it will: what it tells its downstream.
+
+        Not beyond the merge bound: items released early from a full merge
+        buffer run ahead of it, and the slowest origin can still deliver
+        older ones. Nor beyond routine counts it still holds.
+        """
         bound = self.merge.bound()
-        done = max(self.merge.released_until, bound or 0)
+        done = self.merge.released_until if bound is None else bound
         pending = self.tally.pending_since()
         return done if pending is None else min(done, pending)
 
