@@ -515,6 +515,21 @@ def test_a_rarely_used_template_blasted_from_a_never_seen_key_raises_volume_burs
     assert [a for a in h.firing("volume_burst") if "key-stolen" in a["summary"]]
 
 
+def test_a_template_sent_only_a_handful_of_times_has_no_sources_to_call_a_campaigns_key_new():
+    # A lender's campaign on a template it had barely used, through another of its own keys: the
+    # template's five sends say nothing about which keys are the lender's (the twin above has 24).
+    rng = random.Random(31)
+    h = Harness()
+    h.template()
+    for i in range(5):
+        h.send(T0 + 10 * HOUR + i * 3 * HOUR, body(rng), key="key-1", ip="10.0.0.5")
+    campaign = T0 + 2 * DAY + 10 * HOUR
+    for i in range(300):
+        h.send(campaign + i * 10_000, body(rng), key="key-7", ip="10.9.0.5")
+    h.flush()
+    assert h.firing() == []
+
+
 KASH = "[KashRide] Your KYC documents have been received and are under review."
 
 

@@ -384,7 +384,9 @@ class TemplateWatch(Part):
             return ()
         learning = end <= state.learned_until or state.sends < LEARN_N
         age = end - state.first_ts
-        sources_known = (state.sends >= SOURCE_LEARN_N and not learning) or age >= DAY_MS
+        # A template with fewer sends than it needs to learn its markers knows too little of its
+        # sources to call one new: its sender's campaign through the sender's usual keys is not a hijack.
+        sources_known = (state.sends >= SOURCE_LEARN_N and not learning) or (age >= DAY_MS and state.sends >= LEARN_N)
         new = self._classify_sources(state, tally, start, sources_known)
         state.window.add(start, tally.total, new[0], tally.words_drift)
         state.window.prune(end - WINDOW_MS)
