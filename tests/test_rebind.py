@@ -116,6 +116,27 @@ def test_a_mass_rebind_at_a_lender_used_to_150_a_day_still_fires():
     assert fired[0]["window_end"] - attack <= 15 * MIN
 
 
+def test_a_mass_rebinds_evidence_does_not_depend_on_the_order_events_arrive_in():
+    rng = random.Random(4)
+    w = World()
+    handful_a_day(w, rng, "bigLender", 2)
+    attack = T0 + 2 * DAY + 2 * HOUR
+    for i in range(12):
+        w.bind(attack + i * 50_000, "bigLender", f"victim{i}", number(50_000 + i), number(60_000 + i),
+               "api", device="evil-0", ip="203.0.113.9")
+    in_order = sorted(w.events, key=lambda e: (e[0], e[1]))
+    # each attack binding swapped with the next: up to 100 s late, well within the allowed lateness
+    shuffled = in_order[:-12] + [e for pair in zip(in_order[-11::2], in_order[-12::2]) for e in pair]
+
+    def fired(events):
+        engine = Engine(PN, parts=REBIND_PARTS)
+        alerts = [a for _, _, topic, record in events for a in engine.ingest(topic, record)] + engine.flush()
+        return sorted((a["dedup_key"], a["window_end"], a["last_seen"], json.dumps(a["evidence"]))
+                      for a in alerts if a["status"] == "firing")
+
+    assert fired(in_order) and fired(shuffled) == fired(in_order)
+
+
 # --- number_fan_in -------------------------------------------------------------------
 
 def test_one_number_collecting_accounts_across_lenders_raises_number_fan_in():

@@ -203,6 +203,17 @@ def _loan_send_number(s) -> str | None:
     return s.number if s.category in LOAN_OBLIGATION else None
 
 
+def _keep_in_time_order(rows: list) -> None:
+    """Rows of (ts, ...) stay in event-time order whatever order events arrive in within the allowed
+    lateness, so evidence and ``last_seen`` are the same in replay and in the worker."""
+    if len(rows) > 1 and rows[-2][0] > rows[-1][0]:
+        rows.sort(key=_row_ts)
+
+
+def _row_ts(row: tuple) -> int:
+    return row[0]
+
+
 def _top(counter: Counter, n: int = 5) -> dict:
     return {k: v for k, v in counter.most_common(n) if k is not None}
 
@@ -231,8 +242,7 @@ class AccountRebinds(Part):
         new_pn = pn(b.new_number)
         move = (b.ts, old_pn, new_pn, b.event_id, b.channel, b.device_id)
         state.moves.append(move)
-        if len(state.moves) > 1 and state.moves[-2][0] > b.ts:
-            state.moves.sort(key=lambda m: m[0])
+        _keep_in_time_order(state.moves)
         state.moves = [m for m in state.moves if m[0] >= b.ts - FLAP_HORIZON_MS][-MAX_MOVES:]
         state.last_ts = max(state.last_ts, b.ts)
         if b.old_number is not None:
@@ -347,6 +357,7 @@ class NumberRebinds(Part):
                     del state.departures[other]
             if f.other_pn is not None:
                 state.arrivals.append((f.ts, f.sender_id, f.account_id, f.other_pn, f.event_id, f.device_id))
+                _keep_in_time_order(state.arrivals)
                 state.arrivals = [a for a in state.arrivals if a[0] >= f.ts - FAN_IN_HORIZON_MS][-MAX_ARRIVALS:]
                 start = self.mark(key, f.ts)
                 state.fan_in_due[start] = True
@@ -506,6 +517,7 @@ class SenderRebinds(Part):
         state.window.add(start, 1)
         state.recent.append((b.ts, b.account_id, self.ctx.pseudonym(b.old_number), b.device_id, b.source_ip,
                              b.channel))
+        _keep_in_time_order(state.recent)
         if len(state.recent) > MAX_SENDER_ROWS:
             del state.recent[: len(state.recent) - MAX_SENDER_ROWS]
         self.save(key, state)
@@ -610,6 +622,7 @@ class DeviceRebinds(Part):
         state.staff = state.staff or b.channel in STAFF_CHANNELS
         pn = self.ctx.pseudonym
         state.rows.append((b.ts, f"{b.sender_id}|{b.account_id}", pn(b.old_number), pn(b.new_number), b.channel))
+        _keep_in_time_order(state.rows)
         state.rows = [r for r in state.rows if r[0] >= b.ts - DEVICE_WINDOW_MS][-MAX_DEVICE_ROWS:]
         start = self.mark(key, b.ts)
         state.pending[start] = state.pending.get(start, 0) + 1
