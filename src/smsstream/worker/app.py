@@ -54,11 +54,13 @@ HEARTBEAT_S = 1.0
 IDLE_AFTER_S = 3.0
 #: A shard's snapshot is saved at most this often, and at least this often ...
 CHECKPOINT_S = 5.0
-CHECKPOINT_MAX_S = 120.0
-#: ... and within that, rarely enough that saving takes at most this share of the shard's time
-#: (a snapshot is the whole shard: a borrower book of millions of numbers takes seconds).
+CHECKPOINT_MAX_S = 600.0
+#: ... and within that, rarely enough that saving all of a worker's shards takes at most this share
+#: of its time (a snapshot is the whole shard: a borrower book of millions of numbers, or a merge
+#: buffer full of a backlog, takes seconds, and a worker holds dozens of shards).
 CHECKPOINT_BUDGET = 0.05
-CHECKPOINT_EVENTS = 20_000
+#: ... or sooner, once the messages it holds unacknowledged (kept in memory until then) reach this size.
+CHECKPOINT_HELD_BYTES = 64 * 1024 * 1024
 #: Table values stay well under Kafka's default 1 MB message limit.
 CHUNK_BYTES = 256 * 1024
 #: A route agent sends what its input records fan out to once it holds this many items, or after this long.
@@ -275,6 +277,7 @@ def build(
     # --- part agents: one shard per assigned partition ----------------------
     #: (part, partition) -> events processed since the shard's last snapshot, not yet acknowledged
     pending: dict[tuple[str, int], list] = {}
+    held_bytes: dict[tuple[str, int], int] = {}
     next_checkpoint: dict[tuple[str, int], float] = {}
 
     def shard_for(p: type[Part], partition: int) -> Shard:
@@ -317,16 +320,19 @@ def build(
                 shard.emitted_until = shard.progress()
                 held = pending.setdefault((p.name, partition), [])
                 held.append(event)
+                held_bytes[(p.name, partition)] = size = held_bytes.get((p.name, partition), 0) + len(
+                    event.message.value or b"")
                 now = time.monotonic()
-                if len(held) >= CHECKPOINT_EVENTS or now >= next_checkpoint.get((p.name, partition), 0):
+                if size >= CHECKPOINT_HELD_BYTES or now >= next_checkpoint.get((p.name, partition), 0):
                     save_snapshot(table, partition, shard.snapshot())
                     spent = time.monotonic() - now
                     metrics.snapshot_seconds.labels(p.name).observe(spent)
                     for e in held:
                         await acker.ack(e)
                     held.clear()
+                    held_bytes[(p.name, partition)] = 0
                     next_checkpoint[(p.name, partition)] = now + min(
-                        CHECKPOINT_MAX_S, max(CHECKPOINT_S, spent / CHECKPOINT_BUDGET))
+                        CHECKPOINT_MAX_S, max(CHECKPOINT_S, spent * len(worker.shards) / CHECKPOINT_BUDGET))
                     _observe(p, shard)
 
         run_part.__name__ = f"part_{p.name.replace('-', '_')}"
@@ -413,6 +419,7 @@ def build(
                 # the next owner re-reads from the last snapshot's offsets: forget what came after
                 worker.shards.pop((name, tp.partition), None)
                 pending.pop((name, tp.partition), None)
+                held_bytes.pop((name, tp.partition), None)
                 next_checkpoint.pop((name, tp.partition), None)
 
     @app.page("/health")
