@@ -174,10 +174,20 @@ class TemplateState:
     tallies: dict = field(default_factory=dict)  # bucket start -> Tally
 
 
-def _marker_keys(m: Markers) -> list[str]:
-    keys = ["d:" + d for d in m.domains] + ["p:" + p for p in m.phones]
-    if m.signature is not None:
-        keys.append("s:" + m.signature)
+#: markers -> ``_marker_keys`` of them; a template's sends carry the same few markers over and over
+_KEYS_OF: dict[Markers, tuple[str, ...]] = {}
+MAX_KEYS_OF = 4096
+
+
+def _marker_keys(m: Markers) -> tuple[str, ...]:
+    keys = _KEYS_OF.get(m)
+    if keys is None:
+        found = ["d:" + d for d in m.domains] + ["p:" + p for p in m.phones]
+        if m.signature is not None:
+            found.append("s:" + m.signature)
+        keys = tuple(found)
+        if len(_KEYS_OF) < MAX_KEYS_OF:
+            _KEYS_OF[m] = keys
     return keys
 
 
@@ -385,7 +395,7 @@ class TemplateWatch(Part):
         self._note_markers(tally, marks, send)
         return self._links(state, marks.domains, send.sender_id, ts, mid)
 
-    def _note_markers(self, tally: Tally, marks: Markers, send) -> list[str]:
+    def _note_markers(self, tally: Tally, marks: Markers, send) -> tuple[str, ...]:
         keys = _marker_keys(marks)
         for k in keys:
             row = tally.markers.get(k)
@@ -607,6 +617,8 @@ class TemplateWatch(Part):
         )
 
     def _forget_suspects(self, state: TemplateState, now: int, force: bool = False) -> None:
+        if not state.suspects:
+            return
         old = [k for k, s in state.suspects.items() if s.last_ts < now - SUSPECT_TTL_MS]
         if force and not old and state.suspects:
             old = [min(state.suspects, key=lambda k: state.suspects[k].last_ts)]
@@ -616,6 +628,8 @@ class TemplateWatch(Part):
     def _judge_owner(self, state: TemplateState, tally: Tally, start: int, end: int, learning: bool):
         owner = state.owner
         registered = owner is not None
+        if registered and not tally.senders:
+            return None  # only strangers' sends to a registered template are tallied
         if owner is None:
             total = sum(state.senders.values())
             if total:
