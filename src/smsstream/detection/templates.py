@@ -174,10 +174,20 @@ class TemplateState:
     tallies: dict = field(default_factory=dict)  # bucket start -> Tally
 
 
-def _marker_keys(m: Markers) -> list[str]:
-    keys = ["d:" + d for d in m.domains] + ["p:" + p for p in m.phones]
-    if m.signature is not None:
-        keys.append("s:" + m.signature)
+#: markers -> ``_marker_keys`` of them; a template's sends carry the same few markers over and over
+_KEYS_OF: dict[Markers, tuple[str, ...]] = {}
+MAX_KEYS_OF = 4096
+
+
+def _marker_keys(m: Markers) -> tuple[str, ...]:
+    keys = _KEYS_OF.get(m)
+    if keys is None:
+        found = ["d:" + d for d in m.domains] + ["p:" + p for p in m.phones]
+        if m.signature is not None:
+            found.append("s:" + m.signature)
+        keys = tuple(found)
+        if len(_KEYS_OF) < MAX_KEYS_OF:
+            _KEYS_OF[m] = keys
     return keys
 
 
@@ -225,6 +235,33 @@ def _main_sources(state: TemplateState, now: int) -> dict[str, tuple[str, int]]:
             if best is None or row[1] > best[1][1]:
                 top[prefix] = (p, row)
     return {prefix: (p, row[2] if len(row) > 2 else now) for prefix, (p, row) in top.items()}
+
+
+def _may_be_new(state: TemplateState, parts_lists: Iterable[tuple[str, ...]], start: int, established: bool) -> bool:
+    """Could a send from these sources count as from a new source in bucket ``start``?
+
+    Only then does it matter when the template's main key and network last sent: in most buckets
+    every source is long known, and finding the main ones walks all the template's sources.
+    """
+    sources = state.sources
+    for parts in parts_lists:
+        for p in parts:
+            row = sources.get(p)
+            if row is None:
+                if established:
+                    return True
+            elif row[0] and start - row[0] < NEW_SOURCE_MS:
+                return True
+    return False
+
+
+def _expected_hour(profile: DailyProfile, start: int, end: int) -> float | None:
+    """The usual sends in the trailing hour ending at ``end``, None while neither hour of day is known.
+
+    The trailing hour straddles two hours of day; a campaign in either is normal for it.
+    """
+    slots = [profile.expected(t) for t in (end - WINDOW_MS, start)]
+    return max((x for x in slots if x is not None), default=None)
 
 
 def _bump(table: dict, key: str, sample: str, cap: int = 64) -> list:
@@ -358,7 +395,7 @@ class TemplateWatch(Part):
         self._note_markers(tally, marks, send)
         return self._links(state, marks.domains, send.sender_id, ts, mid)
 
-    def _note_markers(self, tally: Tally, marks: Markers, send) -> list[str]:
+    def _note_markers(self, tally: Tally, marks: Markers, send) -> tuple[str, ...]:
         keys = _marker_keys(marks)
         for k in keys:
             row = tally.markers.get(k)
@@ -390,14 +427,15 @@ class TemplateWatch(Part):
         new = self._classify_sources(state, tally, start, sources_known)
         state.window.add(start, tally.total, new[0], tally.words_drift)
         state.window.prune(end - WINDOW_MS)
-        # The trailing hour straddles two hours of day; a campaign in either is normal for it.
-        slots = [state.profile.expected(t) for t in (end - WINDOW_MS, start)]
-        expected_hour = max((x for x in slots if x is not None), default=None)
+        # Only a bucket with sends from a new source can make a burst; the usual hour is read before
+        # this bucket updates the profile.
+        burst_possible = sources_known and new[0] > 0
+        expected_hour = _expected_hour(state.profile, start, end) if burst_possible else None
         state.profile.update(start, tally.total)
 
         drift = self._judge_markers(state, tally, start, end, learning)
         foreign = self._judge_owner(state, tally, start, end, learning)
-        burst = self._judge_burst(state, tally, end, new, expected_hour) if sources_known else None
+        burst = self._judge_burst(state, tally, end, new, expected_hour) if burst_possible else None
         state.sends += tally.total
         state.fitting += tally.fitting
         self.save(key, state)
@@ -581,6 +619,8 @@ class TemplateWatch(Part):
         )
 
     def _forget_suspects(self, state: TemplateState, now: int, force: bool = False) -> None:
+        if not state.suspects:
+            return
         old = [k for k, s in state.suspects.items() if s.last_ts < now - SUSPECT_TTL_MS]
         if force and not old and state.suspects:
             old = [min(state.suspects, key=lambda k: state.suspects[k].last_ts)]
@@ -590,6 +630,8 @@ class TemplateWatch(Part):
     def _judge_owner(self, state: TemplateState, tally: Tally, start: int, end: int, learning: bool):
         owner = state.owner
         registered = owner is not None
+        if registered and not tally.senders:
+            return None  # only strangers' sends to a registered template are tallied
         if owner is None:
             total = sum(state.senders.values())
             if total:
@@ -645,15 +687,16 @@ class TemplateWatch(Part):
         new_samples: list[str] = []
         new_sources: list[str] = []
         used: dict[str, int] = {}
-        # When the template's main key and main network last sent, counting this bucket.
         parts_of = {raw: _parts_of(raw) if raw != "other" else ("other",) for raw in tally.sources}
-        now_used = {p for raw, parts in parts_of.items() if raw != "other" for p in parts}
         main_last: dict[str, int | None] = {"k:": None, "n:": None}
-        for prefix, (main, last) in _main_sources(state, start).items():
-            main_last[prefix] = start if main in now_used else last
+        maybe_new = _may_be_new(state, parts_of.values(), start, established)
+        if maybe_new:
+            # When the template's main key and main network last sent, counting this bucket.
+            now_used = {p for raw, parts in parts_of.items() if raw != "other" for p in parts}
+            for prefix, (main, last) in _main_sources(state, start).items():
+                main_last[prefix] = start if main in now_used else last
         for raw, (count, samples) in tally.sources.items():
             parts = parts_of[raw]
-            src = "|".join(parts)
             fresh: dict[str, bool] = {}
             for p in parts:
                 row = state.sources.get(p)
@@ -670,11 +713,15 @@ class TemplateWatch(Part):
                     row.append(start)
                 row[2] = max(row[2], start)
                 used[p] = used.get(p, 0) + count
+                if not maybe_new:
+                    continue
                 fresh[p] = bool(row[0]) and start - row[0] < NEW_SOURCE_MS
                 last = main_last.get(p[:2])
                 if fresh[p] and last is not None:
                     # Sending since before the main one's last send, or not yet for long: not its successor.
                     fresh[p] = row[0] <= last or start - row[0] < SUCCESSOR_MS
+            if not fresh:
+                continue
             nets = [p for p in fresh if p.startswith("n:")]
             is_new = any(fresh.values())
             if is_new and nets and not any(fresh[n] for n in nets):
@@ -683,7 +730,7 @@ class TemplateWatch(Part):
             if is_new:
                 new_sends += count
                 new_samples.extend(samples)
-                new_sources.append(src)
+                new_sources.append("|".join(parts))
         state.recent_sources.append([start, used])
         while state.recent_sources and state.recent_sources[0][0] < start + BUCKET_MS - WINDOW_MS:
             del state.recent_sources[0]

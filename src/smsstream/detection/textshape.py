@@ -211,7 +211,8 @@ class Fit:
 
     ``ok`` when it fits; otherwise what is wrong with it, in words: markers the
     template does not have (``new_domains``, ``new_phones``, ``signature``
-    changed) and ``added`` / ``removed`` words.
+    changed) and ``added`` / ``removed`` words. A fitting verdict is shared by
+    every body it describes: read it, do not change it.
     """
 
     ok: bool
@@ -237,7 +238,7 @@ class TemplateText:
     """A registered template text, compiled for linear matching of bodies against it."""
 
     __slots__ = ("text", "chunks", "kinds", "markers", "has_signature", "has_link_vars", "_limits", "_tokens",
-                 "_url_at", "_link_vars", "_phones_in")
+                 "_url_at", "_link_vars", "_phones_in", "_fits")
 
     def __init__(self, text: str):
         self.text = normalise(text)
@@ -254,6 +255,8 @@ class TemplateText:
         self._link_vars = [(i, k) for i, k in enumerate(self.kinds) if k in ("url", "phone")]
         #: phone-variable value -> the numbers in it: a template's hotline is the same in most sends
         self._phones_in: dict[str, list[str]] = {}
+        #: (domains, phone numbers) in the link and phone variables of fitting bodies -> the verdict saying so
+        self._fits: dict[tuple[tuple[str, ...], tuple[str, ...]], Fit] = {}
         self._tokens: list[str] | None = None
 
     def __reduce__(self):
@@ -291,14 +294,26 @@ class TemplateText:
         if values is not None:
             bad = self._implausible(values)
             if bad is None:
-                var_markers = self._var_markers(values) if self.has_link_vars else None
-                return _FITS if var_markers is None else Fit(True, var_markers=var_markers)
+                return self._fitting(values) if self.has_link_vars else _FITS
         fit = self._drift(body)
         if bad is not None and not (fit.injected or fit.added):
             fit.added = words(bad)
         return fit
 
-    def _var_markers(self, values: list[str]) -> Markers | None:
+    def _fitting(self, values: list[str]) -> Fit:
+        """The verdict on a fitting body: the same links and hotline recur, and so does one shared verdict."""
+        found = self._var_markers(values)
+        if not (found[0] or found[1]):
+            return _FITS
+        fit = self._fits.get(found)
+        if fit is None:
+            fit = Fit(True, var_markers=Markers(*found))
+            if len(self._fits) < MAX_REMEMBERED_VALUES:
+                self._fits[found] = fit
+        return fit
+
+    def _var_markers(self, values: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Link domains and phone numbers in the variables that may hold them."""
         found_domains: list[str] = []
         found_phones: list[str] = []
         for i, kind in self._link_vars:
@@ -315,9 +330,7 @@ class TemplateText:
                     if len(self._phones_in) < MAX_REMEMBERED_VALUES:
                         self._phones_in[value] = numbers
                 found_phones.extend(p for p in numbers if p not in found_phones)
-        if not (found_domains or found_phones):
-            return None
-        return Markers(tuple(found_domains), tuple(found_phones))
+        return tuple(found_domains), tuple(found_phones)
 
     def _implausible(self, values: list[str]) -> str | None:
         """The first variable value that does not look like a value of its variable."""
