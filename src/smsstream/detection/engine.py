@@ -105,20 +105,20 @@ class Engine:
         rolled = self.tally.roll(ts)
         self._roll_at = self.tally.open_bucket + BUCKET_MS
         if rolled:
-            self._route_facts(rolled, tally=False)
+            self._route_facts(rolled, add_up=False)
 
-    def _route_facts(self, facts: list, tally: bool = True) -> None:
+    def _route_facts(self, facts: list, add_up: bool = True) -> None:
         routes = self.routes
         take = self.tally.take
         for stream, value in facts:
-            if tally and take(stream, value):
+            if add_up and take(stream, value):
                 continue
             for part, keyfn in routes.get(stream, ()):
                 key = keyfn(value)
                 if key is not None:
                     more = part.process(stream, key, value)
                     if more:
-                        self._route_facts(more, tally)
+                        self._route_facts(more, add_up)
 
     def _advance(self, watermark: int) -> list[dict]:
         out: list[dict] = []
@@ -143,7 +143,7 @@ class Engine:
 
     def flush(self) -> list[dict]:
         """End of input: close every bucket still open and return what that writes."""
-        self._route_facts(self.tally.roll(self.tally.open_bucket + BUCKET_MS), tally=False)
+        self._route_facts(self.tally.roll(self.tally.open_bucket + BUCKET_MS), add_up=False)
         out: list[dict] = []
         for part in self.parts:
             out.extend(part.flush())
