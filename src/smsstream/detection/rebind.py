@@ -645,7 +645,8 @@ class DeviceRebinds(Part):
         else:
             per_day = state.rate.per_day(start, DEVICE_PRIOR_PER_DAY)
         young = not state.rate.first_ts or start - state.rate.first_ts < SENDER_COLD_MS
-        lam = per_day * DEVICE_WINDOW_MS / DAY_MS * BUSINESS_HOURS_FACTOR
+        # a branch or call-centre device works business hours; a customer's phone has no such rhythm
+        lam = per_day * DEVICE_WINDOW_MS / DAY_MS * (BUSINESS_HOURS_FACTOR if state.staff else 1.0)
         score = poisson_tail_score(n, lam) if n >= DEVICE_FAN_OUT_MIN else 0.0
         accounts = [r[1] for r in rows]
         senders = sorted({a.partition("|")[0] for a in accounts})
