@@ -144,6 +144,15 @@ class Suspect:
     recipients: list = field(default_factory=list)
     samples: list = field(default_factory=list)
 
+    def add(self, last_ts: int, sends: int, recipients: list, samples: list) -> None:
+        """Count one bucket's sends carrying the marker (two recipients are enough to tell it repeats)."""
+        self.last_ts = max(self.last_ts, last_ts)
+        self.sends += sends
+        for r in recipients:
+            if len(self.recipients) < 2 and r not in self.recipients:
+                self.recipients.append(r)
+        self.samples = (self.samples + samples)[-MAX_EVIDENCE:]
+
 
 @dataclass(slots=True)
 class TemplateState:
@@ -486,12 +495,7 @@ class TemplateWatch(Part):
                         if len(state.held) >= MAX_SUSPECTS:
                             continue
                         h = state.held[k] = Suspect(start, tally.last_ts)
-                    h.last_ts = max(h.last_ts, tally.last_ts)
-                    h.sends += count
-                    for r in recipients:
-                        if len(h.recipients) < 2 and r not in h.recipients:
-                            h.recipients.append(r)
-                    h.samples = (h.samples + samples)[-MAX_EVIDENCE:]
+                    h.add(tally.last_ts, count, recipients, samples)
                     continue
                 # A new template's first traffic defines its normal markers.
                 if len(state.known) < MAX_MARKERS:
@@ -502,12 +506,7 @@ class TemplateWatch(Part):
                 if len(state.suspects) >= MAX_SUSPECTS:
                     self._forget_suspects(state, end, force=True)
                 s = state.suspects[k] = Suspect(start, tally.last_ts)
-            s.last_ts = max(s.last_ts, tally.last_ts)
-            s.sends += count
-            for r in recipients:
-                if len(s.recipients) < 2 and r not in s.recipients:
-                    s.recipients.append(r)
-            s.samples = (s.samples + samples)[-MAX_EVIDENCE:]
+            s.add(tally.last_ts, count, recipients, samples)
             if s.last_ts - s.first_ts >= ABSORB_MS:
                 # Carried for a day: the template changed for good; stop reporting it.
                 del state.suspects[k]
