@@ -175,6 +175,10 @@ class DelayedRate:
         if i:
             del queue[:i]
 
+    def young(self, now: int) -> bool:
+        """Seen for less than ``SENDER_COLD_MS``: the rate is still mostly its prior."""
+        return not self.first_ts or now - self.first_ts < SENDER_COLD_MS
+
     def per_day(self, now: int, prior_per_day: float, prior_days: float = PRIOR_DAYS) -> float:
         return rate_per_day(self.count, self.first_ts or now, now, prior_per_day, self.counted_until or None,
                             prior_days)
@@ -495,9 +499,8 @@ class NumberRebinds(Part):
 class SenderState:
     window: BucketWindow = field(default_factory=BucketWindow)  # [start, rebinds]
     rate: DelayedRate = field(default_factory=DelayedRate)
-    #: rebinds in the buckets closed so far, and when the first was seen (for a young sender's rate)
+    #: rebinds in the buckets closed so far (for a young sender's rate)
     total: int = 0
-    first_ts: int = 0
     #: recent rebinds for evidence: (ts, account_id, old pn, device, ip, channel)
     recent: list = field(default_factory=list)
     last_ts: int = 0
@@ -531,10 +534,9 @@ class SenderRebinds(Part):
         count = next((r[1] for r in state.window.rows if r[0] == start), 0)
         state.rate.settle(start, SENDER_WINDOWS_MS[-1], self.ACCEPT_AFTER_MS)
         per_day = state.rate.per_day(start, SENDER_PRIOR_PER_DAY, SENDER_PRIOR_DAYS)
-        if not state.first_ts:
-            state.first_ts = start
         state.total += count
-        young = end - state.first_ts < SENDER_COLD_MS
+        young = state.rate.young(end)
+        first_ts = state.rate.first_ts or start
         best = (0.0, 0.0, 0.0, SENDER_WINDOWS_MS[0], per_day)
         for w in SENDER_WINDOWS_MS:
             # Accounts, not rebinds: one account flapping is account_flapping's business.
@@ -542,7 +544,7 @@ class SenderRebinds(Part):
             expected_per_day = per_day
             if young:
                 # The learned rate lags a window behind: judge against what came before this window.
-                history = end - w - state.first_ts
+                history = end - w - first_ts
                 if history < w:
                     continue  # less of this lender's history than the window itself to judge it against
                 before = state.total - sum(r[1] for r in state.window.rows if end - w <= r[0] < end)
@@ -644,7 +646,7 @@ class DeviceRebinds(Part):
             per_day = state.rate.per_day(start, STAFF_DEVICE_PRIOR_PER_DAY, SENDER_PRIOR_DAYS)
         else:
             per_day = state.rate.per_day(start, DEVICE_PRIOR_PER_DAY)
-        young = not state.rate.first_ts or start - state.rate.first_ts < SENDER_COLD_MS
+        young = state.rate.young(start)
         # a branch or call-centre device works business hours; a customer's phone has no such rhythm
         lam = per_day * DEVICE_WINDOW_MS / DAY_MS * (BUSINESS_HOURS_FACTOR if state.staff else 1.0)
         score = poisson_tail_score(n, lam) if n >= DEVICE_FAN_OUT_MIN else 0.0
