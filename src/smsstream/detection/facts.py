@@ -13,7 +13,7 @@ an alert shows.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from smsstream.detection.base import BUCKET_MS
 
@@ -153,8 +153,7 @@ class RoutineTally:
         for group, counted in self.groups.items():
             if self.sent.get(group) != counted.count:
                 self.sent[group] = counted.count
-                out.append((group[0], RoutineCount(counted.ts, counted.first_ts, counted.sender_id,
-                                                   counted.template_id, counted.carrier, counted.count)))
+                out.append((group[0], replace(counted)))
         return out
 
     def pending_since(self) -> int | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import pickle
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 from smsstream.detection.base import BUCKET_MS, Part, PartContext
@@ -291,8 +291,7 @@ class Shard:
         seen[1][group] = counted.count
         if not before:
             return counted
-        return RoutineCount(counted.ts, counted.first_ts, counted.sender_id, counted.template_id,
-                            counted.carrier, counted.count - before)
+        return replace(counted, count=counted.count - before)
 
     def _advance(self, watermark: int) -> list[dict]:
         """``Engine._advance`` for one part: close buckets, expiring on the same hourly grid."""
