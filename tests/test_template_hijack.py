@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from smsstream.detection.base import PartContext
-from smsstream.detection.templates import TemplateWatch
+from smsstream.detection.engine import Engine
+from smsstream.detection.templates import TemplateReader, TemplateWatch
 from smsstream.detection.textshape import Markers, TemplateText
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import SENDS, TEMPLATES, Send, Source, Template
@@ -36,28 +36,28 @@ def body(rng: random.Random, text: str = TEXT) -> str:
 
 
 class Harness:
-    """One TemplateWatch part driven the way the engine drives it."""
+    """A template's readers and its TemplateWatch, driven by the engine."""
 
     def __init__(self):
-        self.part = TemplateWatch(PartContext(PN))
+        self.engine = Engine(PN, parts=[TemplateWatch, TemplateReader])
+        self.part = self.engine.parts[0]
         self.alerts: list[dict] = []
         self.n = 0
 
     def template(self, tid="T1", sender="lenderA", text=TEXT, ts=T0):
         t = Template(tid, sender, "repayment_reminder", text, ts)
-        self.part.process(TEMPLATES, tid, t)
+        self.alerts.extend(self.engine.ingest(TEMPLATES, t))
 
     def send(self, ts, body, tid="T1", sender="lenderA", key="key-1", ip="10.0.0.5", number=None):
         self.n += 1
         number = number or f"+86138{self.n % 10**8:08d}"
         s = Send(f"m{self.n}", ts, sender, tid, number, "repayment_reminder", body,
                  f"acc{self.n}", Source(key, ip, "api"), "cmcc")
-        self.part.process(SENDS, tid, s)
-        self.alerts.extend(self.part.advance())
+        self.alerts.extend(self.engine.ingest(SENDS, s))
         return s
 
     def flush(self):
-        self.alerts.extend(self.part.flush())
+        self.alerts.extend(self.engine.flush())
         return self.alerts
 
     def firing(self, reason=None):
@@ -561,3 +561,42 @@ def test_a_registered_template_whose_every_send_carries_a_link_its_stale_registr
         h.send(start + i * 3 * MIN, f"{KASH} https://kashride.in/kyc", tid="T7", sender="kashride")
     h.flush()
     assert h.firing() == []
+
+
+# --- reading spread over several readers ---------------------------------------------
+
+def _reads(rng, n=600):
+    from smsstream.detection.facts import TemplateRead, rank_of
+
+    out = []
+    for i in range(n):
+        mid = f"m{i}"
+        # more senders, sources and markers than one tally names, so its caps decide what is named
+        unregistered = (f"d:x{rng.randrange(50)}.top",) if rng.random() < 0.5 else ()
+        markers = unregistered + ((f"p:+8617{rng.randrange(40):04d}",) if rng.random() < 0.5 else ())
+        out.append(TemplateRead(T0 + i * 50, "T1", "T1#0", mid, rank_of(mid), rank_of(f"+8613{rng.randrange(99)}"),
+                                f"s{rng.randrange(30)}" if rng.random() < 0.3 else None,
+                                (f"k{rng.randrange(60)}", f"10.0.{rng.randrange(9)}.1"),
+                                markers, unregistered, not markers, "changed" if rng.random() < 0.4 else None))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_templates_tally_is_the_same_however_its_sends_were_split_among_readers(seed):
+    from smsstream.detection.facts import TemplateTally
+
+    rng = random.Random(seed)
+    reads = _reads(rng)
+    whole = TemplateTally("T1", "T1#0")
+    for r in reads:
+        whole.add(r)
+    parts = [TemplateTally("T1", f"T1#{i}") for i in range(5)]
+    for r in rng.sample(reads, len(reads)):
+        parts[rng.randrange(5)].add(r)
+    merged = parts[0]
+    for p in rng.sample(parts[1:], 4):
+        merged.merge(p)
+    assert len(whole.sources) == 33 and len(whole.senders) == 17 and len(whole.markers) == 32
+    for field in ("count", "first_ts", "ts", "fitting", "words_drift", "words_samples", "unregistered_markers",
+                  "markers", "senders", "sources"):
+        assert getattr(merged, field) == getattr(whole, field), field

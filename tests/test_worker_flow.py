@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import random
 
+import orjson
+
 import pytest
 
-from smsstream.detection.base import PartContext
 from smsstream.detection.engine import DETECTOR_PARTS
 from smsstream.detection.facts import LOAN_SENDS, LoanSend, RoutineCount, RoutineTally
 from smsstream.pseudonym import Pseudonymizer
-from smsstream.records import BORROWERS, RECEIPTS, SENDS, Receipt, Send
-from smsstream.worker.flow import EventTimeMerge, Heartbeat, Item, Outbox, Source, Topology, decode, encode, partition_of
+from smsstream.records import BORROWERS, RECEIPTS, SENDS, TEMPLATES, Receipt, Send, Template
+from smsstream.detection.base import PartContext, partition_of
+from smsstream.worker.flow import EventTimeMerge, Heartbeat, Item, Outbox, Source, Topology, decode, encode
 from traffic import HOUR, KEY, MINUTE, T0, Sends, book, engine, numbers
 
 
@@ -46,8 +48,9 @@ class LocalDataflow:
         self.shards = {}
         self.alerts: list[dict] = []
         self.dead: list[str] = []
-        #: part -> items its shards processed
+        #: part -> items its shards processed; (part, partition) -> items that shard processed
         self.processed: dict[str, int] = {}
+        self.processed_by_shard: dict[tuple[str, int], int] = {}
 
     def produce(self, events) -> None:
         n = len({i for _, i in self.inputs})
@@ -108,6 +111,8 @@ class LocalDataflow:
                     self.inbox_at[(name, partition)] += 1
                     out = shard.run()
                     self.processed[name] = self.processed.get(name, 0) + out.processed
+                    where = (name, partition)
+                    self.processed_by_shard[where] = self.processed_by_shard.get(where, 0) + out.processed
                     self.dead += [str(error) for _, error in out.dead]
                     self.alerts += out.alerts
                     facts = Outbox(self.partitions)
@@ -241,6 +246,37 @@ def test_a_hot_senders_sends_reach_its_shards_as_counts_per_minute_not_one_by_on
     # what still comes one by one are the non-borrower sends and failed receipts (the evidence)
     for part in ("non_borrower_sender", "non_borrower_template", "delivery_sender", "delivery_carrier"):
         assert flow.processed[part] < loan_sends / 10, part
+
+
+def test_a_hot_templates_bodies_are_read_on_every_partition_and_judged_as_one():
+    rng = random.Random(6)
+    borrowers = numbers(rng, 1500)
+    text = "Dear customer, your repayment of {amount} is due on {date}."
+    sends = Sends(rng, "lender-a", "tpl-remind", borrowers)
+    events = book("lender-a", borrowers) + [(TEMPLATES, Template("tpl-remind", "lender-a", "repayment_reminder",
+                                                                  text, T0 - HOUR))]
+    events += sends.run(T0, 60, 300)
+    events += sends.run(T0 + 40 * MINUTE, 5, 4, body="Dear customer, your repayment of 500 is due on 3 May. "
+                                                      "Pay at https://lender-a-refund.top/p now.")
+    events.sort(key=lambda e: e[1].ts)
+    template_sends = sum(1 for topic, _ in events if topic == SENDS)
+    expected = replay(events)
+    assert [a["reason"] for a in expected if a["kind"] == "template_hijack" and a["status"] == "firing"] == [
+        "content_drift"]
+    flow = LocalDataflow(partitions=4)
+    flow.produce(events)
+    assert full(flow.run()) == full(expected)
+    # every partition reads a share of the template's bodies, none the bulk of them ...
+    readers = [flow.processed_by_shard.get(("template_hijack_reader", i), 0) for i in range(4)]
+    assert sum(1 for n in readers if n > template_sends / 8) >= 3 and max(readers) < template_sends / 2, readers
+    # ... and the template's own shard takes a few tallies a minute from each
+    assert flow.processed["template_hijack"] < template_sends / 10
+
+
+def full(alerts: list[dict]) -> list[str]:
+    """Alert records as written, bar when they were written."""
+    return sorted(orjson.dumps({k: v for k, v in a.items() if k != "detected_at"}, option=orjson.OPT_SORT_KEYS)
+                  .decode() for a in alerts)
 
 
 def test_a_routine_count_sent_again_after_its_producer_restarted_counts_once():

@@ -26,6 +26,7 @@ State rules for every part:
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, MutableMapping
 
@@ -112,12 +113,18 @@ def bucket_start(ts: int) -> int:
     return ts - ts % BUCKET_MS
 
 
+def partition_of(key: str, partitions: int) -> int:
+    """The worker's internal-topic partition of a part key; every writer of the internal topics uses this."""
+    return zlib.crc32(key.encode()) % partitions
+
+
 class Part:
     """One keyed piece of a detector; subclass and fill in ``inputs``, ``process`` and ``close``.
 
     ``inputs`` maps each consumed topic (``records.SENDS``, ...) or fact
     stream (``facts.LOAN_SENDS``, ...) to the function that gives a record's
-    key; a key of None means "not for this part" and the record is skipped.
+    key (or a tuple of keys, for a record every one of them must see); a key
+    of None means "not for this part" and the record is skipped.
     """
 
     name: ClassVar[str] = "part"
@@ -136,6 +143,11 @@ class Part:
         self._due: dict[int, dict[str, None]] = {}
         #: every bucket starting before this is closed
         self.closed_until = 0
+
+    @classmethod
+    def spread_over(cls, partitions: int) -> type["Part"]:
+        """This part as run on ``partitions`` partitions; a part whose keys fan out per partition overrides it."""
+        return cls
 
     # --- to implement --------------------------------------------------------
 

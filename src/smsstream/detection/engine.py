@@ -90,7 +90,9 @@ class Engine:
         routes = self.routes
         for part, keyfn in routes.get(topic, ()):
             key = keyfn(record)
-            if key is not None:
+            if key is None:
+                continue
+            for key in (key,) if key.__class__ is str else key:
                 facts = part.process(topic, key, record)
                 if facts:
                     self._route_facts(facts)

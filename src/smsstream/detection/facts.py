@@ -9,11 +9,20 @@ send. A hot sender's millions of sends a day then reach its shard as a few
 counts a minute from each producer shard. Facts that are hits (non-borrower
 sends, blocked or failed receipts) travel one by one: they are the evidence
 an alert shows.
+
+A template's sends are read (against its registration) on several keys, so a
+hot template spreads too; each read (``TemplateRead``) is added up per bucket
+into a ``TemplateTally`` the same way, and the template's own key merges the
+tallies of its readers. Their samples are the sends with the lowest hash of
+their message id, so the merged tally does not depend on which reader saw
+what, or in which order.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import zlib
+from bisect import insort
+from dataclasses import asdict, dataclass, field, replace
 
 from smsstream.detection.base import BUCKET_MS
 
@@ -90,13 +99,253 @@ class RoutineCount:
     count: int
 
     routine = True
+    replaces = False
+
+    @property
+    def group(self) -> tuple:
+        return (self.sender_id, self.template_id, self.carrier)
+
+    def add(self, fact) -> None:
+        self.count += 1
+        ts = fact.ts
+        if ts > self.ts:
+            self.ts = ts
+        elif ts < self.first_ts:
+            self.first_ts = ts
+
+    def copy(self) -> "RoutineCount":
+        return replace(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+#: Samples kept per row of a template tally.
+MAX_SAMPLES = 5
+#: Distinct markers, senders and sources one tally names; the rest count as "other" (senders, sources)
+#: or not at all (markers).
+MAX_TALLY_MARKERS = 32
+MAX_TALLY_SENDERS = 16
+MAX_TALLY_SOURCES = 32
+
+
+def rank_of(text: str) -> int:
+    """Order-free rank of a message id or number: which sends a tally keeps as samples."""
+    return zlib.crc32(text.encode())
+
+
+@dataclass(slots=True)
+class TemplateRead:
+    """One send read against its template's registration (or, unregistered, its markers alone)."""
+
+    ts: int
+    template_id: str
+    #: the reader's key (template id and spread slot): a tally per reader and bucket
+    reader: str
+    message_id: str
+    rank: int
+    #: rank of the recipient: two distinct ones show a marker repeats across people
+    recipient: int
+    #: the sender, when it is not the registered owner (or the template is unregistered)
+    stranger: str | None
+    #: (api key, source ip), or None
+    source: tuple | None
+    #: marker keys ("d:host", "p:+digits", "s:signature") the body carries, each as often as found
+    markers: tuple
+    #: of those, the ones that differ from the registered text
+    unregistered: tuple
+    fitting: bool
+    #: for a body that does not fit: what changed (redacted), else None
+    diff: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _keep(samples: list, entry: tuple) -> None:
+    """Keep the ``MAX_SAMPLES`` entries of lowest rank (entries are tuples led by their rank)."""
+    if len(samples) < MAX_SAMPLES:
+        insort(samples, entry)
+    elif entry < samples[-1]:
+        insort(samples, entry)
+        samples.pop()
+
+
+def _merge_samples(a: list, b: list) -> list:
+    return sorted(set(a) | set(b))[:MAX_SAMPLES]
+
+
+OTHER = "other"
+
+
+def _key_rank(key) -> int:
+    return rank_of(key if key.__class__ is str else "|".join(p or "" for p in key))
+
+
+def _make_room(table: dict, key, cap: int, spill: bool) -> bool:
+    """May ``key`` get a row of its own in a full ``table``? Named rows are the ``cap`` keys of lowest
+    rank, so tallies merged in any grouping name the same keys. The row it displaces spills into
+    ``"other"`` (``spill``) or is dropped."""
+    named = [k for k in table if k != OTHER]
+    if len(named) < cap:
+        return True
+    worst = max(named, key=_key_rank)
+    if _key_rank(key) >= _key_rank(worst):
+        return False
+    row = table.pop(worst)
+    if spill:
+        _add_row(table, OTHER, row)
+    return True
+
+
+def _add_row(table: dict, key, row: list) -> None:
+    mine = table.get(key)
+    if mine is None:
+        table[key] = [row[0], list(row[1])]
+    else:
+        mine[0] += row[0]
+        mine[1] = _merge_samples(mine[1], row[1])
+
+
+def _bump(table: dict, key, rank: int, mid: str, cap: int) -> None:
+    row = table.get(key)
+    if row is None:
+        if not _make_room(table, key, cap, spill=True):
+            key = OTHER
+            row = table.get(key)
+        if row is None:
+            row = table[key] = [0, []]
+    row[0] += 1
+    _keep(row[1], (rank, mid))
+
+
+@dataclass(slots=True)
+class TemplateTally:
+    """What one bucket of a template's sends showed, from one reader (or merged from all of them).
+
+    ``count`` sends, between ``first_ts`` and ``ts``. Samples are ``(rank, message id)``,
+    lowest ranks kept; the senders, sources and markers named are those of lowest rank
+    (``_make_room``), so merging gives the same tally however the sends were split.
+    A tally sent again by its reader (grown, or after a restart) replaces the one
+    before (``replaces``); reads that arrive one by one add up.
+    """
+
+    template_id: str
+    reader: str
+    ts: int = 0
+    first_ts: int = 0
+    count: int = 0
+    fitting: int = 0
+    #: marker key -> [sends, samples, lowest two recipient ranks, (rank, diff) of the lowest-ranked drifted send]
+    markers: dict = field(default_factory=dict)
+    #: sends whose markers differ from the registered text: marker key -> count
+    unregistered_markers: dict = field(default_factory=dict)
+    words_drift: int = 0
+    #: sends that fit nowhere but carry no new marker (words changed): (rank, message id, diff)
+    words_samples: list = field(default_factory=list)
+    #: stranger sender -> [sends, samples]
+    senders: dict = field(default_factory=dict)
+    #: (api key, source ip) -> [sends, samples]
+    sources: dict = field(default_factory=dict)
+
+    replaces = True
+
+    @classmethod
+    def start(cls, read: TemplateRead) -> "TemplateTally":
+        return cls(read.template_id, read.reader, read.ts, read.ts)
+
+    @property
+    def group(self) -> str:
+        return self.reader
+
+    def add(self, read: TemplateRead) -> None:
+        ts = read.ts
+        if not self.count or ts < self.first_ts:
+            self.first_ts = ts
+        if ts > self.ts:
+            self.ts = ts
+        self.count += 1
+        rank, mid = read.rank, read.message_id
+        if read.stranger is not None:
+            _bump(self.senders, read.stranger, rank, mid, MAX_TALLY_SENDERS)
+        if read.source is not None:
+            _bump(self.sources, read.source, rank, mid, MAX_TALLY_SOURCES)
+        if read.fitting:
+            self.fitting += 1
+        markers = self.markers
+        for k in read.markers:
+            row = markers.get(k)
+            if row is None:
+                if len(markers) >= MAX_TALLY_MARKERS and not _make_room(markers, k, MAX_TALLY_MARKERS, spill=False):
+                    continue
+                row = markers[k] = [0, [], [], None]
+            row[0] += 1
+            _keep(row[1], (rank, mid))
+            recipients = row[2]
+            if read.recipient not in recipients:
+                recipients.append(read.recipient)
+                recipients.sort()
+                del recipients[2:]
+        keys = read.unregistered
+        for k in keys:
+            self.unregistered_markers[k] = self.unregistered_markers.get(k, 0) + 1
+        if read.diff is None:
+            return
+        if not keys:
+            self.words_drift += 1
+            _keep(self.words_samples, (rank, mid, read.diff))
+            return
+        row = markers.get(keys[0])
+        if row is not None and (row[3] is None or (rank, read.diff) < row[3]):
+            row[3] = (rank, read.diff)
+
+    def merge(self, other: "TemplateTally") -> None:
+        if not other.count:
+            return
+        if not self.count or other.first_ts < self.first_ts:
+            self.first_ts = other.first_ts
+        self.ts = max(self.ts, other.ts)
+        self.count += other.count
+        self.fitting += other.fitting
+        markers = self.markers
+        for k, row in other.markers.items():
+            mine = markers.get(k)
+            if mine is None:
+                if len(markers) >= MAX_TALLY_MARKERS and not _make_room(markers, k, MAX_TALLY_MARKERS, spill=False):
+                    continue
+                markers[k] = [row[0], list(row[1]), list(row[2]), row[3]]
+                continue
+            mine[0] += row[0]
+            mine[1] = _merge_samples(mine[1], row[1])
+            mine[2] = sorted(set(mine[2]) | set(row[2]))[:2]
+            if row[3] is not None and (mine[3] is None or row[3] < mine[3]):
+                mine[3] = row[3]
+        for k, n in other.unregistered_markers.items():
+            self.unregistered_markers[k] = self.unregistered_markers.get(k, 0) + n
+        self.words_drift += other.words_drift
+        self.words_samples = _merge_samples(self.words_samples, other.words_samples)
+        for mine_table, table, cap in ((self.senders, other.senders, MAX_TALLY_SENDERS),
+                                       (self.sources, other.sources, MAX_TALLY_SOURCES)):
+            for k, row in table.items():
+                if k != OTHER and k not in mine_table and not _make_room(mine_table, k, cap, spill=True):
+                    k = OTHER
+                _add_row(mine_table, k, row)
+
+    def copy(self) -> "TemplateTally":
+        twin = TemplateTally(self.template_id, self.reader)
+        twin.merge(self)
+        return twin
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: What a producer forwards added up per bucket, cumulatively.
+ADDED_UP = (RoutineCount, TemplateTally)
+
+
 class RoutineTally:
-    """Adds up a producer's routine facts for the bucket its input is in.
+    """Adds up a producer's routine facts (and template reads) for the bucket its input is in.
 
     A routine fact of the open bucket is absorbed (``take``); anything else,
     including a routine fact older than the open bucket, passes through as it
@@ -116,7 +365,16 @@ class RoutineTally:
 
     def take(self, stream: str, fact) -> bool:
         ts = fact.ts
-        if not getattr(fact, "routine", False) or ts - ts % BUCKET_MS != self.open_bucket:
+        if ts - ts % BUCKET_MS != self.open_bucket:
+            return False
+        if fact.__class__ is TemplateRead:
+            group = (stream, fact.reader)
+            counted = self.groups.get(group)
+            if counted is None:
+                counted = self.groups[group] = TemplateTally.start(fact)
+            counted.add(fact)
+            return True
+        if not getattr(fact, "routine", False):
             return False
         carrier = getattr(fact, "carrier", None)
         group = (stream, fact.sender_id, fact.template_id, carrier)
@@ -124,11 +382,7 @@ class RoutineTally:
         if counted is None:
             self.groups[group] = RoutineCount(ts, ts, fact.sender_id, fact.template_id, carrier, 1)
         else:
-            counted.count += 1
-            if ts > counted.ts:
-                counted.ts = ts
-            elif ts < counted.first_ts:
-                counted.first_ts = ts
+            counted.add(fact)
         return True
 
     def roll(self, ts: int) -> list[tuple[str, RoutineCount]]:
@@ -153,7 +407,7 @@ class RoutineTally:
         for group, counted in self.groups.items():
             if self.sent.get(group) != counted.count:
                 self.sent[group] = counted.count
-                out.append((group[0], replace(counted)))
+                out.append((group[0], counted.copy()))
         return out
 
     def pending_since(self) -> int | None:

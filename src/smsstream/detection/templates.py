@@ -1,6 +1,11 @@
 """``template_hijack``: a template's sends no longer look like that template's sends.
 
-One part, keyed by ``template_id`` (sends and ``sms.templates`` records), with
+Two stages. ``TemplateReader`` reads each send against its template's
+registration, keyed by the template and a slot of the message id's hash (one
+slot per partition in the worker), so a template sending millions a day
+spreads over partitions; what it reads is added up per bucket
+(``TemplateTally``) and forwarded. ``TemplateWatch``, keyed by
+``template_id``, merges its readers' tallies and judges each bucket, with
 three reasons, all on the same alert ``template_hijack/template/<id>``:
 
 - ``content_drift``: bodies that do not fit the registered text, or carry a
@@ -36,11 +41,13 @@ learned traffic state is dropped after ``ctx.idle_ms`` without sends.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Iterable
 
 from smsstream.detection.alerts import MAX_EVIDENCE
-from smsstream.detection.base import BUCKET_MS, Finding, Part
+from smsstream.detection.base import BUCKET_MS, Finding, Part, partition_of
+from smsstream.detection.facts import TemplateRead, TemplateTally, rank_of
 from smsstream.detection.stats import DAY_MS, HOUR_MS, BucketWindow, DailyProfile, poisson_tail_score
 from smsstream.detection.textshape import Markers, TemplateText, diff_words, signature
 from smsstream.records import SENDS, TEMPLATES
@@ -69,7 +76,6 @@ MAX_MARKERS = 32
 MAX_LINKS = 16
 MAX_SOURCES = 64
 MAX_SUSPECTS = 32
-MAX_SAMPLES = 5
 #: An unregistered template's owner is learned once one sender sent this many and this share of it.
 OWNER_MIN_SENDS = 20
 OWNER_MIN_SHARE = 0.95
@@ -87,6 +93,8 @@ WORDS_MIN_SHARE = 0.2
 
 #: Fact stream: a template shows a link domain for the first time (template-keyed -> sender-keyed).
 TEMPLATE_LINKS = "fact.template-links"
+#: Fact stream: sends read against their template (reader-keyed -> template-keyed), added up per bucket.
+TEMPLATE_READS = "fact.template-reads"
 #: A sender's usual link domains are those of its registrations and of its first ``SENDER_LEARN_MS`` of traffic.
 SENDER_LEARN_MS = 6 * HOUR_MS
 MAX_SENDER_DOMAINS = 64
@@ -115,23 +123,54 @@ def _template_id(record) -> str | None:
     return record.template_id
 
 
-@dataclass(slots=True)
-class Tally:
-    """What one bucket of one template's sends showed; judged when the bucket closes."""
+def _template_of(fact) -> str:
+    return fact.template_id
 
-    total: int = 0
-    fitting: int = 0
-    #: marker key ("d:host", "p:+digits", "s:signature") -> [sends, first sample ids..., recipients]
-    markers: dict = field(default_factory=dict)
-    #: sends whose markers differ from the registered text: marker key -> count
-    unregistered_markers: dict = field(default_factory=dict)
-    words_drift: int = 0
-    words_samples: list = field(default_factory=list)
-    #: sender -> [sends, sample ids]
-    senders: dict = field(default_factory=dict)
-    #: source key ("k:<api key>|n:<ip /24>") -> [sends, sample ids]
-    sources: dict = field(default_factory=dict)
-    last_ts: int = 0
+
+def _reader_of(send) -> str | None:
+    """The reader of a send when a template has one reader (``replay``)."""
+    tid = send.template_id
+    return None if tid is None else tid + "#0"
+
+
+def _readers_of(template) -> tuple[str, ...]:
+    return (template.template_id + "#0",)
+
+
+class SpreadReaders:
+    """A template's reader keys on ``partitions`` partitions, one landing on each; a send goes to the
+    one its message id's hash picks, a registration to all of them."""
+
+    #: templates whose keys are remembered (each costs ``partitions`` short strings)
+    MAX_KNOWN = 65_536
+
+    def __init__(self, partitions: int):
+        self.partitions = partitions
+        self.known: dict[str, tuple[str, ...]] = {}
+
+    def keys(self, template_id: str) -> tuple[str, ...]:
+        keys = self.known.get(template_id)
+        if keys is None:
+            found: dict[int, str] = {}
+            n = 0
+            while len(found) < self.partitions:
+                key = f"{template_id}#{n}"
+                found.setdefault(partition_of(key, self.partitions), key)
+                n += 1
+            keys = tuple(found[i] for i in range(self.partitions))
+            if len(self.known) >= self.MAX_KNOWN:
+                self.known.clear()
+            self.known[template_id] = keys
+        return keys
+
+    def of_send(self, send) -> str | None:
+        tid = send.template_id
+        if tid is None:
+            return None
+        return self.keys(tid)[zlib.crc32(send.message_id.encode()) % self.partitions]
+
+    def of_template(self, template) -> tuple[str, ...]:
+        return self.keys(template.template_id)
 
 
 @dataclass(slots=True)
@@ -174,13 +213,14 @@ class TemplateState:
     held: dict = field(default_factory=dict)
     senders: dict = field(default_factory=dict)  # sender -> sends (bounded, learned owner)
     strangers: dict = field(default_factory=dict)
-    links: list = field(default_factory=list)  # domains already told to the sender's link book  # sender other than the learned owner -> [sends, last ts]
+    links: list = field(default_factory=list)  # registered domains already told to the sender's link book
     sources: dict = field(default_factory=dict)  # source part ("k:.." / "n:..") -> [first seen, sends, last seen]
     recent_sources: list = field(default_factory=list)  # [bucket start, {source part: sends}] of the last hour
     profile: DailyProfile = field(default_factory=DailyProfile)
     #: per bucket: [start, sends, new-source sends, word-drifted sends]
     window: BucketWindow = field(default_factory=BucketWindow)
-    tallies: dict = field(default_factory=dict)  # bucket start -> Tally
+    #: bucket start -> {reader: its tally; "": reads that came one by one}
+    tallies: dict = field(default_factory=dict)
 
 
 #: markers -> ``_marker_keys`` of them; a template's sends carry the same few markers over and over
@@ -273,30 +313,126 @@ def _expected_hour(profile: DailyProfile, start: int, end: int) -> float | None:
     return max((x for x in slots if x is not None), default=None)
 
 
-def _bump(table: dict, key: str, sample: str, cap: int = 64) -> list:
-    row = table.get(key)
-    if row is None:
-        if len(table) >= cap:
-            key = "other"
-            row = table.get(key)
-        if row is None:
-            row = table[key] = [0, []]
-    row[0] += 1
-    if len(row[1]) < MAX_SAMPLES:
-        row[1].append(sample)
-    return row
+def _ids(samples: list) -> list[str]:
+    return [entry[1] for entry in samples]
+
+
+@dataclass(slots=True)
+class ReaderState:
+    registered: TemplateText | None = None
+    owner: str | None = None
+    last_ts: int = 0
+    links: list = field(default_factory=list)  # domains already told to the sender's link book
+
+
+class TemplateReader(Part):
+    """Per template and slot: each send read against the registration; what it shows is added up per bucket."""
+
+    name = "template_hijack_reader"
+    inputs: ClassVar = {SENDS: _reader_of, TEMPLATES: _readers_of}
+    emits = (TEMPLATE_READS, TEMPLATE_LINKS)
+
+    @classmethod
+    def spread_over(cls, partitions: int) -> type[Part]:
+        """One reader per partition for each template: a template sending millions a day spreads
+        over all of them. (``replay`` reads with one: the merged tallies are the same.)"""
+        if partitions <= 1:
+            return cls
+        readers = SpreadReaders(partitions)
+        inputs = {SENDS: readers.of_send, TEMPLATES: readers.of_template}
+        return type(cls.__name__, (cls,), {"inputs": inputs, "__module__": cls.__module__})
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.counters = {"template_sends_judged": 0, "template_bodies_drifted": 0}
+        #: the last registration parsed: its readers all get the same record in a row
+        self._parsed: TemplateText | None = None
+
+    def idle_since(self, state: ReaderState) -> int:
+        return 1 << 62 if state.registered is not None else state.last_ts
+
+    def process(self, topic: str, key: str, value: Any):
+        state = self.entities.get(key)
+        if state is None or (state.last_ts and value.ts - state.last_ts > self.ctx.idle_ms):
+            state = ReaderState(*(() if state is None else (state.registered, state.owner)))
+            if state.registered is not None:
+                state.links = list(state.registered.markers.domains[:MAX_LINKS])
+        if value.ts > state.last_ts:
+            state.last_ts = value.ts
+        if topic == TEMPLATES:
+            parsed = self._parsed
+            if parsed is None or parsed.text != value.text:
+                parsed = self._parsed = TemplateText(value.text)
+            state.registered = parsed
+            state.owner = value.sender_id
+            # The registration's own domains are told to the link book by TemplateWatch.
+            state.links = list(parsed.markers.domains[:MAX_LINKS])
+            self.save(key, state)
+            return None
+        read, found = self._read(state, key, value)
+        self.save(key, state)
+        facts = [(TEMPLATE_READS, read)]
+        for domain in found:
+            # Told once per sender: another sender carrying the template's link is news for its own book.
+            told = domain if value.sender_id == state.owner else f"{value.sender_id} {domain}"
+            if told in state.links or len(state.links) >= MAX_LINKS:
+                continue
+            state.links.append(told)
+            facts.append((TEMPLATE_LINKS, TemplateLink(value.ts, value.sender_id, value.template_id, domain,
+                                                       value.message_id)))
+        return facts
+
+    def _read(self, state: ReaderState, key: str, send) -> tuple[TemplateRead, tuple]:
+        """The send as its template's tally counts it, and the link domains it carries."""
+        self.counters["template_sends_judged"] += 1
+        registered = state.registered
+        stranger = send.sender_id if send.sender_id != state.owner or registered is None else None
+        src = send.source
+        source = None
+        if src is not None and (src.api_key_id or src.source_ip):
+            source = (src.api_key_id, src.source_ip)
+        body = send.body
+        read = TemplateRead(send.ts, send.template_id, key, send.message_id, rank_of(send.message_id),
+                            0, stranger, source, (), (), False)
+        if registered is None:
+            marks = Markers.of(body)
+            if marks.signature is None:
+                # An unsigned body is a signature too (""): a template that always signed and stops has changed.
+                marks = marks._replace(signature="")
+            read.markers = _marker_keys(marks)
+            read.recipient = rank_of(send.number)
+            return read, marks.domains
+        fit = registered.fit(body)
+        markers: tuple = ()
+        domains: tuple = ()
+        if fit.var_markers is not None:
+            markers = _marker_keys(fit.var_markers)
+            domains = fit.var_markers.domains
+        if not fit.ok:
+            self.counters["template_bodies_drifted"] += 1
+            marks = Markers(tuple(fit.new_domains), tuple(fit.new_phones), fit.signature)
+            read.unregistered = _marker_keys(marks)
+            markers += read.unregistered
+            domains += marks.domains
+            read.diff = self.ctx.pseudonymizer.redact(diff_words(fit))
+        else:
+            read.fitting = True
+        if not registered.has_signature:
+            sig = signature(body)
+            if sig is not None:
+                markers += _marker_keys(Markers(signature=sig))
+        if markers:
+            read.markers = markers
+            read.recipient = rank_of(send.number)
+        return read, domains
 
 
 class TemplateWatch(Part):
     """Per template: content, owner and sources against its registration and its own history."""
 
     name = "template_hijack"
-    inputs: ClassVar = {SENDS: _template_id, TEMPLATES: _template_id}
+    inputs: ClassVar = {TEMPLATES: _template_id, TEMPLATE_READS: _template_of}
     emits = (TEMPLATE_LINKS,)
-
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        self.counters = {"template_sends_judged": 0, "template_bodies_drifted": 0}
 
     def idle_since(self, state: TemplateState) -> int:
         # A registration is reference data: kept while sms.templates holds it.
@@ -319,7 +455,7 @@ class TemplateWatch(Part):
                 # No link in the text: still tells the link book when the sender began.
                 facts = [(TEMPLATE_LINKS, TemplateLink(value.ts, value.sender_id, key, "", None))]
         else:
-            facts = self._take(state, key, value)
+            self._take(state, key, value)
         self.save(key, state)
         return facts
 
@@ -335,89 +471,27 @@ class TemplateWatch(Part):
             facts.append((TEMPLATE_LINKS, TemplateLink(ts, sender_id, state.template_id, domain, message_id)))
         return facts
 
-    def _take(self, state: TemplateState, key: str, send):
-        ts = send.ts
-        if not state.first_ts:
-            state.first_ts = ts
-            state.learned_until = ts + LEARN_MS
-        if ts > state.last_ts:
-            state.last_ts = ts
-        start = self.mark(key, ts)
-        tallies = state.tallies
-        tally = tallies.get(start)
-        if tally is None:
-            tally = tallies[start] = Tally()
-        tally.total += 1
-        if ts > tally.last_ts:
-            tally.last_ts = ts
-        self.counters["template_sends_judged"] += 1
-        mid = send.message_id
-        if send.sender_id != state.owner or state.registered is None:
-            # A registered owner's own sends need no counting: only strangers are judged.
-            _bump(tally.senders, send.sender_id, mid, cap=16)
-        src = send.source
-        if src is not None:
-            api_key_id, source_ip = src.api_key_id, src.source_ip
-            if api_key_id or source_ip:
-                _bump(tally.sources, (api_key_id, source_ip), mid, cap=32)
-
-        body = send.body
-        registered = state.registered
-        if registered is not None:
-            fit = registered.fit(body)
-            facts = None
-            if fit.var_markers is not None:
-                self._note_markers(tally, fit.var_markers, send)
-                facts = self._links(state, fit.var_markers.domains, send.sender_id, ts, mid)
-            if fit.ok:
-                tally.fitting += 1
-                if not registered.has_signature:
-                    sig = signature(body)
-                    if sig is not None:
-                        self._note_markers(tally, Markers(signature=sig), send)
-                return facts
-            self.counters["template_bodies_drifted"] += 1
-            marks = Markers(tuple(fit.new_domains), tuple(fit.new_phones), fit.signature)
-            more = self._links(state, marks.domains, send.sender_id, ts, mid)
-            if more:
-                facts = (facts or []) + more
-            keys = self._note_markers(tally, marks, send)
-            if not registered.has_signature:
-                sig = signature(body)
-                if sig is not None:
-                    self._note_markers(tally, Markers(signature=sig), send)
-            for k in keys:
-                tally.unregistered_markers[k] = tally.unregistered_markers.get(k, 0) + 1
-            if keys and keys[0] in tally.markers:
-                row = tally.markers[keys[0]]
-                if len(row) < 4:
-                    row.append(self.ctx.pseudonymizer.redact(diff_words(fit)))
-            else:
-                tally.words_drift += 1
-                if len(tally.words_samples) < MAX_SAMPLES:
-                    tally.words_samples.append((mid, self.ctx.pseudonymizer.redact(diff_words(fit))))
-            return facts
-        marks = Markers.of(body)
-        if marks.signature is None:
-            # An unsigned body is a signature too ("" ): a template that always signed and stops has changed.
-            marks = marks._replace(signature="")
-        self._note_markers(tally, marks, send)
-        return self._links(state, marks.domains, send.sender_id, ts, mid)
-
-    def _note_markers(self, tally: Tally, marks: Markers, send) -> tuple[str, ...]:
-        keys = _marker_keys(marks)
-        for k in keys:
-            row = tally.markers.get(k)
-            if row is None:
-                if len(tally.markers) >= MAX_MARKERS:
-                    continue
-                row = tally.markers[k] = [0, [], []]
-            row[0] += 1
-            if len(row[1]) < MAX_SAMPLES:
-                row[1].append(send.message_id)
-            if len(row[2]) < 2 and send.number not in row[2]:
-                row[2].append(send.number)
-        return keys
+    def _take(self, state: TemplateState, key: str, read: TemplateRead | TemplateTally) -> None:
+        """A reader's tally (it replaces that reader's earlier one), or one read that came alone (adds up)."""
+        first = read.first_ts if read.__class__ is TemplateTally else read.ts
+        if not state.first_ts or first < state.first_ts:
+            state.first_ts = first
+            state.learned_until = first + LEARN_MS
+        if read.ts > state.last_ts:
+            state.last_ts = read.ts
+        start = self.mark(key, first)
+        reads = state.tallies.get(start)
+        if reads is None:
+            reads = state.tallies[start] = {}
+        if read.__class__ is TemplateTally:
+            before = reads.get(read.reader)
+            if before is None or read.count > before.count:
+                reads[read.reader] = read
+            return
+        alone = reads.get("")
+        if alone is None:
+            alone = reads[""] = TemplateTally(read.template_id, "")
+        alone.add(read)
 
     # --- judging ---------------------------------------------------------------
 
@@ -425,27 +499,31 @@ class TemplateWatch(Part):
         state = self.entities.get(key)
         if state is None:
             return ()
-        tally = state.tallies.pop(start, None)
-        if tally is None:
+        reads = state.tallies.pop(start, None)
+        if reads is None:
             return ()
+        readers = sorted(reads)
+        tally = reads[readers[0]]
+        for reader in readers[1:]:
+            tally.merge(reads[reader])
         learning = end <= state.learned_until or state.sends < LEARN_N
         age = end - state.first_ts
         # A template with fewer sends than it needs to learn its markers knows too little of its
         # sources to call one new: its sender's campaign through the sender's usual keys is not a hijack.
         sources_known = (state.sends >= SOURCE_LEARN_N and not learning) or (age >= DAY_MS and state.sends >= LEARN_N)
         new = self._classify_sources(state, tally, start, sources_known)
-        state.window.add(start, tally.total, new[0], tally.words_drift)
+        state.window.add(start, tally.count, new[0], tally.words_drift)
         state.window.prune(end - WINDOW_MS)
         # Only a bucket with sends from a new source can make a burst; the usual hour is read before
         # this bucket updates the profile.
         burst_possible = sources_known and new[0] > 0
         expected_hour = _expected_hour(state.profile, start, end) if burst_possible else None
-        state.profile.update(start, tally.total)
+        state.profile.update(start, tally.count)
 
         drift = self._judge_markers(state, tally, start, end, learning)
         foreign = self._judge_owner(state, tally, start, end, learning)
         burst = self._judge_burst(state, tally, end, new, expected_hour) if burst_possible else None
-        state.sends += tally.total
+        state.sends += tally.count
         state.fitting += tally.fitting
         self.save(key, state)
         found = [f for f in (foreign, drift, burst) if f is not None]
@@ -458,7 +536,7 @@ class TemplateWatch(Part):
                 lead.evidence.setdefault("also", []).append(f"{other.reason}: {other.summary}")
         return [lead]
 
-    def _judge_markers(self, state: TemplateState, tally: Tally, start: int, end: int, learning: bool):
+    def _judge_markers(self, state: TemplateState, tally: TemplateTally, start: int, end: int, learning: bool):
         registered = state.registered
         fresh: list[tuple[str, Suspect]] = []
         fits = (state.fitting + tally.fitting) > 0
@@ -478,8 +556,8 @@ class TemplateWatch(Part):
                     if len(state.known) < MAX_MARKERS:
                         state.known[k] = s.sends
                 state.held = {}
-        for k, row in tally.markers.items():
-            count, samples, recipients = row[0], row[1], row[2]
+        for k, row in sorted(tally.markers.items()):
+            count, samples, recipients = row[0], _ids(row[1]), row[2]
             if k in state.known:
                 state.known[k] += count
                 continue
@@ -494,8 +572,8 @@ class TemplateWatch(Part):
                     if h is None:
                         if len(state.held) >= MAX_SUSPECTS:
                             continue
-                        h = state.held[k] = Suspect(start, tally.last_ts)
-                    h.add(tally.last_ts, count, recipients, samples)
+                        h = state.held[k] = Suspect(start, tally.ts)
+                    h.add(tally.ts, count, recipients, samples)
                     continue
                 # A new template's first traffic defines its normal markers.
                 if len(state.known) < MAX_MARKERS:
@@ -505,8 +583,8 @@ class TemplateWatch(Part):
             if s is None:
                 if len(state.suspects) >= MAX_SUSPECTS:
                     self._forget_suspects(state, end, force=True)
-                s = state.suspects[k] = Suspect(start, tally.last_ts)
-            s.add(tally.last_ts, count, recipients, samples)
+                s = state.suspects[k] = Suspect(start, tally.ts)
+            s.add(tally.ts, count, recipients, samples)
             if s.last_ts - s.first_ts >= ABSORB_MS:
                 # Carried for a day: the template changed for good; stop reporting it.
                 del state.suspects[k]
@@ -524,14 +602,14 @@ class TemplateWatch(Part):
             return words
         return self._drift_finding(state, tally, start, end, fresh, registered is not None)
 
-    def _words_drift(self, state: TemplateState, tally: Tally, start: int, end: int):
+    def _words_drift(self, state: TemplateState, tally: TemplateTally, start: int, end: int):
         if not tally.words_drift or state.registered is None:
             return None
         (total, _, drifted), = state.window.sums(end, (WORDS_WINDOW_MS,))
         normally_fits = state.fitting >= 10 and state.fitting >= 0.8 * state.sends
         if drifted < WORDS_MIN_SENDS or drifted < WORDS_MIN_SHARE * total or not normally_fits:
             return None
-        samples = tally.words_samples
+        samples = [(mid, diff) for _, mid, diff in tally.words_samples]
         return Finding(
             kind=KIND,
             reason="content_drift",
@@ -554,7 +632,7 @@ class TemplateWatch(Part):
             },
             sender_id=state.owner,
             template_id=state.template_id,
-            last_seen=tally.last_ts,
+            last_seen=tally.ts,
         )
 
     def _drift_finding(self, state, tally, start, end, fresh, registered: bool) -> Finding:
@@ -571,8 +649,8 @@ class TemplateWatch(Part):
             sends = max(sends, s.sends)
             samples.extend(m for m in s.samples if m not in samples)
             row = tally.markers.get(k)
-            if row is not None and len(row) > 3:
-                diffs.append(row[3])
+            if row is not None and row[3] is not None:
+                diffs.append(row[3][1])
         usual_sigs = [k[2:] or "(none)" for k in state.known if k.startswith("s:")]
         if registered and state.registered.markers.signature:
             usual_sigs = [state.registered.markers.signature]
@@ -614,7 +692,7 @@ class TemplateWatch(Part):
             evidence=evidence,
             sender_id=state.owner or _top(tally.senders),
             template_id=state.template_id,
-            last_seen=tally.last_ts,
+            last_seen=tally.ts,
         )
 
     def _forget_suspects(self, state: TemplateState, now: int, force: bool = False) -> None:
@@ -626,7 +704,7 @@ class TemplateWatch(Part):
         for k in old:
             del state.suspects[k]
 
-    def _judge_owner(self, state: TemplateState, tally: Tally, start: int, end: int, learning: bool):
+    def _judge_owner(self, state: TemplateState, tally: TemplateTally, start: int, end: int, learning: bool):
         owner = state.owner
         registered = owner is not None
         if registered and not tally.senders:
@@ -637,9 +715,10 @@ class TemplateWatch(Part):
                 top = max(state.senders, key=state.senders.__getitem__)
                 if state.senders[top] >= OWNER_MIN_SENDS and state.senders[top] >= OWNER_MIN_SHARE * total:
                     owner = top
-        foreign = {s: row for s, row in tally.senders.items() if owner is not None and s != owner}
+        senders_seen = sorted(tally.senders.items())
+        foreign = {s: row for s, row in senders_seen if owner is not None and s != owner}
         if not registered:
-            for s, row in tally.senders.items():
+            for s, row in senders_seen:
                 if s in state.senders or len(state.senders) < 8:
                     if s == owner or owner is None or learning:
                         state.senders[s] = state.senders.get(s, 0) + row[0]
@@ -656,8 +735,8 @@ class TemplateWatch(Part):
         sends = sum(row[0] for row in foreign.values())
         if not registered and (learning or sum(state.strangers.get(s, (0,))[0] for s in foreign) < 2):
             return None
-        samples = [m for row in foreign.values() for m in row[1]]
-        senders = sorted(foreign, key=lambda s: -foreign[s][0])
+        samples = [m for row in foreign.values() for m in _ids(row[1])]
+        senders = sorted(foreign, key=lambda s: (-foreign[s][0], s))
         how = "registered to" if registered else "normally sent only by"
         return Finding(
             kind=KIND,
@@ -677,10 +756,10 @@ class TemplateWatch(Part):
             evidence={"message_ids": samples, "senders": senders, "owner": owner},
             sender_id=senders[0],
             template_id=state.template_id,
-            last_seen=tally.last_ts,
+            last_seen=tally.ts,
         )
 
-    def _classify_sources(self, state: TemplateState, tally: Tally, start: int, established: bool):
+    def _classify_sources(self, state: TemplateState, tally: TemplateTally, start: int, established: bool):
         """Sends in this bucket from sources new to the template: (count, sample ids, sources)."""
         new_sends = 0
         new_samples: list[str] = []
@@ -694,7 +773,7 @@ class TemplateWatch(Part):
             now_used = {p for raw, parts in parts_of.items() if raw != "other" for p in parts}
             for prefix, (main, last) in _main_sources(state, start).items():
                 main_last[prefix] = start if main in now_used else last
-        for raw, (count, samples) in tally.sources.items():
+        for raw, (count, samples) in sorted(tally.sources.items(), key=_source_order):
             parts = parts_of[raw]
             fresh: dict[str, bool] = {}
             for p in parts:
@@ -728,7 +807,7 @@ class TemplateWatch(Part):
                 is_new = False
             if is_new:
                 new_sends += count
-                new_samples.extend(samples)
+                new_samples.extend(_ids(samples))
                 new_sources.append("|".join(parts))
         state.recent_sources.append([start, used])
         while state.recent_sources and state.recent_sources[0][0] < start + BUCKET_MS - WINDOW_MS:
@@ -764,7 +843,7 @@ class TemplateWatch(Part):
             return others > 0 and share < 1.0 and new <= 3.0 * share / (1.0 - share) * others
         return False
 
-    def _judge_burst(self, state: TemplateState, tally: Tally, end: int, new, expected_hour):
+    def _judge_burst(self, state: TemplateState, tally: TemplateTally, end: int, new, expected_hour):
         new_sends, new_samples, new_sources = new
         if not new_sends:
             return None
@@ -813,7 +892,7 @@ class TemplateWatch(Part):
             evidence={"message_ids": new_samples, "new_sources": shown},
             sender_id=state.owner or _top(tally.senders),
             template_id=state.template_id,
-            last_seen=tally.last_ts,
+            last_seen=tally.ts,
         )
 
 
@@ -821,7 +900,12 @@ _RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
 def _top(table: dict) -> str | None:
-    return max(table, key=lambda k: table[k][0]) if table else None
+    return min(table, key=lambda k: (-table[k][0], k)) if table else None
+
+
+def _source_order(entry: tuple) -> tuple:
+    raw = entry[0]
+    return ("", "") if raw == "other" else tuple(p or "" for p in raw)
 
 
 def _show_source(src: str) -> str:
@@ -905,4 +989,5 @@ class SenderLinks(Part):
         )]
 
 
-TEMPLATE_PARTS: list[type[Part]] = [TemplateWatch, SenderLinks]
+#: TemplateWatch first: it reports sms.templates' duplicates (each record reaches every reader too).
+TEMPLATE_PARTS: list[type[Part]] = [TemplateWatch, TemplateReader, SenderLinks]

@@ -181,9 +181,9 @@ def build(
         broker_session_timeout=20.0,
         broker_heartbeat_interval=3.0,
     )
-    worker = Worker(app=app, metrics=metrics, registry=registry, parts=parts, ctx=ctx)
-
     topology = Topology(parts, topic_partitions, partitions)
+    parts = topology.parts
+    worker = Worker(app=app, metrics=metrics, registry=registry, parts=parts, ctx=ctx)
     worker.topology = topology
     alerts_topic = app.topic(records.ALERTS, key_serializer="raw", value_serializer="raw")
     dead_topic = app.topic(records.DEAD_LETTER, key_serializer="raw", value_serializer="raw")

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import heapq
 import pickle
-import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
-from smsstream.detection.base import BUCKET_MS, Part, PartContext
+from smsstream.detection.base import BUCKET_MS, Part, PartContext, partition_of
 from smsstream.detection.engine import EXPIRE_EVERY_MS, next_expiry
-from smsstream.detection.facts import RoutineCount, RoutineTally
+from smsstream.detection.facts import ADDED_UP, RoutineTally
 from smsstream.detection.gate import EventGate
 from smsstream.errors import RecordError
 from smsstream.records import BINDINGS, INPUT_TOPICS, RECEIPTS, SENDS
@@ -245,7 +244,7 @@ class Shard:
                     if item.stream in self.reports:
                         out.dead.append((item.source, exc))
                     continue
-            elif value.__class__ is RoutineCount:
+            elif value.__class__ in ADDED_UP:
                 value = self._routine_delta(item.origin, item.stream, value)
                 if value is None:
                     continue
@@ -271,12 +270,13 @@ class Shard:
         for stream, counted in counts:
             out.facts.append((stream, counted, counted.ts, -1))
 
-    def _routine_delta(self, origin: str, stream: str, counted: RoutineCount) -> RoutineCount | None:
+    def _routine_delta(self, origin: str, stream: str, counted):
         """What a producer's cumulative count adds to what this shard already took from it; None if nothing.
 
         A producer sends a bucket's counts in order, and a later bucket only
         once the earlier one is complete, so a count for an older bucket than
-        the latest from that origin is a re-sent copy.
+        the latest from that origin is a re-sent copy. A tally that grew is
+        passed whole: the part replaces the one before (``replaces``).
         """
         bucket = counted.first_ts - counted.first_ts % BUCKET_MS
         seen = self.routine_seen.get(origin)
@@ -284,12 +284,12 @@ class Shard:
             seen = self.routine_seen[origin] = (bucket, {})
         elif bucket < seen[0]:
             return None
-        group = (stream, counted.sender_id, counted.template_id, counted.carrier)
+        group = (stream, counted.group)
         before = seen[1].get(group, 0)
         if counted.count <= before:
             return None
         seen[1][group] = counted.count
-        if not before:
+        if not before or counted.replaces:
             return counted
         return replace(counted, count=counted.count - before)
 
@@ -375,7 +375,7 @@ class Topology:
     """
 
     def __init__(self, parts: Sequence[type[Part]], topic_partitions: Mapping[str, int], partitions: int):
-        self.parts = list(parts)
+        self.parts = [p.spread_over(partitions) for p in parts]
         self.partitions = partitions
         self.by_name = {p.name: p for p in self.parts}
         self.consumers: dict[str, list[type[Part]]] = {}
@@ -416,8 +416,10 @@ class Topology:
                 if self.reporter.get(topic) != p.name:
                     continue
                 out.append((p.name, "", record_id(record)))
-            else:
+            elif key.__class__ is str:
                 out.append((p.name, key, key))
+            else:
+                out.extend((p.name, k, k) for k in key)
         return out
 
     def route_fact(self, stream: str, fact: Any) -> list[tuple[str, str]]:
@@ -440,11 +442,6 @@ class Topology:
         if snapshot:
             return Shard.restore(p, ctx, snapshot, self.expected[name], self.reports[name])
         return Shard(p(ctx), self.expected[name], self.reports[name])
-
-
-def partition_of(key: str, partitions: int) -> int:
-    """The internal-topic partition of a part key; every writer of the internal topics uses this."""
-    return zlib.crc32(key.encode()) % partitions
 
 
 class Outbox:
