@@ -36,6 +36,7 @@ from smsstream.worker.process import WorkerProcess
 
 KEY = "bench-worker-evaluate"
 EVENTS_IN = re.compile(r'^smsstream_events_in_total\{topic="[^"]+"\} ([0-9.e+]+)$', re.M)
+DEAD_LETTERS = re.compile(r'^smsstream_dead_letters_total\{reason="([^"]+)",topic="[^"]+"\} ([0-9.e+]+)$', re.M)
 
 
 def smsstream(*args: str, env: dict) -> None:
@@ -70,6 +71,26 @@ def events_read(metrics_ports: list[int]) -> int:
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
             total += sum(float(v) for v in EVENTS_IN.findall(text))
     return int(total)
+
+
+def dead_letters(metrics_ports: list[int]) -> dict[str, int]:
+    """Dead letters by reason, over the workers' metrics (a restarted worker's count starts again)."""
+    out: dict[str, int] = {}
+    for port in metrics_ports:
+        with contextlib.suppress(OSError):
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
+            for reason, n in DEAD_LETTERS.findall(text):
+                out[reason] = out.get(reason, 0) + int(float(n))
+    return dict(sorted(out.items()))
+
+
+def records_bar_detected_at(path: Path) -> set[bytes]:
+    out = set()
+    for line in path.read_bytes().splitlines():
+        record = orjson.loads(line)
+        record.pop("detected_at", None)
+        out.add(orjson.dumps(record, option=orjson.OPT_SORT_KEYS))
+    return out
 
 
 def caught_up(workers: list[WorkerProcess]) -> bool:
@@ -145,7 +166,9 @@ def main() -> int:
               "--rate", str(args.rate), "--seed", str(args.seed), "-q", env=env)
     lines = events.read_bytes().splitlines()
     print(f"replaying {len(lines):,} records")
-    smsstream("replay", str(events), "-o", str(workdir / "replay-alerts.jsonl"), "--quiet", env=env)
+    smsstream("replay", str(events), "-o", str(workdir / "replay-alerts.jsonl"), "--quiet",
+              "--dead-letter", str(workdir / "replay-dead.jsonl"), env=env)
+    replay_dead = len((workdir / "replay-dead.jsonl").read_bytes().splitlines())
 
     with EmbeddedBroker() as broker:
         apply_topics(broker.url)
@@ -163,6 +186,7 @@ def main() -> int:
             print(f"{args.workers} worker(s) ready; collecting alerts")
             values, took = asyncio.run(collect_alerts(broker.bootstrap, len(lines), ports, args.settle,
                                                       args.timeout, workers))
+            worker_dead = dead_letters(ports)
         finally:
             for w in workers:
                 w.stop()
@@ -176,6 +200,10 @@ def main() -> int:
                              check=True, env=env, capture_output=True, text=True).stdout
         scores[name] = out
         print(f"\n== evaluate, {name} ==\n{out}")
+    print(f"dead letters: replay {replay_dead:,}; workers {sum(worker_dead.values()):,} {worker_dead}")
+    mine, theirs = (records_bar_detected_at(workdir / f"{n}-alerts.jsonl") for n in ("replay", "worker"))
+    print(f"alert records bar detected_at: {len(mine & theirs)} identical, {len(mine - theirs)} only in replay, "
+          f"{len(theirs - mine)} only from the workers")
     same = scores["replay"] == scores["worker"]
     print("figures agree" if same else "FIGURES DIFFER", f"(files in {workdir})")
     return 0 if same else 1
