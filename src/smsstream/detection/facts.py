@@ -162,13 +162,13 @@ class TemplateRead:
         return asdict(self)
 
 
-def _keep(samples: list, entry: tuple) -> None:
+def _keep(samples: list, rank: int, *rest) -> None:
     """Keep the ``MAX_SAMPLES`` entries of lowest rank (entries are tuples led by their rank)."""
     if len(samples) < MAX_SAMPLES:
-        insort(samples, entry)
-    elif entry < samples[-1]:
-        insort(samples, entry)
-        samples.pop()
+        insort(samples, (rank, *rest))
+    elif rank <= samples[-1][0]:
+        insort(samples, (rank, *rest))
+        del samples[MAX_SAMPLES:]
 
 
 def _merge_samples(a: list, b: list) -> list:
@@ -216,7 +216,7 @@ def _bump(table: dict, key, rank: int, mid: str, cap: int) -> None:
         if row is None:
             row = table[key] = [0, []]
     row[0] += 1
-    _keep(row[1], (rank, mid))
+    _keep(row[1], rank, mid)
 
 
 @dataclass(slots=True)
@@ -280,7 +280,7 @@ class TemplateTally:
                     continue
                 row = markers[k] = [0, [], [], None]
             row[0] += 1
-            _keep(row[1], (rank, mid))
+            _keep(row[1], rank, mid)
             recipients = row[2]
             if read.recipient not in recipients:
                 recipients.append(read.recipient)
@@ -293,7 +293,7 @@ class TemplateTally:
             return
         if not keys:
             self.words_drift += 1
-            _keep(self.words_samples, (rank, mid, read.diff))
+            _keep(self.words_samples, rank, mid, read.diff)
             return
         row = markers.get(keys[0])
         if row is not None and (row[3] is None or (rank, read.diff) < row[3]):
