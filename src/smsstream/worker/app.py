@@ -317,7 +317,7 @@ def build(
                     # revoked while this event was in flight: its next owner reads it again from
                     # the last snapshot, so this shard's newer state must not be saved or acknowledged
                     continue
-                shard.emitted_until = shard.progress()
+                shard.sent()
                 held = pending.setdefault((p.name, partition), [])
                 held.append(event)
                 held_bytes[(p.name, partition)] = size = held_bytes.get((p.name, partition), 0) + len(
@@ -394,7 +394,7 @@ def build(
             for name in topology.heartbeat_targets(tp.topic):
                 beats.setdefault(name, []).append(beat)
         for (name, partition), shard in list(worker.shards.items()):
-            beat = Heartbeat(f"{name}/{partition}", shard.emitted_until, shard.idle)
+            beat = Heartbeat(f"{name}/{partition}", shard.emitted_until, shard.emitted_idle)
             for target in topology.downstream[name]:
                 beats.setdefault(target, []).append(beat)
         for name, batch in beats.items():

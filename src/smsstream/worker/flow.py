@@ -204,6 +204,8 @@ class Shard:
         self.gate = EventGate(part.ctx.lateness_ms)
         #: event time this shard has processed and forwarded; facts it sends later are not older
         self.emitted_until = 0
+        #: idle as of the last run whose facts are on their way (``sent``), not mid-run
+        self.emitted_idle = False
         self.facts_sent = 0
         self._next_expiry = 0
         #: routine facts this shard produces, added up per bucket (``RoutineTally``)
@@ -326,6 +328,15 @@ class Shard:
     @property
     def idle(self) -> bool:
         return self.merge.all_idle and not len(self.merge)
+
+    def sent(self) -> None:
+        """The facts of the last run are on their way: heartbeats may now claim its progress and idleness.
+
+        A heartbeat that said "idle" while a run's facts were still being
+        sent would let the downstream close buckets those facts belong to.
+        """
+        self.emitted_until = self.progress()
+        self.emitted_idle = self.idle
 
     def snapshot(self) -> bytes:
         state = {k: v for k, v in vars(self.part).items() if k != "ctx"}
