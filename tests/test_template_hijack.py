@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from smsstream.detection.engine import Engine
-from smsstream.detection.templates import TemplateReader, TemplateWatch
+from smsstream.detection.templates import TEMPLATE_PARTS, TemplateReader, TemplateWatch
 from smsstream.detection.textshape import Markers, TemplateText
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import SENDS, TEMPLATES, Send, Source, Template
@@ -38,8 +38,8 @@ def body(rng: random.Random, text: str = TEXT) -> str:
 class Harness:
     """A template's readers and its TemplateWatch, driven by the engine."""
 
-    def __init__(self):
-        self.engine = Engine(PN, parts=[TemplateWatch, TemplateReader])
+    def __init__(self, parts=(TemplateWatch, TemplateReader)):
+        self.engine = Engine(PN, parts=parts)
         self.part = self.engine.parts[0]
         self.alerts: list[dict] = []
         self.n = 0
@@ -513,6 +513,60 @@ def test_a_rarely_used_template_blasted_from_a_never_seen_key_raises_volume_burs
         h.send(blast + i * MIN, body(rng), key="key-stolen", ip="185.220.101.7")
     h.flush()
     assert [a for a in h.firing("volume_burst") if "key-stolen" in a["summary"]]
+
+
+PLAIN = "[QuickLoan] Dear {name}, your repayment of {amount} is overdue. Reply PAY to settle today."
+
+
+def lender_with_a_barely_used_template(rng) -> Harness:
+    """Two days of a lender's reminders on T1 from its one key, and five sends of T2 through the same key."""
+    h = Harness(parts=TEMPLATE_PARTS)
+    h.template()
+    h.template("T2", text=PLAIN)
+    for i in range(5):
+        h.send(T0 + (2 + i) * HOUR, body(rng, PLAIN), tid="T2")
+    for day in range(2):
+        steady(h, rng, T0 + day * DAY + 9 * HOUR, 8, per_hour=20)
+    return h
+
+
+def test_a_stolen_key_blasting_a_template_its_lender_barely_used_without_any_link_raises_volume_burst():
+    # No link, no new number: the template is too young to know its own sources, the lender is not
+    rng = random.Random(40)
+    h = lender_with_a_barely_used_template(rng)
+    blast = T0 + 2 * DAY + 3 * HOUR
+    for i in range(60):
+        h.send(blast + i * 30_000, body(rng, PLAIN), tid="T2", key="key-stolen", ip="185.220.101.7")
+    h.flush()
+    fired = h.firing("volume_burst")
+    assert fired and fired[0]["entity_type"] == "sender" and fired[0]["entity_id"] == "lenderA"
+    assert fired[0]["template_id"] == "T2" and "key-stolen" in fired[0]["summary"]
+    assert fired[0]["evidence"]["new_sources"] == ["api key key-stolen / ip 185.220.101.*"]
+    assert fired[0]["window_end"] - blast <= 15 * MIN
+    assert h.firing("content_drift") == []
+
+
+@pytest.mark.parametrize("key, ip", [("key-1", "10.0.0.5"), ("key-9", "10.0.0.77")],
+                         ids=["its usual key", "a new key from its own network"])
+def test_a_campaign_on_a_barely_used_template_through_the_lenders_own_network_stays_quiet(key, ip):
+    rng = random.Random(41)
+    h = lender_with_a_barely_used_template(rng)
+    for i in range(300):
+        h.send(T0 + 2 * DAY + 3 * HOUR + i * 6_000, body(rng, PLAIN), tid="T2", key=key, ip=ip)
+    h.flush()
+    assert h.firing() == []
+
+
+def test_a_key_rotation_to_a_new_host_then_a_campaign_on_a_barely_used_template_stays_quiet():
+    # The new key and host carry the lender's everyday template first: they are the lender's own
+    rng = random.Random(42)
+    h = lender_with_a_barely_used_template(rng)
+    rotated = T0 + 2 * DAY + 9 * HOUR
+    steady(h, rng, rotated, 2, per_hour=20, key="key-2", ip="172.16.4.9")
+    for i in range(300):
+        h.send(rotated + 3 * HOUR + i * 6_000, body(rng, PLAIN), tid="T2", key="key-2", ip="172.16.4.9")
+    h.flush()
+    assert h.firing() == []
 
 
 def test_a_template_sent_only_a_handful_of_times_has_no_sources_to_call_a_campaigns_key_new():

@@ -21,6 +21,8 @@ from smsstream.detection.base import PartContext, partition_of
 from smsstream.worker.flow import EventTimeMerge, Heartbeat, Item, Outbox, Source, Topology, decode, encode
 from traffic import HOUR, KEY, MINUTE, T0, Sends, book, engine, numbers
 
+DAY_MS = 24 * HOUR
+
 
 class LocalDataflow:
     """Input partitions -> route -> part shards -> facts/alerts, with heartbeats, in one process.
@@ -298,6 +300,30 @@ def test_a_hot_templates_bodies_are_read_on_every_partition_and_judged_as_one():
     assert sum(1 for n in readers if n > template_sends / 8) >= 3 and max(readers) < template_sends / 2, readers
     # ... and the template's own shard takes a few tallies a minute from each
     assert flow.processed["template_hijack"] < template_sends / 10
+
+
+def test_a_stolen_key_on_a_barely_used_template_is_found_by_the_partitioned_worker_as_by_replay():
+    # the template's reads are split over four readers; the sender's source book adds their sources up
+    rng = random.Random(8)
+    borrowers = numbers(rng, 400)
+    text = "Dear customer, your repayment of {amount} is due on {date}."
+    rare = "Dear customer, your loan is overdue. Reply PAY to settle today."
+    events = book("lender-a", borrowers) + [
+        (TEMPLATES, Template("tpl-remind", "lender-a", "repayment_reminder", text, T0 - HOUR)),
+        (TEMPLATES, Template("tpl-rare", "lender-a", "overdue_notice", rare, T0 - HOUR))]
+    events += Sends(rng, "lender-a", "tpl-rare", borrowers).run(T0, 300, 1 / 60, category="overdue_notice", body=rare)
+    for day in range(2):
+        events += Sends(rng, "lender-a", "tpl-remind", borrowers).run(T0 + day * DAY_MS + 9 * HOUR, 240, 2)
+    events += Sends(rng, "lender-a", "tpl-rare", borrowers).run(
+        T0 + 2 * DAY_MS + 3 * HOUR, 40, 1.5, category="overdue_notice", body=rare, api_key="key-stolen",
+        ip="185.220.101.7")
+    events.sort(key=lambda e: e[1].ts)
+    expected = replay(events)
+    assert [a["entity_id"] for a in expected if a["reason"] == "volume_burst" and a["status"] == "firing"] == [
+        "lender-a"]
+    flow = LocalDataflow(partitions=4)
+    flow.produce(events)
+    assert comparable(flow.run()) == comparable(expected)
 
 
 def test_a_routine_count_sent_again_after_its_producer_restarted_counts_once():

@@ -58,6 +58,7 @@ class Sends:
         statuses: dict[str, float] | None = None,
         receipt_delay_ms: int | Callable[[], int] = 5_000,
         api_key: str = "key-1",
+        ip: str = "10.0.0.1",
         body: str = "Dear customer, your repayment of 500 is due on 3 May.",
     ) -> list[Event]:
         """Poisson-ish sends per minute; ``stranger_share`` of them to numbers outside the book."""
@@ -77,7 +78,7 @@ class Sends:
                     number = rng.choice(self.borrowers)
                 mid = f"{self.sender}-m{Sends.counter}"
                 out.append((SENDS, Send(mid, ts, self.sender, self.template, number, category, body,
-                                        None, Source(api_key, "10.0.0.1", "api"), carrier)))
+                                        None, Source(api_key, ip, "api"), carrier)))
                 delay = receipt_delay_ms() if callable(receipt_delay_ms) else receipt_delay_ms
                 status = rng.choices(names, weights)[0]
                 out.append((RECEIPTS, Receipt(mid, ts + delay, status, None, carrier)))

@@ -32,6 +32,13 @@ three reasons, all on the same alert ``template_hijack/template/<id>``:
   the main key (or network) stayed silent (a rotation, seen on a template
   that sends too rarely for the hour-by-hour check).
 
+``SenderBook``, keyed by sender, hears every template's new link domains and
+every registered template's sources per bucket, and judges what one
+template's history cannot: a domain none of the sender's SMS carried
+(``content_drift``), and a burst from a key and network new to the sender on
+a template too young to know its own sources (``volume_burst``), both on
+``template_hijack/sender/<id>``.
+
 State per template is bounded: at most ``MAX_MARKERS`` learned markers,
 ``MAX_SOURCES`` sources and ``MAX_SUSPECTS`` suspect markers, an hourly
 profile (48 floats) and one hour of per-bucket counts. A registered template
@@ -47,7 +54,7 @@ from typing import Any, ClassVar, Iterable
 
 from smsstream.detection.alerts import MAX_EVIDENCE
 from smsstream.detection.base import BUCKET_MS, Finding, Part, partition_of
-from smsstream.detection.facts import TemplateRead, TemplateTally, rank_of
+from smsstream.detection.facts import TemplateRead, TemplateTally, merge_samples, rank_of
 from smsstream.detection.stats import DAY_MS, HOUR_MS, BucketWindow, DailyProfile, poisson_tail_score
 from smsstream.detection.textshape import Markers, TemplateText, diff_words, signature
 from smsstream.records import SENDS, TEMPLATES
@@ -95,9 +102,14 @@ WORDS_MIN_SHARE = 0.2
 TEMPLATE_LINKS = "fact.template-links"
 #: Fact stream: sends read against their template (reader-keyed -> template-keyed), added up per bucket.
 TEMPLATE_READS = "fact.template-reads"
+#: Fact stream: the sources of a template's sends, per reader and bucket (template-keyed -> sender-keyed).
+TEMPLATE_SOURCES = "fact.template-sources"
 #: A sender's usual link domains are those of its registrations and of its first ``SENDER_LEARN_MS`` of traffic.
 SENDER_LEARN_MS = 6 * HOUR_MS
 MAX_SENDER_DOMAINS = 64
+#: Sources (``k:``/``n:`` parts) and templates a sender's source book keeps.
+MAX_SENDER_SOURCES = 256
+MAX_SENDER_TEMPLATES = 512
 
 
 @dataclass(slots=True)
@@ -115,7 +127,29 @@ class TemplateLink:
         return asdict(self)
 
 
-def _link_sender(fact: TemplateLink) -> str:
+@dataclass(slots=True)
+class TemplateSources:
+    """The sources of one reader's sends of a registered template in one bucket, so far (``ts``: the bucket).
+
+    Cumulative like the tally it comes from: a larger ``count`` from the same
+    reader and bucket replaces the one before. ``sources`` maps
+    (api key, source ip) to (sends, lowest-ranked samples).
+    """
+
+    ts: int
+    sender_id: str
+    template_id: str
+    reader: str
+    count: int
+    sources: dict
+    #: some of these sends came from other senders (``foreign_sender``): the sources are not all the owner's
+    foreign: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _link_sender(fact: TemplateLink | TemplateSources) -> str:
     return fact.sender_id
 
 
@@ -304,6 +338,17 @@ def _may_be_new(state: TemplateState, parts_lists: Iterable[tuple[str, ...]], st
     return False
 
 
+def knows_its_sources(sends: int, first_ts: int, end: int) -> bool:
+    """Has a template sent enough, for long enough, to call a source of its own new?
+
+    With fewer sends than it needs to learn its markers it knows too little of
+    its sources: its sender's campaign through the sender's usual keys is not a
+    hijack. Its sender's source book judges such a template's sources instead.
+    """
+    learning = end <= first_ts + LEARN_MS or sends < LEARN_N
+    return (sends >= SOURCE_LEARN_N and not learning) or (end - first_ts >= DAY_MS and sends >= LEARN_N)
+
+
 def _expected_hour(profile: DailyProfile, start: int, end: int) -> float | None:
     """The usual sends in the trailing hour ending at ``end``, None while neither hour of day is known.
 
@@ -432,7 +477,7 @@ class TemplateWatch(Part):
 
     name = "template_hijack"
     inputs: ClassVar = {TEMPLATES: _template_id, TEMPLATE_READS: _template_of}
-    emits = (TEMPLATE_LINKS,)
+    emits = (TEMPLATE_LINKS, TEMPLATE_SOURCES)
 
     def idle_since(self, state: TemplateState) -> int:
         # A registration is reference data: kept while sms.templates holds it.
@@ -455,7 +500,7 @@ class TemplateWatch(Part):
                 # No link in the text: still tells the link book when the sender began.
                 facts = [(TEMPLATE_LINKS, TemplateLink(value.ts, value.sender_id, key, "", None))]
         else:
-            self._take(state, key, value)
+            facts = self._take(state, key, value)
         self.save(key, state)
         return facts
 
@@ -487,11 +532,27 @@ class TemplateWatch(Part):
             before = reads.get(read.reader)
             if before is None or read.count > before.count:
                 reads[read.reader] = read
-            return
+                return self._tell_sources(state, start, read)
+            return None
         alone = reads.get("")
         if alone is None:
             alone = reads[""] = TemplateTally(read.template_id, "")
         alone.add(read)
+        return self._tell_sources(state, start, alone)
+
+    @staticmethod
+    def _tell_sources(state: TemplateState, start: int, tally: TemplateTally):
+        """Tell the sender's source book where this reader's sends of the bucket came from.
+
+        A template too young to know its own sources cannot call one new; its
+        sender, which has seen the keys and networks of all its templates, can.
+        """
+        if not tally.sources or state.registered is None or state.owner is None:
+            # an unregistered template's sources are not split by sender, so no one sender can be told them
+            return None
+        sources = {raw: (row[0], tuple(row[1])) for raw, row in tally.sources.items() if raw != "other"}
+        return [(TEMPLATE_SOURCES, TemplateSources(start, state.owner, state.template_id, tally.reader, tally.count,
+                                                   sources, bool(tally.senders)))]
 
     # --- judging ---------------------------------------------------------------
 
@@ -507,10 +568,7 @@ class TemplateWatch(Part):
         for reader in readers[1:]:
             tally.merge(reads[reader])
         learning = end <= state.learned_until or state.sends < LEARN_N
-        age = end - state.first_ts
-        # A template with fewer sends than it needs to learn its markers knows too little of its
-        # sources to call one new: its sender's campaign through the sender's usual keys is not a hijack.
-        sources_known = (state.sends >= SOURCE_LEARN_N and not learning) or (age >= DAY_MS and state.sends >= LEARN_N)
+        sources_known = knows_its_sources(state.sends, state.first_ts, end)
         new = self._classify_sources(state, tally, start, sources_known)
         state.window.add(start, tally.count, new[0], tally.words_drift)
         state.window.prune(end - WINDOW_MS)
@@ -919,30 +977,60 @@ def _show_source(src: str) -> str:
 
 
 @dataclass(slots=True)
-class SenderLinksState:
+class SenderBookState:
     domains: dict = field(default_factory=dict)  # domain -> first seen
     first_ts: int = 0
     last_ts: int = 0
     #: bucket start -> [(domain, template_id, message_id, ts)] domains new to an established sender
     pending: dict = field(default_factory=dict)
+    #: when the sender's first sources were told: sources are judged a day after
+    sources_since: int = 0
+    #: source part ("k:"/"n:") -> [first seen (0: one of the sender's first), sends, used on a template that
+    #: knows its own sources]
+    sources: dict = field(default_factory=dict)
+    #: template -> [first seen, sends, when it came to know its own sources (0: not yet)]
+    templates: dict = field(default_factory=dict)
+    #: bucket start -> {(template, reader): TemplateSources}
+    told: dict = field(default_factory=dict)
+    #: the last hour's sends from new sources on templates too young to judge them:
+    #: [bucket start, template, source parts, sends, samples]
+    recent: list = field(default_factory=list)
 
 
-class SenderLinks(Part):
-    """Per sender: the link domains all its templates carry; a domain none of them ever carried is drift.
+class SenderBook(Part):
+    """Per sender: the link domains and the sources (API keys, networks) all its templates used.
 
     Catches what one template's own history cannot: a template whose very
     first sends are already tampered, or a dormant registered template woken
-    up by someone else with a new link.
+    up by someone else with a new link (``content_drift``); and a burst on a
+    template with next to no history from an API key and network none of the
+    sender's SMS ever came from (``volume_burst``: a stolen key driving a
+    template the sender barely uses). A new source that also carries the
+    sender's established templates is the sender's own (a key rotation or a
+    new host) and is left to those templates to judge.
     """
 
     name = "template_hijack_sender"
-    inputs: ClassVar = {TEMPLATE_LINKS: _link_sender}
+    inputs: ClassVar = {TEMPLATE_LINKS: _link_sender, TEMPLATE_SOURCES: _link_sender}
 
-    def process(self, topic: str, key: str, fact: TemplateLink):
-        state = self.entities.get(key) or SenderLinksState()
+    def process(self, topic: str, key: str, fact: TemplateLink | TemplateSources):
+        state = self.entities.get(key) or SenderBookState()
         if not state.first_ts or fact.ts < state.first_ts:
             state.first_ts = fact.ts
         state.last_ts = max(state.last_ts, fact.ts)
+        if fact.__class__ is TemplateSources:
+            if not state.sources_since or fact.ts < state.sources_since:
+                state.sources_since = fact.ts
+            start = self.mark(key, fact.ts)
+            told = state.told.get(start)
+            if told is None:
+                told = state.told[start] = {}
+            group = (fact.template_id, fact.reader)
+            before = told.get(group)
+            if before is None or fact.count > before.count:
+                told[group] = fact
+            self.save(key, state)
+            return None
         if not fact.domain or fact.domain in state.domains:
             self.save(key, state)
             return None
@@ -959,14 +1047,29 @@ class SenderLinks(Part):
         state = self.entities.get(key)
         if state is None:
             return ()
-        found = state.pending.pop(start, None)
+        found = []
+        domains = state.pending.pop(start, None)
+        if domains:
+            found.append(self._new_domains(key, state, domains, start, end))
+        told = state.told.pop(start, None)
+        if told:
+            burst = self._judge_sources(key, state, told, start, end)
+            if burst is not None:
+                found.append(burst)
+        self.save(key, state)
         if not found:
             return ()
-        self.save(key, state)
+        lead = max(found, key=lambda f: (_RANK[f.severity], f.score))
+        for other in found:
+            if other is not lead:
+                lead.evidence.setdefault("also", []).append(f"{other.reason}: {other.summary}")
+        return [lead]
+
+    def _new_domains(self, key: str, state: SenderBookState, found: list, start: int, end: int) -> Finding:
         new_domains = sorted({d for d, *_ in found})
         templates = sorted({t for _, t, _, _ in found})
         usual = sorted(d for d in state.domains if d not in new_domains)[:5]
-        return [Finding(
+        return Finding(
             kind=KIND,
             reason="content_drift",
             severity="warning",
@@ -986,8 +1089,109 @@ class SenderLinks(Part):
             sender_id=key,
             template_id=templates[0],
             last_seen=max(t for *_, t in found),
-        )]
+        )
+
+    def _judge_sources(self, key: str, state: SenderBookState, told: dict, start: int, end: int) -> Finding | None:
+        """Learn the bucket's sources; a burst from a new one on a template too young to judge it is found."""
+        foreign = {template_id for (template_id, _), fact in told.items() if fact.foreign}
+        by_template: dict[str, tuple[int, dict]] = {}
+        for (template_id, _reader), fact in sorted(told.items()):
+            if template_id in foreign:
+                continue  # another sender's sources mixed in: left to foreign_sender
+            count, rows = by_template.get(template_id, (0, {}))
+            for raw, (n, samples) in fact.sources.items():
+                row = rows.get(raw)
+                rows[raw] = (n, samples) if row is None else (row[0] + n, tuple(merge_samples(list(row[1]), list(samples))))
+            by_template[template_id] = (count + fact.count, rows)
+        established = start - state.sources_since >= NEW_SOURCE_MS
+        since: dict[str, int] = {}  # template -> when it came to know its own sources (0: not yet)
+        for template_id, (count, rows) in sorted(by_template.items()):
+            history = state.templates.get(template_id)
+            if history is None:
+                if len(state.templates) >= MAX_SENDER_TEMPLATES:
+                    since[template_id] = start  # untracked (book full): left to the template's own judgement
+                    continue
+                history = state.templates[template_id] = [start, 0, 0]
+            if not history[2] and knows_its_sources(history[1], history[0], end):
+                history[2] = start
+            since[template_id] = history[2]
+            history[1] += count
+            for raw, (n, _) in rows.items():
+                for p in _parts_of(raw):
+                    row = state.sources.get(p)
+                    if row is None:
+                        if len(state.sources) >= MAX_SENDER_SOURCES:
+                            continue
+                        row = state.sources[p] = [start if established else 0, 0, False]
+                    row[1] += n
+                    if history[2] and history[2] <= row[0]:
+                        row[2] = True  # it carries a template that knew its sources before it came: the sender's own
+        for template_id, (count, rows) in sorted(by_template.items()):
+            for raw, (n, samples) in sorted(rows.items(), key=_source_order):
+                parts = _parts_of(raw)
+                if self._new_to_sender(state, parts, start):
+                    state.recent.append([start, template_id, parts, n, samples])
+        while state.recent and state.recent[0][0] < end - WINDOW_MS:
+            del state.recent[0]
+        now = {entry[1] for entry in state.recent if entry[0] == start}
+        burst: dict[str, list] = {}
+        for entry in state.recent:
+            # still new: not since seen carrying a template that knew its sources
+            if entry[1] in now and self._new_to_sender(state, entry[2], start):
+                burst.setdefault(entry[1], []).append(entry)
+        best = None
+        for template_id, entries in sorted(burst.items()):
+            total = sum(e[3] for e in entries)
+            if total >= BURST_MIN_SENDS and (best is None or total > best[0]):
+                best = (total, template_id, entries)
+        if best is None:
+            return None
+        total, template_id, entries = best
+        shown = sorted({_show_source("|".join(e[2])) for e in entries})
+        samples = sorted((s for e in entries for s in e[4]))[:MAX_EVIDENCE]
+        sends_before = state.templates[template_id][1] - sum(e[3] for e in entries)
+        usual = sorted((p for p, row in state.sources.items() if p.startswith("k:") and not self._fresh(row, start)),
+                       key=lambda p: (-state.sources[p][1], p))[:3]
+        return Finding(
+            kind=KIND,
+            reason="volume_burst",
+            severity="critical" if total >= 100 else "warning",
+            entity_type="sender",
+            entity_id=key,
+            window_start=end - WINDOW_MS,
+            window_end=end,
+            observed=float(total),
+            expected=0.0,
+            score=float(total),
+            summary=(
+                f"{key}: template {template_id} sent {total} SMS in the last hour from {', '.join(shown[:2])}, "
+                f"an API key and network none of the sender's SMS came from before; the template had "
+                f"{max(sends_before, 0)} sends before, too few to know its own sources. A stolen key, or a new "
+                f"integration nobody announced"
+            ),
+            evidence={"message_ids": [s[1] for s in samples], "new_sources": shown, "template": template_id,
+                      "usual_keys": [_show_source(p) for p in usual]},
+            sender_id=key,
+            template_id=template_id,
+            last_seen=min(state.last_ts, end),
+        )
+
+    @staticmethod
+    def _fresh(row: list, start: int) -> bool:
+        return bool(row[0]) and start - row[0] < NEW_SOURCE_MS and not row[2]
+
+    def _new_to_sender(self, state: SenderBookState, parts: tuple, start: int) -> bool:
+        """A source none of the sender's SMS came from before (a new key from a known network is a rotation)."""
+        fresh = {}
+        for p in parts:
+            row = state.sources.get(p)
+            if row is not None:
+                fresh[p] = self._fresh(row, start)
+        nets = [p for p in fresh if p.startswith("n:")]
+        if nets and not any(fresh[n] for n in nets):
+            return False
+        return any(fresh.values())
 
 
 #: TemplateWatch first: it reports sms.templates' duplicates (each record reaches every reader too).
-TEMPLATE_PARTS: list[type[Part]] = [TemplateWatch, TemplateReader, SenderLinks]
+TEMPLATE_PARTS: list[type[Part]] = [TemplateWatch, TemplateReader, SenderBook]
