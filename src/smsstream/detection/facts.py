@@ -171,7 +171,7 @@ def _keep(samples: list, rank: int, *rest) -> None:
         del samples[MAX_SAMPLES:]
 
 
-def merge_samples(a: list, b: list) -> list:
+def _merge_samples(a: list, b: list) -> list:
     return sorted(set(a) | set(b))[:MAX_SAMPLES]
 
 
@@ -204,7 +204,7 @@ def _add_row(table: dict, key, row: list) -> None:
         table[key] = [row[0], list(row[1])]
     else:
         mine[0] += row[0]
-        mine[1] = merge_samples(mine[1], row[1])
+        mine[1] = _merge_samples(mine[1], row[1])
 
 
 def _bump(table: dict, key, rank: int, mid: str, cap: int) -> None:
@@ -316,14 +316,14 @@ class TemplateTally:
                 markers[k] = [row[0], list(row[1]), list(row[2]), row[3]]
                 continue
             mine[0] += row[0]
-            mine[1] = merge_samples(mine[1], row[1])
+            mine[1] = _merge_samples(mine[1], row[1])
             mine[2] = sorted(set(mine[2]) | set(row[2]))[:2]
             if row[3] is not None and (mine[3] is None or row[3] < mine[3]):
                 mine[3] = row[3]
         for k, n in other.unregistered_markers.items():
             self.unregistered_markers[k] = self.unregistered_markers.get(k, 0) + n
         self.words_drift += other.words_drift
-        self.words_samples = merge_samples(self.words_samples, other.words_samples)
+        self.words_samples = _merge_samples(self.words_samples, other.words_samples)
         for mine_table, table, cap in ((self.senders, other.senders, MAX_TALLY_SENDERS),
                                        (self.sources, other.sources, MAX_TALLY_SOURCES)):
             for k, row in table.items():

@@ -54,7 +54,7 @@ from typing import Any, ClassVar, Iterable
 
 from smsstream.detection.alerts import MAX_EVIDENCE
 from smsstream.detection.base import BUCKET_MS, Finding, Part, partition_of
-from smsstream.detection.facts import TemplateRead, TemplateTally, merge_samples, rank_of
+from smsstream.detection.facts import TemplateRead, TemplateTally, rank_of
 from smsstream.detection.stats import DAY_MS, HOUR_MS, BucketWindow, DailyProfile, poisson_tail_score
 from smsstream.detection.textshape import Markers, TemplateText, diff_words, signature
 from smsstream.records import SENDS, TEMPLATES
@@ -995,6 +995,8 @@ class SenderBookState:
     #: the last hour's sends from new sources on templates too young to judge them:
     #: [bucket start, template, source parts, sends, samples]
     recent: list = field(default_factory=list)
+    #: no source of the sender is new from this time on
+    fresh_until: int = 0
 
 
 class SenderBook(Part):
@@ -1101,20 +1103,21 @@ class SenderBook(Part):
             count, rows = by_template.get(template_id, (0, {}))
             for raw, (n, samples) in fact.sources.items():
                 row = rows.get(raw)
-                rows[raw] = (n, samples) if row is None else (row[0] + n, tuple(merge_samples(list(row[1]), list(samples))))
+                if row is None:
+                    rows[raw] = [n, samples]
+                else:
+                    row[0] += n
+                    row[1] += samples
             by_template[template_id] = (count + fact.count, rows)
         established = start - state.sources_since >= NEW_SOURCE_MS
-        since: dict[str, int] = {}  # template -> when it came to know its own sources (0: not yet)
         for template_id, (count, rows) in sorted(by_template.items()):
             history = state.templates.get(template_id)
             if history is None:
                 if len(state.templates) >= MAX_SENDER_TEMPLATES:
-                    since[template_id] = start  # untracked (book full): left to the template's own judgement
-                    continue
+                    continue  # untracked (book full): left to the template's own judgement
                 history = state.templates[template_id] = [start, 0, 0]
             if not history[2] and knows_its_sources(history[1], history[0], end):
                 history[2] = start
-            since[template_id] = history[2]
             history[1] += count
             for raw, (n, _) in rows.items():
                 for p in _parts_of(raw):
@@ -1123,14 +1126,19 @@ class SenderBook(Part):
                         if len(state.sources) >= MAX_SENDER_SOURCES:
                             continue
                         row = state.sources[p] = [start if established else 0, 0, False]
+                        if row[0]:
+                            state.fresh_until = max(state.fresh_until, row[0] + NEW_SOURCE_MS)
                     row[1] += n
                     if history[2] and history[2] <= row[0]:
                         row[2] = True  # it carries a template that knew its sources before it came: the sender's own
+        if start >= state.fresh_until:
+            state.recent.clear()
+            return None  # every source the sender has is a day old at least
         for template_id, (count, rows) in sorted(by_template.items()):
             for raw, (n, samples) in sorted(rows.items(), key=_source_order):
                 parts = _parts_of(raw)
                 if self._new_to_sender(state, parts, start):
-                    state.recent.append([start, template_id, parts, n, samples])
+                    state.recent.append([start, template_id, parts, n, tuple(sorted(set(samples))[:MAX_EVIDENCE])])
         while state.recent and state.recent[0][0] < end - WINDOW_MS:
             del state.recent[0]
         now = {entry[1] for entry in state.recent if entry[0] == start}
