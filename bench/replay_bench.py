@@ -30,6 +30,7 @@ from smsstream.detection.engine import DETECTOR_PARTS, Engine
 from smsstream.detection.facts import DeliveryOutcome, LoanSend
 from smsstream.detection.gate import EventGate
 from smsstream.detection.non_borrower import BorrowerBook, SenderShare, TemplateShare
+from smsstream.detection.templates import SenderBook, TemplateSources
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import BORROWERS, SENDS, Borrower, Send
 from smsstream.replay import replay_lines
@@ -148,6 +149,18 @@ def memory() -> None:
     def outcome(i, ts, carriers=("jio", "airtel", "vi", "bsnl")):
         return DeliveryOutcome(ts, f"s{i:06d}", f"t{i:06d}", carriers[ts // BUCKET_MS % 4], "delivered", "DELIVRD", "m1")
 
+    def sender_book(n):
+        part = SenderBook(ctx())
+        keys = [(f"ak_{k}", f"10.{k}.0.5") for k in range(3)]
+        for minute in range(90):
+            ts = T0 + minute * BUCKET_MS
+            for i in range(n):
+                for t in range(10):
+                    part.process("", f"s{i:06d}", TemplateSources(ts, f"s{i:06d}", f"t{i:06d}-{t}", f"t{t}#0", 4,
+                                                                  {keys[t % 3]: (4, ((1, "m1"), (2, "m2")))}))
+            part.advance(ts)
+        return part
+
     measure("borrower book, number owing one lender", "number", 100_000, book)
     measure("borrower book, number owing two lenders", "number", 50_000, book_two)
     measure("receipt join, send waiting for its receipt", "message", 100_000, join)
@@ -157,6 +170,7 @@ def memory() -> None:
     measure("delivery per sender, 4 carrier slices (after 90 min)", "sender", 1_000, shares(SenderDelivery, outcome))
     measure("delivery per template (after 90 min)", "template", 2_000, shares(TemplateDelivery, outcome))
     measure("delivery per carrier (after 90 min)", "carrier", 200, shares(CarrierDelivery, outcome))
+    measure("template_hijack_sender, 10 templates, 3 keys (after 90 min)", "sender", 1_000, sender_book)
 
 
 def main() -> int:
