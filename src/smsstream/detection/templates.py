@@ -54,7 +54,7 @@ from typing import Any, ClassVar, Iterable
 
 from smsstream.detection.alerts import MAX_EVIDENCE
 from smsstream.detection.base import BUCKET_MS, Finding, Part, partition_of
-from smsstream.detection.facts import TemplateRead, TemplateTally, rank_of
+from smsstream.detection.facts import MAX_SAMPLES, TemplateRead, TemplateTally, rank_of
 from smsstream.detection.stats import DAY_MS, HOUR_MS, BucketWindow, DailyProfile, poisson_tail_score
 from smsstream.detection.textshape import Markers, TemplateText, diff_words, signature
 from smsstream.records import SENDS, TEMPLATES
@@ -1138,7 +1138,8 @@ class SenderBook(Part):
             for raw, (n, samples) in sorted(rows.items(), key=_source_order):
                 parts = _parts_of(raw)
                 if self._new_to_sender(state, parts, start):
-                    state.recent.append([start, template_id, parts, n, tuple(sorted(set(samples))[:MAX_EVIDENCE])])
+                    # the bucket's lowest-ranked few, as one tally of all its sends would keep
+                    state.recent.append([start, template_id, parts, n, tuple(sorted(set(samples))[:MAX_SAMPLES])])
         while state.recent and state.recent[0][0] < end - WINDOW_MS:
             del state.recent[0]
         now = {entry[1] for entry in state.recent if entry[0] == start}
