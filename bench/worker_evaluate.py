@@ -36,6 +36,7 @@ from smsstream.worker.process import WorkerProcess
 
 KEY = "bench-worker-evaluate"
 EVENTS_IN = re.compile(r'^smsstream_events_in_total\{topic="[^"]+"\} ([0-9.e+]+)$', re.M)
+OVERFLOW = re.compile(r'^smsstream_merge_overflow_total\{part="([^"]+)"\} ([0-9.e+]+)$', re.M)
 DEAD_LETTERS = re.compile(r'^smsstream_dead_letters_total\{reason="([^"]+)",topic="[^"]+"\} ([0-9.e+]+)$', re.M)
 
 
@@ -81,6 +82,17 @@ def dead_letters(metrics_ports: list[int]) -> dict[str, int]:
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
             for reason, n in DEAD_LETTERS.findall(text):
                 out[reason] = out.get(reason, 0) + int(float(n))
+    return dict(sorted(out.items()))
+
+
+def merge_overflow(metrics_ports: list[int]) -> dict[str, int]:
+    """Items released early from full merge buffers, by part (where records may differ from replay's)."""
+    out: dict[str, int] = {}
+    for port in metrics_ports:
+        with contextlib.suppress(OSError):
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
+            for part, n in OVERFLOW.findall(text):
+                out[part] = out.get(part, 0) + int(float(n))
     return dict(sorted(out.items()))
 
 
@@ -187,6 +199,7 @@ def main() -> int:
             values, took = asyncio.run(collect_alerts(broker.bootstrap, len(lines), ports, args.settle,
                                                       args.timeout, workers))
             worker_dead = dead_letters(ports)
+            overflow = merge_overflow(ports)
         finally:
             for w in workers:
                 w.stop()
@@ -204,6 +217,7 @@ def main() -> int:
     mine, theirs = (records_bar_detected_at(workdir / f"{n}-alerts.jsonl") for n in ("replay", "worker"))
     print(f"alert records bar detected_at: {len(mine & theirs)} identical, {len(mine - theirs)} only in replay, "
           f"{len(theirs - mine)} only from the workers")
+    print(f"items released early from full merge buffers: {sum(overflow.values()):,} {overflow}")
     same = scores["replay"] == scores["worker"]
     print("figures agree" if same else "FIGURES DIFFER", f"(files in {workdir})")
     return 0 if same else 1

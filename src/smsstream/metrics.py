@@ -26,6 +26,7 @@ class Metrics:
     merge_buffered: Gauge
     snapshot_seconds: Histogram
     heartbeat_failures: Counter
+    merge_overflow: Counter
 
 
 def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream") -> Metrics:
@@ -71,6 +72,13 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream")
         heartbeat_failures=Counter(
             f"{prefix}_heartbeat_failures",
             "Heartbeat rounds that failed (retried a second later); a steady rise holds every part's clock back.",
+            registry=registry,
+        ),
+        merge_overflow=Counter(
+            f"{prefix}_merge_overflow",
+            "Items a shard's full merge buffer released before every upstream partition had passed them "
+            "(backlogs read at uneven speeds); their buckets may differ from replay's.",
+            ["part"],
             registry=registry,
         ),
     )

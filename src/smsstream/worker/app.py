@@ -290,6 +290,9 @@ def build(
             worker.shards[(p.name, partition)] = shard
         return shard
 
+    #: parts whose merge buffer has overflowed (warned once each)
+    overflow_warned: set[str] = set()
+
     def make_part_agent(p: type[Part]):
         table = tables[p.name]
 
@@ -302,6 +305,15 @@ def build(
                 shard = shard_for(p, partition)
                 shard.offer(decode(event.message.value))
                 out = shard.run()
+                if out.overflowed:
+                    if p.name not in overflow_warned:
+                        overflow_warned.add(p.name)
+                        log.warning(
+                            "part %s: merge buffer full (%d items), releasing the oldest before every upstream "
+                            "partition has passed them; alerts of this backlog may differ slightly from replay "
+                            "(smsstream_merge_overflow_total counts them; README: streaming dataflow)",
+                            p.name, shard.merge.max_buffered)
+                    metrics.merge_overflow.labels(p.name).inc(out.overflowed)
                 for source, error in out.dead:
                     await send_dead(source, error)
                 origin = f"{p.name}/{partition}"

@@ -104,6 +104,8 @@ class EventTimeMerge:
     max_buffered: int = MAX_BUFFERED
     origins: dict[str, OriginState] = field(default_factory=dict)
     released_until: int = 0
+    #: items released only because the buffer was full (before every busy origin had passed them)
+    overflowed: int = 0
     _heap: list = field(default_factory=list)
     _seq: int = 0
 
@@ -168,6 +170,7 @@ class EventTimeMerge:
                     out.append(heapq.heappop(heap)[-1])
             while len(heap) > self.max_buffered:
                 out.append(heapq.heappop(heap)[-1])
+                self.overflowed += 1
         if out and out[-1].ts > self.released_until:
             self.released_until = out[-1].ts
         return out
@@ -185,6 +188,8 @@ class Outcome:
     facts: list[tuple[str, Any, int, int]] = field(default_factory=list)
     dead: list[tuple[Source, RecordError]] = field(default_factory=list)
     processed: int = 0
+    #: of the items processed, those a full merge buffer released early (``EventTimeMerge.overflowed``)
+    overflowed: int = 0
 
 
 class Shard:
@@ -228,6 +233,7 @@ class Shard:
     def run(self) -> Outcome:
         """Process every item the merge can release, in event-time order, then close due buckets."""
         out = Outcome()
+        overflowed = self.merge.overflowed
         part = self.part
         lateness = part.ctx.lateness_ms
         tally = self.tally
@@ -264,6 +270,7 @@ class Shard:
                 self._send_routine(out, tally.unsent())
             # Events still to come are not older than the bound; once all is idle, nothing is to come.
             out.alerts.extend(self._advance(bound - lateness - (0 if self.merge.all_idle else 1)))
+        out.overflowed = self.merge.overflowed - overflowed
         return out
 
     @staticmethod
