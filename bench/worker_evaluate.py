@@ -2,6 +2,7 @@
 
     python bench/worker_evaluate.py                              # 1 day, 20 senders, rate 0.2
     python bench/worker_evaluate.py --days 3 --senders 60 --rate 1 --workers 2
+    python bench/worker_evaluate.py --days 3 --senders 60 --rate 1 --pace 2500   # streamed, not a backlog
 
 Simulates a labelled scenario to JSONL, runs ``smsstream replay`` over it,
 then starts Tansu, creates the topics, produces the same records, starts
@@ -44,14 +45,20 @@ def smsstream(*args: str, env: dict) -> None:
     subprocess.run([sys.executable, "-m", "smsstream", *args], check=True, env=env)
 
 
-async def produce(bootstrap: str, lines: list[bytes]) -> None:
+async def produce(bootstrap: str, lines: list[bytes], pace: float = 0.0) -> None:
+    """Every line to its topic; at ``pace`` records a second if given (live traffic), else all at once (a backlog)."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024)
     await producer.start()
+    started = time.monotonic()
     try:
         pending = []
-        for line in lines:
+        for i, line in enumerate(lines):
+            if pace and not i % 500:
+                ahead = i / pace - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
             obj = orjson.loads(line)
             value = obj["value"]
             raw = None if value is None else value.encode() if isinstance(value, str) else orjson.dumps(value)
@@ -162,6 +169,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--pace", type=float, default=0.0,
+                        help="produce at this many records/s while the workers run (live traffic) instead of "
+                             "producing everything first (a backlog)")
     parser.add_argument("--settle", type=float, default=30.0, help="quiet seconds that end the collection")
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--loglevel", default="warn", help="the workers' log level (logs are kept beside the files)")
@@ -184,8 +194,9 @@ def main() -> int:
 
     with EmbeddedBroker() as broker:
         apply_topics(broker.url)
-        print(f"producing to {broker.url}")
-        asyncio.run(produce(broker.bootstrap, lines))
+        if not args.pace:
+            print(f"producing to {broker.url}")
+            asyncio.run(produce(broker.bootstrap, lines))
         worker_env = {**env, "SMSSTREAM_BROKER": broker.url, "SMSSTREAM_STORE": "memory://",
                       "SMSSTREAM_DATA_DIR": str(workdir / "worker-data")}
         ports = [free_port() for _ in range(args.workers)]
@@ -196,8 +207,17 @@ def main() -> int:
             for w in workers:
                 w.wait_ready(progress=lambda text: print(f"  {text}", flush=True))
             print(f"{args.workers} worker(s) ready; collecting alerts")
-            values, took = asyncio.run(collect_alerts(broker.bootstrap, len(lines), ports, args.settle,
-                                                      args.timeout, workers))
+            if args.pace:
+                print(f"producing to {broker.url} at {args.pace:,.0f} records/s while the workers read")
+
+            async def run() -> tuple[list[bytes], float]:
+                collecting = asyncio.ensure_future(collect_alerts(broker.bootstrap, len(lines), ports, args.settle,
+                                                                  args.timeout, workers))
+                if args.pace:
+                    await produce(broker.bootstrap, lines, args.pace)
+                return await collecting
+
+            values, took = asyncio.run(run())
             worker_dead = dead_letters(ports)
             overflow = merge_overflow(ports)
         finally:
