@@ -81,25 +81,14 @@ def events_read(metrics_ports: list[int]) -> int:
     return int(total)
 
 
-def dead_letters(metrics_ports: list[int]) -> dict[str, int]:
-    """Dead letters by reason, over the workers' metrics (a restarted worker's count starts again)."""
+def summed_by_label(metrics_ports: list[int], pattern: re.Pattern) -> dict[str, int]:
+    """A labelled counter summed over the workers' metrics (a restarted worker's count starts again)."""
     out: dict[str, int] = {}
     for port in metrics_ports:
         with contextlib.suppress(OSError):
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
-            for reason, n in DEAD_LETTERS.findall(text):
-                out[reason] = out.get(reason, 0) + int(float(n))
-    return dict(sorted(out.items()))
-
-
-def merge_overflow(metrics_ports: list[int]) -> dict[str, int]:
-    """Items released early from full merge buffers, by part (where records may differ from replay's)."""
-    out: dict[str, int] = {}
-    for port in metrics_ports:
-        with contextlib.suppress(OSError):
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
-            for part, n in OVERFLOW.findall(text):
-                out[part] = out.get(part, 0) + int(float(n))
+            for label, n in pattern.findall(text):
+                out[label] = out.get(label, 0) + int(float(n))
     return dict(sorted(out.items()))
 
 
@@ -218,8 +207,9 @@ def main() -> int:
                 return await collecting
 
             values, took = asyncio.run(run())
-            worker_dead = dead_letters(ports)
-            overflow = merge_overflow(ports)
+            worker_dead = summed_by_label(ports, DEAD_LETTERS)
+            # items released early from full merge buffers, by part: where records may differ from replay's
+            overflow = summed_by_label(ports, OVERFLOW)
         finally:
             for w in workers:
                 w.stop()
