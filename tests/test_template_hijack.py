@@ -546,6 +546,21 @@ def test_a_stolen_key_blasting_a_template_its_lender_barely_used_without_any_lin
     assert h.firing("content_drift") == []
 
 
+def test_a_template_beyond_the_senders_book_is_left_to_its_own_judgement(monkeypatch):
+    # the book holds T1 and T2 only: the stolen key's burst on T2 is the book's, the larger one on T3 is not
+    monkeypatch.setattr("smsstream.detection.templates.MAX_SENDER_TEMPLATES", 2)
+    rng = random.Random(43)
+    h = lender_with_a_barely_used_template(rng)
+    h.template("T3", text=PLAIN)
+    blast = T0 + 2 * DAY + 3 * HOUR
+    for i in range(60):
+        if i % 2:
+            h.send(blast + i * 30_000, body(rng, PLAIN), tid="T2", key="key-stolen", ip="185.220.101.7")
+        h.send(blast + i * 30_000 + 1, body(rng, PLAIN), tid="T3", key="key-stolen", ip="185.220.101.7")
+    h.flush()
+    assert {a["template_id"] for a in h.firing("volume_burst")} == {"T2"}
+
+
 @pytest.mark.parametrize("key, ip", [("key-1", "10.0.0.5"), ("key-9", "10.0.0.77")],
                          ids=["its usual key", "a new key from its own network"])
 def test_a_campaign_on_a_barely_used_template_through_the_lenders_own_network_stays_quiet(key, ip):

@@ -1135,6 +1135,8 @@ class SenderBook(Part):
             state.recent.clear()
             return None  # every source the sender has is a day old at least
         for template_id, (count, rows) in sorted(by_template.items()):
+            if template_id not in state.templates:
+                continue  # untracked (book full): left to the template's own judgement
             for raw, (n, samples) in sorted(rows.items(), key=_source_order):
                 parts = _parts_of(raw)
                 if self._new_to_sender(state, parts, start):
