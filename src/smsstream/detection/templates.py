@@ -585,14 +585,7 @@ class TemplateWatch(Part):
         state.fitting += tally.fitting
         self.save(key, state)
         found = [f for f in (foreign, drift, burst) if f is not None]
-        if not found:
-            return ()
-        # The strongest reason speaks for the alert; the others ride along in its evidence.
-        lead = max(found, key=lambda f: (_RANK[f.severity], f.score))
-        for other in found:
-            if other is not lead:
-                lead.evidence.setdefault("also", []).append(f"{other.reason}: {other.summary}")
-        return [lead]
+        return _one_alert(found)
 
     def _judge_markers(self, state: TemplateState, tally: TemplateTally, start: int, end: int, learning: bool):
         registered = state.registered
@@ -957,6 +950,17 @@ class TemplateWatch(Part):
 _RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
+def _one_alert(found: list[Finding]) -> list[Finding]:
+    """One alert per entity and bucket: the strongest reason speaks, the others ride along in its evidence."""
+    if not found:
+        return []
+    lead = max(found, key=lambda f: (_RANK[f.severity], f.score))
+    for other in found:
+        if other is not lead:
+            lead.evidence.setdefault("also", []).append(f"{other.reason}: {other.summary}")
+    return [lead]
+
+
 def _top(table: dict) -> str | None:
     return min(table, key=lambda k: (-table[k][0], k)) if table else None
 
@@ -1059,13 +1063,7 @@ class SenderBook(Part):
             if burst is not None:
                 found.append(burst)
         self.save(key, state)
-        if not found:
-            return ()
-        lead = max(found, key=lambda f: (_RANK[f.severity], f.score))
-        for other in found:
-            if other is not lead:
-                lead.evidence.setdefault("also", []).append(f"{other.reason}: {other.summary}")
-        return [lead]
+        return _one_alert(found)
 
     def _new_domains(self, key: str, state: SenderBookState, found: list, start: int, end: int) -> Finding:
         new_domains = sorted({d for d, *_ in found})
