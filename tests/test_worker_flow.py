@@ -19,9 +19,7 @@ from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import BORROWERS, RECEIPTS, SENDS, TEMPLATES, Receipt, Send, Template
 from smsstream.detection.base import PartContext, partition_of
 from smsstream.worker.flow import EventTimeMerge, Heartbeat, Item, Outbox, Source, Topology, decode, encode
-from traffic import HOUR, KEY, MINUTE, T0, Sends, book, engine, numbers
-
-DAY_MS = 24 * HOUR
+from traffic import DAY, HOUR, KEY, MINUTE, T0, Sends, book, engine, numbers
 
 
 class LocalDataflow:
@@ -313,10 +311,10 @@ def test_a_stolen_key_on_a_barely_used_template_is_found_by_the_partitioned_work
         (TEMPLATES, Template("tpl-rare", "lender-a", "overdue_notice", rare, T0 - HOUR))]
     events += Sends(rng, "lender-a", "tpl-rare", borrowers).run(T0, 300, 1 / 60, category="overdue_notice", body=rare)
     for day in range(2):
-        events += Sends(rng, "lender-a", "tpl-remind", borrowers).run(T0 + day * DAY_MS + 9 * HOUR, 240, 2)
+        events += Sends(rng, "lender-a", "tpl-remind", borrowers).run(T0 + day * DAY + 9 * HOUR, 240, 2)
     # more sends a minute than a tally keeps samples of, so the evidence is a pick among readers' picks
     events += Sends(rng, "lender-a", "tpl-rare", borrowers).run(
-        T0 + 2 * DAY_MS + 3 * HOUR, 20, 12, category="overdue_notice", body=rare, api_key="key-stolen",
+        T0 + 2 * DAY + 3 * HOUR, 20, 12, category="overdue_notice", body=rare, api_key="key-stolen",
         ip="185.220.101.7")
     events.sort(key=lambda e: e[1].ts)
     expected = replay(events)
