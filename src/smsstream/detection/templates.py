@@ -338,6 +338,18 @@ def _may_be_new(state: TemplateState, parts_lists: Iterable[tuple[str, ...]], st
     return False
 
 
+def is_new_source(fresh: dict[str, bool]) -> bool:
+    """Is a source whose parts (``k:`` key, ``n:`` network) are fresh as given a new one?
+
+    A new API key from a network already known is a key rotated in place, not
+    a new source. The one rule for both a template's and a sender's sources.
+    """
+    if not any(fresh.values()):
+        return False
+    nets = [p for p in fresh if p.startswith("n:")]
+    return not nets or any(fresh[n] for n in nets)
+
+
 def knows_its_sources(sends: int, first_ts: int, end: int) -> bool:
     """Has a template sent enough, for long enough, to call a source of its own new?
 
@@ -849,14 +861,7 @@ class TemplateWatch(Part):
                 if fresh[p] and last is not None:
                     # Sending since before the main one's last send, or not yet for long: not its successor.
                     fresh[p] = row[0] <= last or start - row[0] < SUCCESSOR_MS
-            if not fresh:
-                continue
-            nets = [p for p in fresh if p.startswith("n:")]
-            is_new = any(fresh.values())
-            if is_new and nets and not any(fresh[n] for n in nets):
-                # A new key from the template's own network: the sender rotated its key in place.
-                is_new = False
-            if is_new:
+            if is_new_source(fresh):
                 new_sends += count
                 new_samples.extend(_ids(samples))
                 new_sources.append("|".join(parts))
@@ -1190,16 +1195,9 @@ class SenderBook(Part):
         return bool(row[0]) and start - row[0] < NEW_SOURCE_MS and not row[2]
 
     def _new_to_sender(self, state: SenderBookState, parts: tuple, start: int) -> bool:
-        """A source none of the sender's SMS came from before (a new key from a known network is a rotation)."""
-        fresh = {}
-        for p in parts:
-            row = state.sources.get(p)
-            if row is not None:
-                fresh[p] = self._fresh(row, start)
-        nets = [p for p in fresh if p.startswith("n:")]
-        if nets and not any(fresh[n] for n in nets):
-            return False
-        return any(fresh.values())
+        """A source none of the sender's SMS came from before."""
+        sources = state.sources
+        return is_new_source({p: self._fresh(sources[p], start) for p in parts if p in sources})
 
 
 #: TemplateWatch first: it reports sms.templates' duplicates (each record reaches every reader too).
