@@ -154,6 +154,12 @@ def test_a_number_not_in_e164_is_named_but_not_echoed(topic, field):
     assert "E.164" in letter["error"] and "138 0013" not in letter["error"]
 
 
+def test_a_replay_line_whose_topic_is_a_phone_number_is_not_echoed():
+    letter = to_dead_letter(NUMBER, GOOD[SENDS])
+    assert letter is not None and "not an smsstream input topic" in letter["error"]
+    assert NUMBER[1:] not in letter["error"] and "sms.sends" in letter["error"]
+
+
 def test_timestamps_in_seconds_get_a_hint_and_are_not_echoed():
     letter = to_dead_letter(RECEIPTS, with_(RECEIPTS, ts=TS // 1000))
     assert_clean_error(letter, "ts")

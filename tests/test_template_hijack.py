@@ -136,6 +136,24 @@ def test_an_injected_callback_number_is_reported_only_as_a_pseudonym():
     assert "17012345678" not in text
 
 
+def test_a_callback_number_hidden_in_a_signature_a_link_host_or_odd_grouping_never_shows_in_clear():
+    rng = random.Random(3)
+    h = Harness()
+    h.template()
+    steady(h, rng, T0 + 8 * HOUR, 2)
+    attack = T0 + 10 * HOUR
+    for i in range(3):
+        tampered = (body(rng).replace("【QuickLoan】", "【Call 170.1234.5678】")
+                    .replace("400-820-1234", "+86 (170) 1234-5679 or https://8617012345670.cn/pay"))
+        h.send(attack + i * MIN, tampered)
+    h.flush()
+    fired = h.firing("content_drift")
+    assert fired and fired[0]["evidence"]["urls"] and fired[0]["evidence"]["signatures"]["seen"]
+    text = json.dumps(h.alerts)
+    for clear in ("170.1234.5678", "1701234567", "(170) 1234-5679", "8617012345670"):
+        assert clear not in text
+
+
 def test_a_changed_signature_raises_content_drift():
     rng = random.Random(4)
     h = Harness()

@@ -14,8 +14,17 @@ from smsstream.errors import ConfigError
 
 PREFIX = "pn:"
 
-#: Anything that looks like a phone number in free text (E.164 or bare digits).
-_NUMBER_LIKE = re.compile(r"\+?\d[\d\- ]{5,18}\d")
+#: A digit run as a phone number may be written in free text: E.164, bare digits, or grouped with
+#: spaces, dashes, dots, commas, slashes, colons or brackets (``98765.43210``, ``+91 (987) 654-3210``).
+#: As wide as the body tokenizer's numbers (``textshape``), so whatever it reports was redacted first.
+_NUMBER_LIKE = re.compile(r"\+?\d[\d\-/.,:() ]{5,30}\d")
+#: Fewer digits than any E.164 number: an amount (``9,000.00``) or a clock time, left as written.
+_MIN_DIGITS = 7
+_NOT_DIGIT = re.compile(r"[^\d+]")
+
+
+def _digits(run: str) -> int:
+    return sum(c.isdigit() for c in run)
 
 
 class Pseudonymizer:
@@ -38,9 +47,13 @@ class Pseudonymizer:
 
     def redact(self, text: str) -> str:
         """Replace every number-like run in free text by its pseudonym (for errors and logs)."""
-        return _NUMBER_LIKE.sub(lambda m: self.pseudonym(re.sub(r"[\- ]", "", m.group(0))), text)
+        def replace(m: re.Match) -> str:
+            run = m.group(0)
+            return self.pseudonym(_NOT_DIGIT.sub("", run)) if _digits(run) >= _MIN_DIGITS else run
+
+        return _NUMBER_LIKE.sub(replace, text)
 
 
 def redact_without_key(text: str) -> str:
     """Mask number-like runs where no key is at hand (start-up errors, CLI messages)."""
-    return _NUMBER_LIKE.sub("<number>", text)
+    return _NUMBER_LIKE.sub(lambda m: "<number>" if _digits(m.group(0)) >= _MIN_DIGITS else m.group(0), text)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import orjson
 
 from smsstream.errors import RecordError
+from smsstream.pseudonym import redact_without_key
 
 SENDS = "sms.sends"
 RECEIPTS = "sms.delivery-receipts"
@@ -400,7 +401,8 @@ def decode(topic: str, raw: bytes | str | dict | None, key: bytes | str | None =
     """
     parser = PARSERS.get(topic)
     if parser is None:
-        raise RecordError(f"topic '{topic}' is not an smsstream input topic")
+        raise RecordError(f"topic '{redact_without_key(topic[:100])}' is not an smsstream input topic; "
+                          f"expected one of {', '.join(INPUT_TOPICS)}")
     if raw is None:
         if topic == BORROWERS:
             return borrower_tombstone(key)

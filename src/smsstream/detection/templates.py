@@ -701,22 +701,23 @@ class TemplateWatch(Part):
     def _drift_finding(self, state, tally, start, end, fresh, registered: bool) -> Finding:
         urls, numbers, signatures, samples, diffs = [], [], [], [], []
         sends = 0
+        redact = self.ctx.pseudonymizer.redact  # link hosts and signatures are free text: a number may hide in them
         for k, s in fresh:
             kind, value = k[0], k[2:]
             if kind == "d":
-                urls.append(value)
+                urls.append(redact(value))
             elif kind == "p":
                 numbers.append(self.ctx.pseudonym(value))
             else:
-                signatures.append(value)
+                signatures.append(redact(value))
             sends = max(sends, s.sends)
             samples.extend(m for m in s.samples if m not in samples)
             row = tally.markers.get(k)
             if row is not None and row[3] is not None:
                 diffs.append(row[3][1])
-        usual_sigs = [k[2:] or "(none)" for k in state.known if k.startswith("s:")]
+        usual_sigs = [redact(k[2:]) or "(none)" for k in state.known if k.startswith("s:")]
         if registered and state.registered.markers.signature:
-            usual_sigs = [state.registered.markers.signature]
+            usual_sigs = [redact(state.registered.markers.signature)]
         severity = "critical" if urls or numbers else "warning"
         what = []
         if urls:
@@ -1071,9 +1072,11 @@ class SenderBook(Part):
         return _one_alert(found)
 
     def _new_domains(self, key: str, state: SenderBookState, found: list, start: int, end: int) -> Finding:
+        redact = self.ctx.pseudonymizer.redact
         new_domains = sorted({d for d, *_ in found})
         templates = sorted({t for _, t, _, _ in found})
-        usual = sorted(d for d in state.domains if d not in new_domains)[:5]
+        usual = [redact(d) for d in sorted(d for d in state.domains if d not in new_domains)[:5]]
+        new_domains = [redact(d) for d in new_domains]
         return Finding(
             kind=KIND,
             reason="content_drift",
