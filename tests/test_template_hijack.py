@@ -297,16 +297,28 @@ def test_a_bigger_than_usual_campaign_from_the_usual_key_does_not_page():
     assert h.firing() == []
 
 
-def test_a_key_rotation_that_carries_the_usual_volume_does_not_page():
-    rng = random.Random(15)
+def _campaign_day_from_a_new_key(rng, old_key_too: bool) -> Harness:
+    """Two days of the usual key's campaigns, then day 3's campaign from a key and network never seen."""
     h = Harness()
     h.template()
     campaign_days(h, rng, 2)
-    campaign_days_from = T0 + 2 * DAY
-    for i in range(400):
-        h.send(campaign_days_from + 9 * HOUR + i * 600, body(rng), key="key-2", ip="10.0.0.5")
+    day = T0 + 2 * DAY
+    sends = [(day + 9 * HOUR + i * 600, "key-2", "172.16.4.9") for i in range(400)]
+    if old_key_too:
+        sends += [(day + 9 * HOUR + i * 600 + 1, "key-1", "10.0.0.5") for i in range(400)]
+    for ts, key, ip in sorted(sends):
+        h.send(ts, body(rng), key=key, ip=ip)
     h.flush()
-    assert h.firing() == []
+    return h
+
+
+def test_a_key_rotation_that_carries_the_usual_volume_does_not_page():
+    assert _campaign_day_from_a_new_key(random.Random(15), old_key_too=False).firing() == []
+
+
+def test_a_new_key_sending_a_second_campaign_beside_the_usual_key_raises_volume_burst():
+    fired = _campaign_day_from_a_new_key(random.Random(15), old_key_too=True).firing("volume_burst")
+    assert fired and "key-2" in fired[0]["summary"]
 
 
 # --- state -----------------------------------------------------------------------
@@ -371,16 +383,29 @@ def test_loan_ids_with_a_dash_are_not_callback_numbers():
     assert Markers.of("Repay loan QUI015-0000856 today at https://quickpaisa.in/p/0a7b149").phones == ()
 
 
-def test_a_key_rotation_on_a_busier_than_usual_afternoon_does_not_page():
-    rng = random.Random(20)
+def _busy_afternoon_from_a_new_key(rng, old_key_too: bool) -> Harness:
+    """Day 3: 60 sends at 14:00 (usually 5) from a new key; the usual key sends its day too, or has gone quiet."""
     h = Harness()
     h.template()
     campaign_days(h, rng, 2)
-    afternoon = T0 + 2 * DAY + 14 * HOUR
-    for i in range(20):
-        h.send(afternoon + i * 3 * MIN, body(rng), key="key-rotated", ip="10.9.9.9")
+    day = T0 + 2 * DAY
+    sends = [(day + 14 * HOUR + i * MIN, "key-rotated", "10.9.9.9") for i in range(60)]
+    if old_key_too:
+        sends += [(day + 9 * HOUR + i * 600, "key-1", "10.0.0.5") for i in range(400)]
+        sends += [(day + 14 * HOUR + i * 7 * MIN + 1, "key-1", "10.0.0.5") for i in range(5)]
+    for ts, key, ip in sorted(sends):
+        h.send(ts, body(rng), key=key, ip=ip)
     h.flush()
-    assert h.firing() == []
+    return h
+
+
+def test_a_key_rotation_on_a_busier_than_usual_afternoon_does_not_page():
+    assert _busy_afternoon_from_a_new_key(random.Random(20), old_key_too=False).firing() == []
+
+
+def test_a_busier_than_usual_afternoon_from_a_new_key_beside_the_usual_one_raises_volume_burst():
+    fired = _busy_afternoon_from_a_new_key(random.Random(20), old_key_too=True).firing("volume_burst")
+    assert fired and "key-rotated" in fired[0]["summary"]
 
 
 def test_a_campaign_straddling_two_hours_of_day_is_judged_against_both():
@@ -487,20 +512,28 @@ def test_a_new_template_that_keeps_its_signature_or_never_signs_stays_quiet():
     assert h.firing() == []
 
 
-def test_an_unusual_hour_campaign_from_a_key_rotated_in_place_hours_earlier_does_not_page():
-    rng = random.Random(21)
+def _three_am_campaign_from_key_2(rng, rotated_the_day_before: bool) -> Harness:
     h = Harness()
     h.template()
     campaign_days(h, rng, 2)
-    rotated = T0 + 2 * DAY
-    for hour in (9, 11, 14, 17, 20):
-        for i in range(30):
-            h.send(rotated + hour * HOUR + i * 2 * MIN, body(rng), key="key-2", ip="10.0.0.7")
+    if rotated_the_day_before:
+        for hour in (9, 11, 14, 17, 20):
+            for i in range(30):
+                h.send(T0 + 2 * DAY + hour * HOUR + i * 2 * MIN, body(rng), key="key-2", ip="172.16.4.9")
     early = T0 + 3 * DAY + 3 * HOUR
     for i in range(300):
-        h.send(early + i * 6_000, body(rng), key="key-2", ip="10.0.0.7")
+        h.send(early + i * 6_000, body(rng), key="key-2", ip="172.16.4.9")
     h.flush()
-    assert h.firing() == []
+    return h
+
+
+def test_an_unusual_hour_campaign_from_a_key_that_replaced_the_usual_one_the_day_before_does_not_page():
+    assert _three_am_campaign_from_key_2(random.Random(21), rotated_the_day_before=True).firing() == []
+
+
+def test_an_unusual_hour_campaign_from_a_never_seen_key_raises_volume_burst():
+    fired = _three_am_campaign_from_key_2(random.Random(21), rotated_the_day_before=False).firing("volume_burst")
+    assert fired and fired[0]["severity"] == "critical"
 
 
 def sparse_days(h: Harness, rng, start, days, key, ip):
