@@ -39,7 +39,18 @@ def test_a_carrier_blocking_only_one_sender_is_that_senders_alert_not_the_carrie
     events += a.run(T0, 8 * 60, 20) + b.run(T0, 8 * 60, 20)
     events += a.run(T0 + 8 * HOUR, 60, 20, statuses={"DELIVRD": 0.5, "BLOCKED": 0.5})
     events += b.run(T0 + 8 * HOUR, 60, 20)
-    assert firing(run(events), KIND, "carrier") == []
+    alerts = firing(run(events), KIND)
+    assert f"{KIND}/sender/lender-a" in keys(alerts)
+    assert firing(alerts, KIND, "carrier") == []
+
+
+def test_a_carrier_blocking_every_senders_reminders_raises_the_carriers_alert():
+    rng, a, b, events = senders(2)
+    events += a.run(T0, 8 * 60, 20) + b.run(T0, 8 * 60, 20)
+    events += a.run(T0 + 8 * HOUR, 60, 20, statuses={"DELIVRD": 0.5, "BLOCKED": 0.5})
+    events += b.run(T0 + 8 * HOUR, 60, 20, statuses={"DELIVRD": 0.5, "BLOCKED": 0.5})
+    alerts = firing(run(events), KIND)
+    assert {f"{KIND}/carrier/carrier-a", f"{KIND}/sender/lender-a", f"{KIND}/sender/lender-b"} <= keys(alerts)
 
 
 def test_undelivered_surge_fires_failure_rate():

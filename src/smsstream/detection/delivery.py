@@ -249,7 +249,7 @@ class CarrierDelivery(_DeliveryShare):
     inputs: ClassVar = {DELIVERY_OUTCOMES: _outcome_carrier}
     MAX_SUBS = 64
     JUDGE_SUBS = False
-    ONE_SENDER = 0.5
+    ONE_SENDER = 2 / 3
 
     def label_of(self, outcome: DeliveryOutcome) -> str | None:
         return outcome.sender_id
