@@ -65,10 +65,15 @@ def test_a_new_episode_after_resolution_gets_a_new_id():
     assert len(firing) == 2 and firing[0]["alert_id"] != firing[1]["alert_id"]
 
 
+#: An episode's id must not change across versions: downstream services deduplicate on it.
+PINNED_ALERT_ID = "fd589a8fc33a4fcc82b6e4ef"
+
+
 def test_same_findings_give_the_same_alert_ids():
     runs = [drive(AlertBook(), {m: finding(m) for m in range(10, 30)}, 60) for _ in range(2)]
     assert [r["alert_id"] for r in runs[0]] == [r["alert_id"] for r in runs[1]]
     assert runs[0][0]["alert_id"] == alert_id("delivery_failure_spike/sender/lender-a", runs[0][0]["first_seen"])
+    assert alert_id("delivery_failure_spike/sender/lender-a", 600_000) == PINNED_ALERT_ID
 
 
 def test_record_has_every_contract_field_and_bounded_evidence():

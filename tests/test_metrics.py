@@ -49,4 +49,7 @@ def test_exposition_never_carries_a_phone_number():
     error = _error(b'{"message_id":"m","ts":1700000000000,"sender_id":"s","number":"+8613800138000",'
                    b'"category":"nope","body":"x"}')
     m.dead_letters.labels("sms.sends", metrics.dead_letter_reason(error)).inc()
+    careless = RecordError("field 'number' +8613800138000 is not allowed here")  # an error text that did echo one
+    m.dead_letters.labels("sms.sends", metrics.dead_letter_reason(careless)).inc()
+    assert metrics.dead_letter_reason(careless) in metrics.DEAD_LETTER_REASONS
     assert b"8613800138000" not in generate_latest(registry)

@@ -168,6 +168,14 @@ def test_new_sender_with_a_somewhat_high_share_is_watched_not_paged_in_its_first
     assert firing(run(events), KIND) == []
 
 
+def test_the_same_share_pages_a_sender_whose_own_history_is_far_lower():
+    rng, borrowers, events = world(seed=10)
+    lender = Sends(rng, "lender-a", "tpl-remind", borrowers)
+    events += lender.run(T0, 6 * 60, 10, stranger_share=0.01)
+    events += lender.run(T0 + 6 * HOUR, 2 * 60, 10, stranger_share=0.06)
+    assert f"{KIND}/sender/lender-a" in keys(firing(run(events), KIND))
+
+
 def test_new_sender_messaging_a_list_of_strangers_is_unambiguous_and_pages_at_once():
     rng, borrowers, events = world(seed=11)
     events += Sends(rng, "lender-a", "tpl-remind", borrowers).run(T0, 30, 10, stranger_share=0.9)

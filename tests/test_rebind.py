@@ -283,7 +283,7 @@ def test_rebind_state_survives_pickling_and_stays_bounded():
     w.run()
     for part in w.engine.parts:
         for state in part.entities.values():
-            assert pickle.loads(pickle.dumps(state)) is not None
+            assert pickle.dumps(pickle.loads(pickle.dumps(state))) == pickle.dumps(state)
     numbers = next(p for p in w.engine.parts if p.name == "rebind_number")
     assert len(numbers.entities[collector].arrivals) <= 32
     device = next(p for p in w.engine.parts if p.name == "rebind_device")
@@ -310,7 +310,7 @@ def test_a_family_sharing_a_number_across_two_lenders_is_at_most_info():
     w.bind(T0 + 9 * HOUR, "lenderA", "mum", number(1), shared)
     w.bind(T0 + 11 * HOUR, "lenderB", "dad", number(2), shared)
     w.run()
-    assert all(a["severity"] == "info" for a in w.firing())
+    assert [(a["reason"], a["severity"]) for a in w.firing()] == [("number_fan_in", "info")]
 
 
 def test_one_account_flapping_is_not_a_mass_rebind_at_its_lender():
@@ -328,4 +328,4 @@ def test_one_phone_moving_two_peoples_accounts_at_two_lenders_is_at_most_info():
     w.bind(T0 + 9 * HOUR, "lenderA", "sister", number(1), number(3), "app", device="family-phone")
     w.bind(T0 + 9 * HOUR + 20 * MIN, "lenderB", "brother", number(2), number(4), "app", device="family-phone")
     w.run()
-    assert all(a["severity"] == "info" for a in w.firing())
+    assert [(a["reason"], a["severity"]) for a in w.firing()] == [("device_fan_out", "info")]

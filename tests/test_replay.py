@@ -5,10 +5,12 @@ import random
 
 import orjson
 import pytest
+from jsonschema import Draft202012Validator
 
 from smsstream.cli import main
 from smsstream.detection.gate import DuplicateEvent, LateEvent
-from smsstream.records import RECEIPTS, SENDS, Receipt, Send
+from smsstream.records import ALERTS, RECEIPTS, SENDS, Receipt, Send
+from smsstream.topics import load_specs
 from traffic import HOUR, KEY, MINUTE, T0, Sends, book, engine, numbers
 
 
@@ -43,7 +45,9 @@ def test_replay_writes_contract_alerts_and_reports_throughput(tmp_path, keyed, c
     records = read_jsonl(alerts)
     assert {r["kind"] for r in records} == {"non_borrower_spike"}
     assert {r["status"] for r in records} == {"firing", "resolved"}
-    assert all(isinstance(r["detected_at"], int) for r in records)
+    schema = next(spec for spec in load_specs() if spec.name == ALERTS).schema()
+    for record in records:
+        Draft202012Validator(schema).validate(record)
     err = capsys.readouterr().err
     assert "lines/s" in err and "firing" in err
 

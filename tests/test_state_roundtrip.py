@@ -49,9 +49,8 @@ def run_through(events, restore_at: int | None = None, part_name: str | None = N
     for i, (topic, record) in enumerate(events):
         if i == restore_at:
             for part in eng.parts:
-                if part.name == part_name:
-                    part.entities = {k: roundtrip(v) for k, v in part.entities.items()}
-                    part.book.episodes = {k: roundtrip(v) for k, v in part.book.episodes.items()}
+                if part.name == part_name:  # everything the worker's snapshot stores: the part bar its context
+                    vars(part).update(roundtrip({k: v for k, v in vars(part).items() if k != "ctx"}))
         alerts += eng.ingest(topic, record)
     alerts += eng.flush()
     return eng, [{k: v for k, v in a.items() if k != "detected_at"} for a in alerts]
