@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -15,6 +16,8 @@ from smsstream.errors import RecordError
 from smsstream.records import BINDINGS, BORROWERS, LOAN_OBLIGATION, RECEIPTS, SENDS, TEMPLATES, decode
 from smsstream.simulate import Options, simulate
 from smsstream.simulate.output import JsonlWriter
+from smsstream.simulate.world import REGIONS
+from smsstream.simulate.world import World as WorldModel
 
 HOUR = 3_600_000
 SCHEMAS = Path(__file__).resolve().parents[1] / "topics" / "schemas"
@@ -283,6 +286,12 @@ def quiet_world():
 def test_without_attacks_there_are_no_labels(quiet_world):
     _, labels, manifest = quiet_world
     assert labels == [] and manifest["episodes"] == []
+
+
+def test_the_largest_world_the_cli_allows_gets_a_distinct_name_for_every_sender():
+    world = WorldModel(random.Random(5), REGIONS["in"], 1000, 170_000, 0, 1)
+    names = [s.sender_id for s in world.senders]
+    assert len(names) == 1000 and len(set(names)) == 1000
 
 
 def test_sender_volumes_span_four_orders_of_magnitude(quiet_world):

@@ -170,6 +170,8 @@ SYLLABLES_A = ("Quick", "Jade", "Rupee", "Kash", "Lend", "Money", "Easy", "Swift
                "Go", "True", "Fair", "Prime", "Zen", "Nova", "Bright", "Ever", "Peak", "Blue")
 SYLLABLES_B = ("Cash", "Credit", "Loan", "Fin", "Pay", "Lend", "Money", "Capital", "Fund", "Wallet",
                "Kredit", "Paisa", "Trust", "Bee", "Box")
+#: Random draws for an unused brand name before numbering one (300 lender and 200 service names exist).
+NAME_ATTEMPTS = 200
 SERVICE_NAMES = ("Shop", "Ride", "Food", "Bank", "Mart", "Travel", "Health", "Play", "Mail", "Bill")
 
 LENDER_MIX = {
@@ -322,14 +324,16 @@ class World:
         service_ranks = set(rng.sample(range(1, n), max(1, n // 7))) if n > 2 else set()
         for rank in range(n):
             lender = rank not in service_ranks
-            while True:
+            for attempt in range(NAME_ATTEMPTS):
                 if lender:
                     brand = rng.choice(SYLLABLES_A) + rng.choice(SYLLABLES_B)
                 else:
                     brand = rng.choice(SYLLABLES_A) + rng.choice(SERVICE_NAMES)
                 if brand not in used_names:
-                    used_names.add(brand)
                     break
+            else:  # the two-syllable names are (nearly) used up: number this one
+                brand = next(f"{brand}{k}" for k in range(2, n + 2) if f"{brand}{k}" not in used_names)
+            used_names.add(brand)
             sender_id = brand.lower()
             base_mix = LENDER_MIX if lender else SERVICE_MIX
             mix = {c: w * rng.uniform(0.5, 1.5) for c, w in base_mix.items()}
