@@ -469,6 +469,25 @@ def test_a_new_template_linking_to_the_senders_usual_domain_stays_quiet():
     assert [a for a in _engine_run(events) if a["status"] == "firing"] == []
 
 
+def test_a_sender_that_once_sent_another_lenders_template_does_not_take_its_link_for_its_own():
+    # Seen on simulated traffic: the foreign sender's own first link, days later, was called new against the
+    # other lender's domain it had carried.
+    rng = random.Random(24)
+    text = "[BlueCapital] Hi {name}, {amount} is due {date}. Pay: {link}"
+    events = [(TEMPLATES, Template("R2", "bluecapital", "repayment_reminder", text, T0))]
+    for i in range(3):
+        tampered = body(rng, text).replace("{link}", f"https://bluecapital.in/p/{i:06x}")
+        events.append((SENDS, Send(f"f{i}", T0 + 10 * HOUR + i * MIN, "primewallet", "R2", f"+6392000{i:05d}",
+                                   "repayment_reminder", tampered, None, Source("pw-key", "61.2.3.4", "api"))))
+    own = "[PrimeWallet] Hi {name}, {amount} is due {date}. Pay: https://primewallet.in/pay"
+    for i in range(20):
+        events.append((SENDS, Send(f"o{i}", T0 + 3 * DAY + i * MIN, "primewallet", "U20", f"+6392100{i:05d}",
+                                   "repayment_reminder", body(rng, own), None, Source("pw-key", "61.2.3.4", "api"))))
+    fired = [a for a in _engine_run(events) if a["status"] == "firing"]
+    assert [a["reason"] for a in fired if a["entity_id"] == "R2"] == ["foreign_sender"]
+    assert [a for a in fired if a["entity_type"] == "sender"] == []
+
+
 KYC = "[BlueLend] Your KYC documents have been received and are under review."
 
 

@@ -122,6 +122,8 @@ class TemplateLink:
     template_id: str
     domain: str
     message_id: str | None
+    #: sent by a sender that does not own the (registered) template: news for its book, not its own link
+    foreign: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -435,8 +437,9 @@ class TemplateReader(Part):
             if told in state.links or len(state.links) >= MAX_LINKS:
                 continue
             state.links.append(told)
+            foreign = state.owner is not None and value.sender_id != state.owner
             facts.append((TEMPLATE_LINKS, TemplateLink(value.ts, value.sender_id, value.template_id, domain,
-                                                       value.message_id)))
+                                                       value.message_id, foreign)))
         return facts
 
     def _read(self, state: ReaderState, key: str, send) -> tuple[TemplateRead, tuple]:
@@ -1050,7 +1053,8 @@ class SenderBook(Part):
         if established and state.domains:
             start = self.mark(key, fact.ts)
             state.pending.setdefault(start, []).append((fact.domain, fact.template_id, fact.message_id, fact.ts))
-        if len(state.domains) < MAX_SENDER_DOMAINS:
+        if not fact.foreign and len(state.domains) < MAX_SENDER_DOMAINS:
+            # Another lender's template teaches nothing about this sender's own links (foreign_sender covers it).
             state.domains[fact.domain] = fact.ts
         self.save(key, state)
         return None
