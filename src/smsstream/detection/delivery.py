@@ -241,7 +241,11 @@ class CarrierDelivery(_DeliveryShare):
     The carrier keeps per-sender slices (the first ``MAX_SUBS`` senders it
     sees) only to explain its own figures: if one sender carries at least
     ``ONE_SENDER`` of the excess hits in the window, the carrier does not
-    fire (the sender's own alert says it better).
+    fire (the sender's own alert says it better). Two senders failing at
+    once split the excess about evenly whether the carrier blocks both or
+    each has its own trouble (seen on simulated traffic: two senders'
+    failure-rate jumps overlapping); a carrier alert on that would be wrong
+    as often as right, so the carrier speaks once no sender carries half.
     """
 
     name = "delivery_carrier"
@@ -249,7 +253,7 @@ class CarrierDelivery(_DeliveryShare):
     inputs: ClassVar = {DELIVERY_OUTCOMES: _outcome_carrier}
     MAX_SUBS = 64
     JUDGE_SUBS = False
-    ONE_SENDER = 2 / 3
+    ONE_SENDER = 0.5
 
     def label_of(self, outcome: DeliveryOutcome) -> str | None:
         return outcome.sender_id
