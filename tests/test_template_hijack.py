@@ -297,19 +297,23 @@ def test_a_bigger_than_usual_campaign_from_the_usual_key_does_not_page():
     assert h.firing() == []
 
 
-def _campaign_day_from_a_new_key(rng, old_key_too: bool) -> Harness:
-    """Two days of the usual key's campaigns, then day 3's campaign from a key and network never seen."""
+def _after_two_campaign_days(rng, day_three: list[tuple[int, str, str]]) -> Harness:
+    """Two days of the usual key's campaigns, then day 3's sends as (time of day, key, ip)."""
     h = Harness()
     h.template()
     campaign_days(h, rng, 2)
-    day = T0 + 2 * DAY
-    sends = [(day + 9 * HOUR + i * 600, "key-2", "172.16.4.9") for i in range(400)]
-    if old_key_too:
-        sends += [(day + 9 * HOUR + i * 600 + 1, "key-1", "10.0.0.5") for i in range(400)]
-    for ts, key, ip in sorted(sends):
-        h.send(ts, body(rng), key=key, ip=ip)
+    for at, key, ip in sorted(day_three):
+        h.send(T0 + 2 * DAY + at, body(rng), key=key, ip=ip)
     h.flush()
     return h
+
+
+def _campaign_day_from_a_new_key(rng, old_key_too: bool) -> Harness:
+    """Day 3's campaign from a key and network never seen, with or without the usual key's."""
+    sends = [(9 * HOUR + i * 600, "key-2", "172.16.4.9") for i in range(400)]
+    if old_key_too:
+        sends += [(9 * HOUR + i * 600 + 1, "key-1", "10.0.0.5") for i in range(400)]
+    return _after_two_campaign_days(rng, sends)
 
 
 def test_a_key_rotation_that_carries_the_usual_volume_does_not_page():
@@ -385,18 +389,11 @@ def test_loan_ids_with_a_dash_are_not_callback_numbers():
 
 def _busy_afternoon_from_a_new_key(rng, old_key_too: bool) -> Harness:
     """Day 3: 60 sends at 14:00 (usually 5) from a new key; the usual key sends its day too, or has gone quiet."""
-    h = Harness()
-    h.template()
-    campaign_days(h, rng, 2)
-    day = T0 + 2 * DAY
-    sends = [(day + 14 * HOUR + i * MIN, "key-rotated", "10.9.9.9") for i in range(60)]
+    sends = [(14 * HOUR + i * MIN, "key-rotated", "10.9.9.9") for i in range(60)]
     if old_key_too:
-        sends += [(day + 9 * HOUR + i * 600, "key-1", "10.0.0.5") for i in range(400)]
-        sends += [(day + 14 * HOUR + i * 7 * MIN + 1, "key-1", "10.0.0.5") for i in range(5)]
-    for ts, key, ip in sorted(sends):
-        h.send(ts, body(rng), key=key, ip=ip)
-    h.flush()
-    return h
+        sends += [(9 * HOUR + i * 600, "key-1", "10.0.0.5") for i in range(400)]
+        sends += [(14 * HOUR + i * 7 * MIN + 1, "key-1", "10.0.0.5") for i in range(5)]
+    return _after_two_campaign_days(rng, sends)
 
 
 def test_a_key_rotation_on_a_busier_than_usual_afternoon_does_not_page():
