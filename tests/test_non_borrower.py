@@ -65,6 +65,17 @@ def test_honest_one_percent_stale_rate_does_not_fire_over_two_days():
     assert firing(run(events), KIND) == []
 
 
+def test_a_small_lenders_first_reminders_to_a_purchased_list_page_within_half_an_hour():
+    rng, borrowers, events = world(seed=6, size=300)
+    lender = Sends(rng, "lender-a", "tpl-remind", borrowers)
+    events += lender.run(T0, 2 * 24 * 60, 200 / (24 * 60), stranger_share=0.015)
+    attack = T0 + 2 * DAY + 10 * HOUR
+    events += lender.run(attack, 60, 0.15, stranger_share=0.0)
+    events += lender.run(attack, 60, 0.25, stranger_share=1.0)
+    alerts = firing(run(events), KIND, "sender")
+    assert alerts and alerts[0]["window_end"] - attack <= 30 * MINUTE
+
+
 def test_small_sender_three_of_thirty_is_noise():
     rng, borrowers, events = world(seed=3, size=200)
     sends = Sends(rng, "lender-a", "tpl-remind", borrowers)

@@ -142,6 +142,8 @@ class BorrowerBook(Part):
 class _NonBorrowerShare(SharePart):
     kind = KIND
     trials_word = "loan-obligation SMS"
+    #: a small lender's first few reminders to strangers are the whole evidence: score them exactly
+    EXACT_MAX_HITS = 10
     shares = (
         Share("non_borrower_share", prior=0.01, prior_weight=300.0,
               hits_word="sent to numbers that are not its borrowers"),
