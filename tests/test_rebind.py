@@ -213,6 +213,23 @@ def test_an_account_changing_number_every_two_hours_is_caught_at_its_second_chan
     assert a not in json.dumps(w.alerts)
 
 
+def test_an_account_keyed_by_its_customers_mobile_number_is_shown_only_as_a_pseudonym():
+    w = World()
+    a, b = number(11), number(12)
+    mobile = "13800138000"  # the lender's account id is the customer's original mobile number
+    start = T0 + 6 * HOUR
+    for i in range(4):
+        old, new = (a, b) if i % 2 == 0 else (b, a)
+        w.bind(start + i * 20 * MIN, "lenderA", mobile, old, new, "web", device="dev-1")
+        w.remind(start + i * 20 * MIN + 5 * MIN, "lenderA", old, mobile)
+        w.remind(start + i * 20 * MIN + 9 * MIN, "lenderA", old, mobile)
+    w.run()
+    fired = w.firing("account_flapping")
+    assert fired and fired[0]["entity_id"] == f"lenderA|{PN.pseudonym(mobile)}"
+    assert {"account_flapping", "stale_binding_send"} <= {a["reason"] for a in w.firing()}
+    assert mobile not in json.dumps(w.alerts)
+
+
 def test_a_customers_single_number_change_does_not_flap():
     w = World()
     w.bind(T0 + HOUR, "lenderA", "acc1", None, number(11))

@@ -42,6 +42,7 @@ by, which is the routing key (as ``sms.sends`` is keyed by number).
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Iterable
@@ -218,6 +219,18 @@ def _row_ts(row: tuple) -> int:
     return row[0]
 
 
+#: An account id that is itself a phone number: some lenders key accounts by the customer's mobile.
+_NUMBER_AS_ID = re.compile(r"\+?[0-9]{7,15}\Z")
+
+
+def shown_account(ctx, account: str) -> str:
+    """An account id (or ``<sender_id>|<account_id>``) as alerts show it: a phone number only as its pseudonym."""
+    sender_id, bar, account_id = account.rpartition("|")
+    if _NUMBER_AS_ID.match(account_id):
+        return f"{sender_id}{bar}{ctx.pseudonym(account_id)}"
+    return account
+
+
 def _top(counter: Counter, n: int = 5) -> dict:
     return {k: v for k, v in counter.most_common(n) if k is not None}
 
@@ -279,7 +292,7 @@ class AccountRebinds(Part):
                 held.append(new)
         if returns == 0 and len(changes) < 3:
             return ()
-        sender_id, _, account_id = key.partition("|")
+        sender_id, _, account_id = shown_account(self.ctx, key).partition("|")
         span_h = (changes[-1][0] - changes[0][0]) / HOUR_MS
         numbers = []
         for m in changes:
@@ -294,7 +307,7 @@ class AccountRebinds(Part):
             reason="account_flapping",
             severity=severity,
             entity_type="account",
-            entity_id=key,
+            entity_id=shown_account(self.ctx, key),
             window_start=changes[0][0] - changes[0][0] % BUCKET_MS,
             window_end=end,
             observed=len(changes),
@@ -414,7 +427,7 @@ class NumberRebinds(Part):
     def _stale_finding(self, state: NumberState, key: str, start: int, end: int, row) -> Finding:
         count, samples, acct, last = row
         moved_at, moved_to, since_move = state.departures[acct]
-        sender_id, _, account_id = acct.partition("|")
+        sender_id, _, account_id = shown_account(self.ctx, acct).partition("|")
         since_h = (last - moved_at) / HOUR_MS
         severity = "critical" if since_move >= 3 else "warning"
         return Finding(
@@ -434,7 +447,7 @@ class NumberRebinds(Part):
             ),
             evidence={
                 "message_ids": samples,
-                "accounts": [acct],
+                "accounts": [shown_account(self.ctx, acct)],
                 "moved_to": [moved_to] if moved_to else [],
                 "moved_at": moved_at,
             },
@@ -453,7 +466,7 @@ class NumberRebinds(Part):
         # and only as info; from FAN_IN_MIN numbers on, no household explains it.
         if n < FAN_IN_MIN and not (n == 2 and len(senders) >= 2):
             return None
-        accounts = [f"{a[1]}|{a[2]}" for a in recent]
+        accounts = [shown_account(self.ctx, f"{a[1]}|{a[2]}") for a in recent]
         span_h = (recent[-1][0] - recent[0][0]) / HOUR_MS
         if n < FAN_IN_MIN:
             severity = "info"
@@ -587,7 +600,7 @@ class SenderRebinds(Part):
                 + ("; rebinds first seen at this lender less than a day ago" if young else "")
             ),
             evidence={
-                "accounts": [r[1] for r in rows][-SAMPLES:],
+                "accounts": [shown_account(self.ctx, r[1]) for r in rows][-SAMPLES:],
                 "numbers": [r[2] for r in rows][-SAMPLES:],
                 "devices": _top(devices),
                 "source_ips": _top(ips),
@@ -682,7 +695,7 @@ class DeviceRebinds(Part):
                 f"usual for it: {lam:.2f}"
             ),
             evidence={
-                "accounts": accounts[-SAMPLES:],
+                "accounts": [shown_account(self.ctx, a) for a in accounts[-SAMPLES:]],
                 "numbers": sorted(new_numbers)[:SAMPLES],
                 "senders": senders,
                 "channels": _top(Counter(r[4] for r in rows)),
