@@ -298,7 +298,7 @@ def test_a_bigger_than_usual_campaign_from_the_usual_key_does_not_page():
 
 
 def _after_two_campaign_days(rng, day_three: list[tuple[int, str, str]]) -> Harness:
-    """Two days of the usual key's campaigns, then day 3's sends as (time of day, key, ip)."""
+    """Two days of the usual key's campaigns, then sends as (time since day 3 began, key, ip)."""
     h = Harness()
     h.template()
     campaign_days(h, rng, 2)
@@ -529,18 +529,11 @@ def test_a_new_template_that_keeps_its_signature_or_never_signs_stays_quiet():
 
 
 def _three_am_campaign_from_key_2(rng, rotated_the_day_before: bool) -> Harness:
-    h = Harness()
-    h.template()
-    campaign_days(h, rng, 2)
+    """Day 4, 03:00: a campaign from key-2, which carried all of day 3's traffic or was never seen."""
+    sends = [(DAY + 3 * HOUR + i * 6_000, "key-2", "172.16.4.9") for i in range(300)]
     if rotated_the_day_before:
-        for hour in (9, 11, 14, 17, 20):
-            for i in range(30):
-                h.send(T0 + 2 * DAY + hour * HOUR + i * 2 * MIN, body(rng), key="key-2", ip="172.16.4.9")
-    early = T0 + 3 * DAY + 3 * HOUR
-    for i in range(300):
-        h.send(early + i * 6_000, body(rng), key="key-2", ip="172.16.4.9")
-    h.flush()
-    return h
+        sends += [(hour * HOUR + i * 2 * MIN, "key-2", "172.16.4.9") for hour in (9, 11, 14, 17, 20) for i in range(30)]
+    return _after_two_campaign_days(rng, sends)
 
 
 def test_an_unusual_hour_campaign_from_a_key_that_replaced_the_usual_one_the_day_before_does_not_page():

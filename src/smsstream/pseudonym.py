@@ -23,8 +23,13 @@ _MIN_DIGITS = 7
 _NOT_DIGIT = re.compile(r"[^\d+]")
 
 
-def _digits(run: str) -> int:
-    return sum(c.isdigit() for c in run)
+def _replace_numbers(text: str, replace) -> str:
+    """``text`` with every number-like run of at least ``_MIN_DIGITS`` digits replaced by ``replace(run)``."""
+    def one(m: re.Match) -> str:
+        run = m.group(0)
+        return replace(run) if sum(c.isdigit() for c in run) >= _MIN_DIGITS else run
+
+    return _NUMBER_LIKE.sub(one, text)
 
 
 class Pseudonymizer:
@@ -47,13 +52,9 @@ class Pseudonymizer:
 
     def redact(self, text: str) -> str:
         """Replace every number-like run in free text by its pseudonym (for errors and logs)."""
-        def replace(m: re.Match) -> str:
-            run = m.group(0)
-            return self.pseudonym(_NOT_DIGIT.sub("", run)) if _digits(run) >= _MIN_DIGITS else run
-
-        return _NUMBER_LIKE.sub(replace, text)
+        return _replace_numbers(text, lambda run: self.pseudonym(_NOT_DIGIT.sub("", run)))
 
 
 def redact_without_key(text: str) -> str:
     """Mask number-like runs where no key is at hand (start-up errors, CLI messages)."""
-    return _NUMBER_LIKE.sub(lambda m: "<number>" if _digits(m.group(0)) >= _MIN_DIGITS else m.group(0), text)
+    return _replace_numbers(text, lambda run: "<number>")

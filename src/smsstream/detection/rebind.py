@@ -292,7 +292,8 @@ class AccountRebinds(Part):
                 held.append(new)
         if returns == 0 and len(changes) < 3:
             return ()
-        sender_id, _, account_id = shown_account(self.ctx, key).partition("|")
+        shown = shown_account(self.ctx, key)
+        sender_id, _, account_id = shown.partition("|")
         span_h = (changes[-1][0] - changes[0][0]) / HOUR_MS
         numbers = []
         for m in changes:
@@ -307,7 +308,7 @@ class AccountRebinds(Part):
             reason="account_flapping",
             severity=severity,
             entity_type="account",
-            entity_id=shown_account(self.ctx, key),
+            entity_id=shown,
             window_start=changes[0][0] - changes[0][0] % BUCKET_MS,
             window_end=end,
             observed=len(changes),

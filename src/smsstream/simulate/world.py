@@ -324,7 +324,7 @@ class World:
         service_ranks = set(rng.sample(range(1, n), max(1, n // 7))) if n > 2 else set()
         for rank in range(n):
             lender = rank not in service_ranks
-            for attempt in range(NAME_ATTEMPTS):
+            for _ in range(NAME_ATTEMPTS):
                 if lender:
                     brand = rng.choice(SYLLABLES_A) + rng.choice(SYLLABLES_B)
                 else:
