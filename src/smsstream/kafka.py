@@ -8,6 +8,7 @@ config is asked for, so ``topics apply`` stays cheap.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 
@@ -110,3 +111,37 @@ def faust_config(settings: Settings, broker: str | None = None) -> dict[str, Any
     if credentials is not None:
         config["broker_credentials"] = credentials
     return config
+
+
+async def read_range(settings: Settings, topic: str, partition: int, start: int, end: int) -> list[tuple[int, Any]]:
+    """(offset, value) of the messages of one partition from ``start`` up to ``end`` (exclusive).
+
+    A short-lived reader outside any consumer group. Fewer come back when the
+    topic no longer holds some of them (retention): the first offset says so.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    if start >= end:
+        return []
+    tp = TopicPartition(topic, partition)
+    reader = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
+                              auto_offset_reset="earliest")
+    await reader.start()
+    got: list[tuple[int, Any]] = []
+    try:
+        reader.assign([tp])
+        reader.seek(tp, start)
+        while await reader.position(tp) < end:
+            batch = await reader.getmany(tp, timeout_ms=5_000)
+            if not batch:
+                break
+            got += [(r.offset, r.value) for r in batch.get(tp, ()) if r.offset < end]
+    finally:
+        try:
+            await reader.stop()
+        except asyncio.CancelledError:
+            # aiokafka 0.14 re-raises the cancellation of its own task when a group-less
+            # consumer stops soon after starting; a cancellation of this task goes on
+            if asyncio.current_task().cancelling():
+                raise
+    return got

@@ -27,6 +27,7 @@ class Metrics:
     snapshot_seconds: Histogram
     heartbeat_failures: Counter
     merge_overflow: Counter
+    shard_rewinds: Counter
 
 
 def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream") -> Metrics:
@@ -78,6 +79,13 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream")
             f"{prefix}_merge_overflow",
             "Items a shard's full merge buffer released before every upstream partition had passed them "
             "(backlogs read at uneven speeds); their buckets may differ from replay's.",
+            ["part"],
+            registry=registry,
+        ),
+        shard_rewinds=Counter(
+            f"{prefix}_shard_rewinds",
+            "Times a shard found messages of its partition missing between its saved state and the next one "
+            "delivered, and read them again.",
             ["part"],
             registry=registry,
         ),

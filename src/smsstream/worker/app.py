@@ -42,7 +42,9 @@ from smsstream.detection.base import Part, PartContext
 from smsstream.errors import BrokerUnreachable, ConfigError, RecordError
 from smsstream.metrics import Metrics, create, dead_letter_reason
 from smsstream.pseudonym import Pseudonymizer
-from smsstream.worker.flow import Heartbeat, Item, Outbox, Shard, Source, Topology, decode, encode
+from smsstream.worker.flow import (
+    HELD, MISSED, Heartbeat, Item, Outbox, Shard, Source, Topology, decode, encode, resume_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -292,39 +294,69 @@ def build(
 
     #: parts whose merge buffer has overflowed (warned once each)
     overflow_warned: set[str] = set()
+    async def read_missed(p: type[Part], shard: Shard, message: Any) -> list[tuple[int, bytes]]:
+        """The messages of a shard's partition between its state and ``message``, which its consumer skipped.
+
+        Read past the worker's consumer, which may skip again, and whose seek
+        would race the fetches it already holds.
+        """
+        start, end = shard.covered + 1, message.offset
+        metrics.shard_rewinds.labels(p.name).inc()
+        log.warning("part %s partition %d: message %d arrived but the shard's state ends at %d; reading the %d in "
+                    "between again", p.name, message.partition, end, start - 1, end - start)
+        got = await kafka.read_range(settings, message.topic, message.partition, start, end)
+        first = got[0][0] if got else end
+        if first > start:
+            log.error("part %s partition %d: messages %d to %d are no longer in the topic (retention); their events "
+                      "are missing from this shard's counts", p.name, message.partition, start, first - 1)
+        return got
 
     def make_part_agent(p: type[Part]):
         table = tables[p.name]
 
         facts = Outbox(partitions)
 
+        async def take(shard: Shard, partition: int, offset: int, value: bytes) -> None:
+            """One message of the shard's partition: run it, send on its facts, alerts and dead letters."""
+            shard.offer(decode(value))
+            shard.covered = offset
+            out = shard.run()
+            if out.overflowed:
+                if p.name not in overflow_warned:
+                    overflow_warned.add(p.name)
+                    log.warning(
+                        "part %s: merge buffer full (%d items), releasing the oldest before every upstream "
+                        "partition has passed them; alerts of this backlog may differ slightly from replay "
+                        "(smsstream_merge_overflow_total counts them; README: streaming dataflow)",
+                        p.name, shard.merge.max_buffered)
+                metrics.merge_overflow.labels(p.name).inc(out.overflowed)
+            for source, error in out.dead:
+                await send_dead(source, error)
+            origin = f"{p.name}/{partition}"
+            for stream_name, fact, ts, seq in out.facts:
+                for name, fact_key in topology.route_fact(stream_name, fact):
+                    facts.add(name, fact_key, Item(stream_name, fact_key, fact, ts, origin, seq=seq))
+            await send_items(facts)
+            for alert in out.alerts:
+                alert["detected_at"] = int(time.time() * 1000)
+                await alerts_topic.send(key=alert["dedup_key"].encode(), value=orjson.dumps(alert))
+                metrics.alerts.labels(alert["kind"], alert["status"]).inc()
+
         async def run_part(stream):
             acker = stream.noack()
             async for event in acker.events():
-                partition = event.message.partition
+                message = event.message
+                partition = message.partition
                 shard = shard_for(p, partition)
-                shard.offer(decode(event.message.value))
-                out = shard.run()
-                if out.overflowed:
-                    if p.name not in overflow_warned:
-                        overflow_warned.add(p.name)
-                        log.warning(
-                            "part %s: merge buffer full (%d items), releasing the oldest before every upstream "
-                            "partition has passed them; alerts of this backlog may differ slightly from replay "
-                            "(smsstream_merge_overflow_total counts them; README: streaming dataflow)",
-                            p.name, shard.merge.max_buffered)
-                    metrics.merge_overflow.labels(p.name).inc(out.overflowed)
-                for source, error in out.dead:
-                    await send_dead(source, error)
-                origin = f"{p.name}/{partition}"
-                for stream_name, fact, ts, seq in out.facts:
-                    for name, fact_key in topology.route_fact(stream_name, fact):
-                        facts.add(name, fact_key, Item(stream_name, fact_key, fact, ts, origin, seq=seq))
-                await send_items(facts)
-                for alert in out.alerts:
-                    alert["detected_at"] = int(time.time() * 1000)
-                    await alerts_topic.send(key=alert["dedup_key"].encode(), value=orjson.dumps(alert))
-                    metrics.alerts.labels(alert["kind"], alert["status"]).inc()
+                step = resume_step(shard.covered, message.offset)
+                if step is HELD:
+                    # already in the state this shard was restored from, which is saved
+                    await acker.ack(event)
+                    continue
+                if step is MISSED:
+                    for offset, value in await read_missed(p, shard, message):
+                        await take(shard, partition, offset, value)
+                await take(shard, partition, message.offset, message.value)
                 if worker.shards.get((p.name, partition)) is not shard:
                     # revoked while this event was in flight: its next owner reads it again from
                     # the last snapshot, so this shard's newer state must not be saved or acknowledged

@@ -217,6 +217,8 @@ class Shard:
         self.tally = RoutineTally()
         #: per producing origin: the latest bucket it sent routine counts for, and the count per group
         self.routine_seen: dict[str, tuple[int, dict]] = {}
+        #: offset of the last message of this shard's own partition that its state holds (-1: none yet)
+        self.covered = -1
 
     def offer(self, message: Message) -> None:
         """Take an item, or a batch of items or heartbeats (one message carries many)."""
@@ -357,6 +359,7 @@ class Shard:
                 "next_expiry": self._next_expiry,
                 "tally": self.tally,
                 "routine_seen": self.routine_seen,
+                "covered": self.covered,
             },
             protocol=pickle.HIGHEST_PROTOCOL,
         )
@@ -382,7 +385,27 @@ class Shard:
         shard.facts_sent = data["facts_sent"]
         shard.tally = data["tally"]
         shard.routine_seen = data["routine_seen"]
+        shard.covered = data.get("covered", -1)
         return shard
+
+
+#: what a shard does with the next message of its partition (``resume_step``)
+TAKE, HELD, MISSED = "take", "held", "missed"
+
+
+def resume_step(covered: int, offset: int) -> str:
+    """Whether a shard takes the message at ``offset``, holds it already, or missed messages before it.
+
+    A shard goes on from the position its snapshot holds, not from its
+    consumer group's committed offset: that offset is committed on a timer,
+    so after a rebalance it can lag the snapshot (the messages in between are
+    in the state already, and their old heartbeats would wind its merge
+    back), or run past it (a snapshot older than the commit), and then the
+    messages in between must be read again.
+    """
+    if covered < 0 or offset == covered + 1:
+        return TAKE
+    return HELD if offset <= covered else MISSED
 
 
 class Topology:
