@@ -288,7 +288,8 @@ def build(
             snapshot = load_snapshot(tables[p.name], partition)
             shard = topology.new_shard(p.name, ctx, snapshot)
             if snapshot:
-                log.info("part %s partition %d: state restored from its table", p.name, partition)
+                log.info("part %s partition %d: state restored from its table; it holds messages up to offset %d",
+                         p.name, partition, shard.covered)
             worker.shards[(p.name, partition)] = shard
         return shard
 
