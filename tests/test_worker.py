@@ -123,7 +123,7 @@ def test_a_snapshot_save_killed_after_its_deletes_leaves_the_next_save_and_resto
 
 
 @pytest.mark.broker
-def test_a_shard_reads_the_messages_its_consumer_skipped_from_the_partition_itself(broker_url, bootstrap):
+def test_messages_a_consumer_skipped_are_read_from_the_partition_itself(broker_url, bootstrap):
     from aiokafka import AIOKafkaProducer
 
     from smsstream.kafka import read_range
@@ -135,12 +135,12 @@ def test_a_shard_reads_the_messages_its_consumer_skipped_from_the_partition_itse
         await producer.start()
         try:
             for i in range(10):
-                await producer.send_and_wait(topic, b"m%d" % i, partition=0)
+                await producer.send_and_wait(topic, b"m%d" % i, key=b"k%d" % i, partition=0)
         finally:
             await producer.stop()
 
     asyncio.run(produce_ten())
     settings = Settings.from_env({"SMSSTREAM_BROKER": broker_url})
     got = asyncio.run(read_range(settings, topic, 0, 3, 7))
-    assert got == [(3, b"m3"), (4, b"m4"), (5, b"m5"), (6, b"m6")]
+    assert got == [(i, b"k%d" % i, b"m%d" % i) for i in (3, 4, 5, 6)]
     assert asyncio.run(read_range(settings, topic, 0, 9, 9)) == []

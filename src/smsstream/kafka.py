@@ -113,8 +113,8 @@ def faust_config(settings: Settings, broker: str | None = None) -> dict[str, Any
     return config
 
 
-async def read_range(settings: Settings, topic: str, partition: int, start: int, end: int) -> list[tuple[int, Any]]:
-    """(offset, value) of the messages of one partition from ``start`` up to ``end`` (exclusive).
+async def read_range(settings: Settings, topic: str, partition: int, start: int, end: int) -> list[tuple[int, Any, Any]]:
+    """(offset, key, value) of the messages of one partition from ``start`` up to ``end`` (exclusive).
 
     A short-lived reader outside any consumer group. Fewer come back when the
     topic no longer holds some of them (retention): the first offset says so.
@@ -127,7 +127,7 @@ async def read_range(settings: Settings, topic: str, partition: int, start: int,
     reader = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
                               auto_offset_reset="earliest")
     await reader.start()
-    got: list[tuple[int, Any]] = []
+    got: list[tuple[int, Any, Any]] = []
     try:
         reader.assign([tp])
         reader.seek(tp, start)
@@ -135,7 +135,7 @@ async def read_range(settings: Settings, topic: str, partition: int, start: int,
             batch = await reader.getmany(tp, timeout_ms=5_000)
             if not batch:
                 break
-            got += [(r.offset, r.value) for r in batch.get(tp, ()) if r.offset < end]
+            got += [(r.offset, r.key, r.value) for r in batch.get(tp, ()) if r.offset < end]
     finally:
         try:
             await reader.stop()

@@ -28,6 +28,7 @@ class Metrics:
     heartbeat_failures: Counter
     merge_overflow: Counter
     shard_rewinds: Counter
+    input_rewinds: Counter
 
 
 def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream") -> Metrics:
@@ -80,6 +81,13 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream")
             "Items a shard's full merge buffer released before every upstream partition had passed them "
             "(backlogs read at uneven speeds); their buckets may differ from replay's.",
             ["part"],
+            registry=registry,
+        ),
+        input_rewinds=Counter(
+            f"{prefix}_input_rewinds",
+            "Times the consumer went on past records of an input partition this worker had not sent on yet, "
+            "after a rebalance gave the partition back, and they were read from the partition itself.",
+            ["topic"],
             registry=registry,
         ),
         shard_rewinds=Counter(

@@ -123,6 +123,8 @@ class RouteBatch:
     reached: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     opened: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: records that failed to decode, for the dead-letter topic
+    dead: list = field(default_factory=list)
 
 
 @dataclass
@@ -208,6 +210,11 @@ def build(
     progress: dict[tuple[str, int], list[int]] = {}
     idle_since: dict[tuple[str, int], float] = {}
     routes: dict[str, RouteBatch] = {}
+    #: input partition -> last offset whose records this worker sent on; kept through a rebalance that
+    #: gives the partition back (nobody else read it in between), to catch records its consumer skips
+    routed_until: dict[tuple[str, int], int] = {}
+    #: input partitions whose first record since their assignment has been checked against ``routed_until``
+    resumed: set[tuple[str, int]] = set()
 
     async def send_items(outbox: Outbox) -> None:
         for (name, partition), items in outbox.take():
@@ -229,6 +236,7 @@ def build(
                 if state is not None:
                     state[0] = max(state[0], ts)
                     state[1] = max(state[1], offset)
+                    routed_until[tp] = max(routed_until.get(tp, -1), offset)
             for event in held:
                 await batch.acker.ack(event)
 
@@ -236,35 +244,63 @@ def build(
         batch = routes[topic] = RouteBatch(Outbox(partitions))
         reporter = topology.reporter.get(topic)
 
+        def take(partition: int, offset: int, key: bytes | None, raw: bytes | None) -> None:
+            """Decode one input record (or keep it for the dead-letter topic) and add its copies for the parts."""
+            tp = (topic, partition)
+            metrics.events_in.labels(topic).inc()
+            state = progress.setdefault(tp, [0, -1])
+            idle_since.pop(tp, None)
+            ts, _ = batch.reached.get(tp, (state[0], 0))
+            source = Source(topic, partition, offset, key, raw)
+            try:
+                record = records.decode(topic, raw, key)
+            except RecordError as exc:
+                batch.dead.append((source, exc))
+                record = None
+            if record is not None:
+                ts = max(ts, record.ts or 0)
+                origin = f"{topic}/{partition}"
+                # only the reporting part dead-letters, so only its copy carries the raw bytes
+                lean = Source(topic, partition, offset, key, None)
+                for name, part_key, route_key in topology.route(topic, record):
+                    item = Item(topic, part_key, record, record.ts or ts, origin,
+                                source if name == reporter else lean, offset)
+                    batch.outbox.add(name, route_key, item)
+            batch.reached[tp] = (ts, offset)
+
+        async def take_skipped(message: Any, start: int) -> None:
+            """Records between the last this worker sent on and the first the consumer gave back after a
+            rebalance: Faust's consumer can skip a few there. Read from the partition itself."""
+            try:
+                skipped = await kafka.read_range(settings, topic, message.partition, start, message.offset)
+            except Exception as exc:  # noqa: BLE001 - a repair that fails must not stop the route
+                log.error("%s partition %d: could not read the records %d to %d that the consumer skipped "
+                          "(%s: %s); their events are missing", topic, message.partition, start, message.offset - 1,
+                          type(exc).__name__, exc)
+                return
+            metrics.input_rewinds.labels(topic).inc()
+            log.warning("%s partition %d: after the rebalance the consumer went on at offset %d, but this worker had "
+                        "sent on records only up to %d; the %d in between were read from the partition itself",
+                        topic, message.partition, message.offset, start - 1, len(skipped))
+            for offset, key, raw in skipped:
+                take(message.partition, offset, key, raw)
+
         async def route(stream):
             batch.acker = acker = stream.noack()
             async for event in acker.events():
                 message = event.message
                 tp = (topic, message.partition)
-                metrics.events_in.labels(topic).inc()
-                raw, key = message.value, message.key
-                state = progress.setdefault(tp, [0, -1])
-                idle_since.pop(tp, None)
-                ts, _ = batch.reached.get(tp, (state[0], 0))
-                source = Source(topic, message.partition, message.offset, key, raw)
-                try:
-                    record = records.decode(topic, raw, key)
-                except RecordError as exc:
-                    await send_dead(source, exc)
-                    record = None
-                if record is not None:
-                    ts = max(ts, record.ts or 0)
-                    origin = f"{topic}/{message.partition}"
-                    # only the reporting part dead-letters, so only its copy carries the raw bytes
-                    lean = Source(topic, message.partition, message.offset, key, None)
-                    for name, part_key, route_key in topology.route(topic, record):
-                        item = Item(topic, part_key, record, record.ts or ts, origin,
-                                    source if name == reporter else lean, message.offset)
-                        batch.outbox.add(name, route_key, item)
+                if tp not in resumed:
+                    resumed.add(tp)
+                    last = routed_until.get(tp)
+                    if last is not None and message.offset > last + 1:
+                        await take_skipped(message, last + 1)
+                take(message.partition, message.offset, message.key, message.value)
+                while batch.dead:
+                    await send_dead(*batch.dead.pop(0))
                 if not batch.held:
                     batch.opened = time.monotonic()
                 batch.held.append(event)
-                batch.reached[tp] = (ts, message.offset)
                 if (batch.outbox.items >= ROUTE_BATCH_ITEMS or batch.outbox.full
                         or time.monotonic() - batch.opened >= ROUTE_BATCH_S):
                     await flush_route(batch)
@@ -305,12 +341,18 @@ def build(
         metrics.shard_rewinds.labels(p.name).inc()
         log.warning("part %s partition %d: message %d arrived but the shard's state ends at %d; reading the %d in "
                     "between again", p.name, message.partition, end, start - 1, end - start)
-        got = await kafka.read_range(settings, message.topic, message.partition, start, end)
+        try:
+            got = await kafka.read_range(settings, message.topic, message.partition, start, end)
+        except Exception as exc:  # noqa: BLE001 - a repair that fails must not stop the part
+            log.error("part %s partition %d: could not read messages %d to %d again (%s: %s); their events are "
+                      "missing from this shard's counts", p.name, message.partition, start, end - 1,
+                      type(exc).__name__, exc)
+            return []
         first = got[0][0] if got else end
         if first > start:
             log.error("part %s partition %d: messages %d to %d are no longer in the topic (retention); their events "
                       "are missing from this shard's counts", p.name, message.partition, start, first - 1)
-        return got
+        return [(offset, value) for offset, _, value in got]
 
     def make_part_agent(p: type[Part]):
         table = tables[p.name]
@@ -457,6 +499,7 @@ def build(
             for tp in gone:
                 batch.reached.pop(tp, None)
         for tp in revoked:
+            resumed.discard((tp.topic, tp.partition))
             progress.pop((tp.topic, tp.partition), None)
             idle_since.pop((tp.topic, tp.partition), None)
             name = topic_to_part.get(tp.topic)
@@ -466,6 +509,13 @@ def build(
                 pending.pop((name, tp.partition), None)
                 held_bytes.pop((name, tp.partition), None)
                 next_checkpoint.pop((name, tp.partition), None)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app_, assigned, **kwargs) -> None:
+        # a partition that went elsewhere may come back later, read on by another worker meanwhile
+        mine = {(tp.topic, tp.partition) for tp in assigned}
+        for tp in [tp for tp in routed_until if tp not in mine]:
+            del routed_until[tp]
 
     @app.page("/health")
     async def health(web, request):
