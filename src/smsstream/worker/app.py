@@ -123,8 +123,6 @@ class RouteBatch:
     reached: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     opened: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    #: records that failed to decode, for the dead-letter topic
-    dead: list = field(default_factory=list)
 
 
 @dataclass
@@ -216,6 +214,26 @@ def build(
     #: input partitions whose first record since their assignment has been checked against ``routed_until``
     resumed: set[tuple[str, int]] = set()
 
+    async def read_again(where: str, message: Any, start: int) -> list[tuple[int, Any, Any]] | None:
+        """The messages of ``message``'s partition from ``start`` up to it, which the consumer skipped.
+
+        Read past the worker's consumer, whose seek would race the fetches it
+        already holds. A read that fails (None), or that finds some of them
+        gone to retention, is logged: a repair must not stop an agent.
+        """
+        end = message.offset
+        try:
+            got = await kafka.read_range(settings, message.topic, message.partition, start, end)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.error("%s: could not read messages %d to %d again (%s: %s); their events are missing",
+                      where, start, end - 1, type(exc).__name__, exc)
+            return None
+        first = got[0][0] if got else end
+        if first > start:
+            log.error("%s: messages %d to %d are no longer in the topic (retention); their events are missing",
+                      where, start, first - 1)
+        return got
+
     async def send_items(outbox: Outbox) -> None:
         for (name, partition), items in outbox.take():
             await part_topics[name].send(key=None, value=encode(items), partition=partition)
@@ -244,8 +262,8 @@ def build(
         batch = routes[topic] = RouteBatch(Outbox(partitions))
         reporter = topology.reporter.get(topic)
 
-        def take(partition: int, offset: int, key: bytes | None, raw: bytes | None) -> None:
-            """Decode one input record (or keep it for the dead-letter topic) and add its copies for the parts."""
+        async def take(partition: int, offset: int, key: bytes | None, raw: bytes | None) -> None:
+            """Decode one input record (or dead-letter it) and add its copies for the parts to the batch."""
             tp = (topic, partition)
             metrics.events_in.labels(topic).inc()
             state = progress.setdefault(tp, [0, -1])
@@ -255,7 +273,7 @@ def build(
             try:
                 record = records.decode(topic, raw, key)
             except RecordError as exc:
-                batch.dead.append((source, exc))
+                await send_dead(source, exc)
                 record = None
             if record is not None:
                 ts = max(ts, record.ts or 0)
@@ -271,19 +289,15 @@ def build(
         async def take_skipped(message: Any, start: int) -> None:
             """Records between the last this worker sent on and the first the consumer gave back after a
             rebalance: Faust's consumer can skip a few there. Read from the partition itself."""
-            try:
-                skipped = await kafka.read_range(settings, topic, message.partition, start, message.offset)
-            except Exception as exc:  # noqa: BLE001 - a repair that fails must not stop the route
-                log.error("%s partition %d: could not read the records %d to %d that the consumer skipped "
-                          "(%s: %s); their events are missing", topic, message.partition, start, message.offset - 1,
-                          type(exc).__name__, exc)
+            skipped = await read_again(f"{topic} partition {message.partition}", message, start)
+            if skipped is None:
                 return
             metrics.input_rewinds.labels(topic).inc()
             log.warning("%s partition %d: after the rebalance the consumer went on at offset %d, but this worker had "
                         "sent on records only up to %d; the %d in between were read from the partition itself",
                         topic, message.partition, message.offset, start - 1, len(skipped))
             for offset, key, raw in skipped:
-                take(message.partition, offset, key, raw)
+                await take(message.partition, offset, key, raw)
 
         async def route(stream):
             batch.acker = acker = stream.noack()
@@ -295,9 +309,7 @@ def build(
                     last = routed_until.get(tp)
                     if last is not None and message.offset > last + 1:
                         await take_skipped(message, last + 1)
-                take(message.partition, message.offset, message.key, message.value)
-                while batch.dead:
-                    await send_dead(*batch.dead.pop(0))
+                await take(message.partition, message.offset, message.key, message.value)
                 if not batch.held:
                     batch.opened = time.monotonic()
                 batch.held.append(event)
@@ -331,28 +343,15 @@ def build(
 
     #: parts whose merge buffer has overflowed (warned once each)
     overflow_warned: set[str] = set()
-    async def read_missed(p: type[Part], shard: Shard, message: Any) -> list[tuple[int, bytes]]:
-        """The messages of a shard's partition between its state and ``message``, which its consumer skipped.
 
-        Read past the worker's consumer, which may skip again, and whose seek
-        would race the fetches it already holds.
-        """
+    async def read_missed(p: type[Part], shard: Shard, message: Any) -> list[tuple[int, bytes]]:
+        """The messages of a shard's partition between its state and ``message``, which its consumer skipped."""
         start, end = shard.covered + 1, message.offset
         metrics.shard_rewinds.labels(p.name).inc()
         log.warning("part %s partition %d: message %d arrived but the shard's state ends at %d; reading the %d in "
                     "between again", p.name, message.partition, end, start - 1, end - start)
-        try:
-            got = await kafka.read_range(settings, message.topic, message.partition, start, end)
-        except Exception as exc:  # noqa: BLE001 - a repair that fails must not stop the part
-            log.error("part %s partition %d: could not read messages %d to %d again (%s: %s); their events are "
-                      "missing from this shard's counts", p.name, message.partition, start, end - 1,
-                      type(exc).__name__, exc)
-            return []
-        first = got[0][0] if got else end
-        if first > start:
-            log.error("part %s partition %d: messages %d to %d are no longer in the topic (retention); their events "
-                      "are missing from this shard's counts", p.name, message.partition, start, first - 1)
-        return [(offset, value) for offset, _, value in got]
+        got = await read_again(f"part {p.name} partition {message.partition}", message, start)
+        return [(offset, value) for offset, _, value in got or ()]
 
     def make_part_agent(p: type[Part]):
         table = tables[p.name]
