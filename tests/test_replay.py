@@ -172,3 +172,24 @@ def test_blank_lines_are_skipped_and_lines_without_topic_or_value_are_dead_lette
     assert all(d["topic"] == "unknown" for d in dead)
     assert ["no string 'topic'" in d["error"] for d in dead] == [True, True, False, True]
     assert "no 'value'" in dead[2]["error"]
+
+
+def test_a_line_whose_value_is_a_number_or_an_array_is_dead_lettered_and_replay_goes_on(tmp_path, keyed):
+    good = {"message_id": "m1", "ts": T0, "sender_id": "s", "template_id": None, "number": "+8613800000000",
+            "category": "otp", "body": "code"}
+    lines = [
+        orjson.dumps({"topic": SENDS, "value": 5}),
+        orjson.dumps({"topic": SENDS, "value": [good]}),
+        orjson.dumps({"topic": "sms.bindings", "value": "[1]"}),
+        orjson.dumps({"topic": SENDS, "value": good}),
+    ]
+    events, dl, out = tmp_path / "events.jsonl", tmp_path / "dl.jsonl", tmp_path / "a.jsonl"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    assert main(["replay", str(events), "-o", str(out), "--dead-letter", str(dl)]) == 0
+    dead = read_jsonl(dl)
+    assert [(d["offset"], d["error"]) for d in dead] == [
+        (1, "value must be a JSON object, got number"),
+        (2, "value must be a JSON object, got array"),
+        (3, "value must be a JSON object, got array"),
+    ]
+    assert [d["raw"] for d in dead] == ["5", orjson.dumps([good]).decode(), "[1]"]

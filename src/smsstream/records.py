@@ -234,7 +234,7 @@ def _list(allowed: frozenset[str]) -> str:
 # costs more than the check); anything else goes the field-by-field way
 # below, which names the first bad field.
 
-def parse_send(d: dict) -> Send:
+def parse_send(d: Any) -> Send:
     if d.__class__ is dict:
         try:
             body, number, category = d["body"], d["number"], d["category"]
@@ -297,7 +297,7 @@ def parse_send(d: dict) -> Send:
     )
 
 
-def parse_receipt(d: dict) -> Receipt:
+def parse_receipt(d: Any) -> Receipt:
     if d.__class__ is dict:
         try:
             message_id, ts, status = d["message_id"], d["ts"], d["status"]
@@ -320,7 +320,7 @@ def parse_receipt(d: dict) -> Receipt:
     )
 
 
-def parse_borrower(d: dict) -> Borrower:
+def parse_borrower(d: Any) -> Borrower:
     if d.__class__ is dict:
         try:
             sender_id, number, status, ts = d["sender_id"], d["number"], d["status"], d["ts"]
@@ -343,7 +343,7 @@ def parse_borrower(d: dict) -> Borrower:
     )
 
 
-def parse_template(d: dict) -> Template:
+def parse_template(d: Any) -> Template:
     d = _obj(d)
     return Template(
         template_id=_str(d, "template_id"),
@@ -354,7 +354,7 @@ def parse_template(d: dict) -> Template:
     )
 
 
-def parse_binding(d: dict) -> Binding:
+def parse_binding(d: Any) -> Binding:
     d = _obj(d)
     return Binding(
         event_id=_str(d, "event_id"),
@@ -393,11 +393,13 @@ def borrower_tombstone(key: str | bytes | None) -> Borrower:
     return Borrower(sender_id=sender_id, number=number, account_id=None, status="closed", ts=0, removed=True)
 
 
-def decode(topic: str, raw: bytes | str | dict | None, key: bytes | str | None = None) -> Record | None:
+def decode(topic: str, raw: Any, key: bytes | str | None = None) -> Record | None:
     """Raw value of one input record to a typed record.
 
-    Returns None for a tombstone on a topic where tombstones mean nothing
-    (templates, bindings); raises RecordError for anything unusable.
+    ``raw`` is the bytes or text of a Kafka record, or a value ``replay``
+    already took out of its JSON line (any JSON type). Returns None for a
+    tombstone on a topic where tombstones mean nothing (templates, bindings);
+    raises RecordError for anything unusable.
     """
     parser = PARSERS.get(topic)
     if parser is None:
@@ -409,7 +411,7 @@ def decode(topic: str, raw: bytes | str | dict | None, key: bytes | str | None =
         if topic == TEMPLATES:
             return None
         raise RecordError("value is null; only sms.borrowers and sms.templates accept tombstones")
-    if isinstance(raw, dict):
+    if not isinstance(raw, (bytes, str)):
         return parser(raw)
     if len(raw) > MAX_RECORD_BYTES:
         raise RecordError(f"record is {len(raw)} bytes; at most {MAX_RECORD_BYTES} accepted")
@@ -421,12 +423,12 @@ def decode(topic: str, raw: bytes | str | dict | None, key: bytes | str | None =
 
 
 def dead_letter(
-    topic: str, partition: int | None, offset: int | None, error: str, raw: bytes | str | dict | None
+    topic: str, partition: int | None, offset: int | None, error: str, raw: Any
 ) -> dict:
-    """The ``sms.dead-letter`` value of CONTRACT.md for one unusable record."""
+    """The ``sms.dead-letter`` value of CONTRACT.md for one unusable record (``raw`` as ``decode`` takes it)."""
     encoding = "utf-8"
-    if isinstance(raw, dict):
-        raw_text: str | None = orjson.dumps(raw).decode()
+    if raw is None or isinstance(raw, str):
+        raw_text: str | None = raw
     elif isinstance(raw, bytes):
         try:
             raw_text = raw.decode("utf-8")
@@ -434,7 +436,7 @@ def dead_letter(
             raw_text = base64.b64encode(raw).decode("ascii")
             encoding = "base64"
     else:
-        raw_text = raw
+        raw_text = orjson.dumps(raw).decode()
     return {
         "topic": topic,
         "partition": partition,
