@@ -20,7 +20,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Callable, Iterable
+from typing import IO, Any, Callable, Iterable
 
 import orjson
 
@@ -63,7 +63,7 @@ class ReplayReport:
         return self.lines / self.seconds if self.seconds > 0 else 0.0
 
 
-def _split_line(line: bytes) -> tuple[str, str, object, object]:
+def _split_line(line: bytes) -> tuple[str, Any, Any]:
     """Split one input line into (topic, value, key), or raise RecordError naming the problem."""
     try:
         obj = orjson.loads(line)
@@ -104,7 +104,7 @@ def _feed(
     lineno = 0
     for lineno, line in enumerate(lines, 1):
         topic: str = "unknown"
-        value: object = line
+        value: Any = line
         try:
             try:
                 obj = loads(line)

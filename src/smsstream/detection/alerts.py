@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import MutableMapping
+from typing import Any, MutableMapping
 
 from smsstream.detection.base import SEVERITIES, Finding
 
@@ -42,7 +42,7 @@ def alert_id(dedup_key: str, first_seen: int) -> str:
 
 def bounded_evidence(evidence: dict) -> dict:
     """Evidence with every list cut to ``MAX_EVIDENCE`` items (nested dicts alike)."""
-    out = {}
+    out: dict[str, Any] = {}
     for name, value in evidence.items():
         if isinstance(value, (list, tuple)):
             out[name] = list(value[:MAX_EVIDENCE])

@@ -42,7 +42,7 @@ KINDS = ("non_borrower_spike", "template_hijack", "rebind_anomaly", "delivery_fa
 SEVERITIES = ("info", "warning", "critical")
 ENTITY_TYPES = ("sender", "template", "number", "account", "device", "carrier")
 
-KeyFn = Callable[[Any], "str | None"]
+KeyFn = Callable[[Any], "str | tuple[str, ...] | None"]
 
 
 @dataclass(slots=True)

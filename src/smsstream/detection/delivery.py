@@ -178,7 +178,7 @@ class _DeliveryShare(SharePart):
     )
 
     def process(self, topic: str, key: str, value: DeliveryOutcome | RoutineCount):
-        if value.__class__ is RoutineCount:
+        if isinstance(value, RoutineCount):
             self.count_routine(key, value, self.slice_of(value))
         else:
             self.count(key, value.ts, _HIT[value.outcome], value.message_id, self.label_of(value),
@@ -202,15 +202,15 @@ class _DeliveryShare(SharePart):
         return "Messages are failing to deliver far more than usual."
 
 
-def _outcome_sender(o: DeliveryOutcome) -> str:
+def _outcome_sender(o: DeliveryOutcome | RoutineCount) -> str:
     return o.sender_id
 
 
-def _outcome_template(o: DeliveryOutcome) -> str | None:
+def _outcome_template(o: DeliveryOutcome | RoutineCount) -> str | None:
     return o.template_id
 
 
-def _outcome_carrier(o: DeliveryOutcome) -> str | None:
+def _outcome_carrier(o: DeliveryOutcome | RoutineCount) -> str | None:
     return o.carrier
 
 

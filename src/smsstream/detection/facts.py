@@ -359,7 +359,7 @@ class RoutineTally:
     def __init__(self) -> None:
         self.open_bucket = 0
         #: (stream, sender, template, carrier) -> the open bucket's count
-        self.groups: dict[tuple, RoutineCount] = {}
+        self.groups: dict[tuple, RoutineCount | TemplateTally] = {}
         #: the count last handed over early for a group still open (``unsent``)
         self.sent: dict[tuple, int] = {}
 
@@ -368,7 +368,7 @@ class RoutineTally:
         if ts - ts % BUCKET_MS != self.open_bucket:
             return False
         if fact.__class__ is TemplateRead:
-            group = (stream, fact.reader)
+            group: tuple = (stream, fact.reader)
             counted = self.groups.get(group)
             if counted is None:
                 counted = self.groups[group] = TemplateTally.start(fact)
@@ -385,7 +385,7 @@ class RoutineTally:
             counted.add(fact)
         return True
 
-    def roll(self, ts: int) -> list[tuple[str, RoutineCount]]:
+    def roll(self, ts: int) -> list[tuple[str, RoutineCount | TemplateTally]]:
         """The open bucket's counts once the input has reached ``ts`` in a later bucket; that bucket opens."""
         start = ts - ts % BUCKET_MS
         if start <= self.open_bucket:
@@ -397,7 +397,7 @@ class RoutineTally:
         self.open_bucket = start
         return out
 
-    def unsent(self) -> list[tuple[str, RoutineCount]]:
+    def unsent(self) -> list[tuple[str, RoutineCount | TemplateTally]]:
         """The open bucket's counts that grew since last handed over, handed over now and kept open.
 
         For a producer whose input has gone quiet: its consumers need the

@@ -103,7 +103,7 @@ class BorrowerBook(Part):
             # The common case: a number's first (or only, again) lender.
             self.entities[key] = sender
             return None
-        items = () if lenders is None else (lenders,) if lenders.__class__ is str else lenders
+        items: tuple = () if lenders is None else (lenders,) if lenders.__class__ is str else lenders
         horizon = clock.max_ts - FORMER_MS
         kept = tuple(i for i in items if (i != sender if i.__class__ is str else i[0] != sender and i[1] >= horizon))
         if value.removed:
@@ -150,7 +150,7 @@ class _NonBorrowerShare(SharePart):
     )
 
     def process(self, topic: str, key: str, value: LoanSend | RoutineCount):
-        if value.__class__ is RoutineCount:
+        if isinstance(value, RoutineCount):
             self.count_routine(key, value)
         else:
             self.count(key, value.ts, 1 if value.non_borrower else 0, value.message_id,
@@ -170,11 +170,11 @@ class _NonBorrowerShare(SharePart):
         }
 
 
-def _fact_sender(fact: LoanSend) -> str:
+def _fact_sender(fact: LoanSend | RoutineCount) -> str:
     return fact.sender_id
 
 
-def _fact_template(fact: LoanSend) -> str | None:
+def _fact_template(fact: LoanSend | RoutineCount) -> str | None:
     return fact.template_id
 
 

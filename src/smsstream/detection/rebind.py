@@ -551,7 +551,7 @@ class SenderRebinds(Part):
         state.total += count
         young = state.rate.young(end)
         first_ts = state.rate.first_ts or start
-        best = (0.0, 0.0, 0.0, SENDER_WINDOWS_MS[0], per_day)
+        best: tuple = (0.0, 0, 0.0, SENDER_WINDOWS_MS[0], per_day)
         for w in SENDER_WINDOWS_MS:
             # Accounts, not rebinds: one account flapping is account_flapping's business.
             n = len({r[1] for r in state.recent if end - w <= r[0] < end})

@@ -42,7 +42,7 @@ def _rank(sample: list) -> int:
     return zlib.crc32(sample[1].encode())
 
 
-def keep_sample(samples: dict, ts: int, message_id: str, label: str | None) -> None:
+def keep_sample(samples: dict, ts: int, message_id: str | None, label: str | None) -> None:
     """Remember a hit as possible evidence, at most ``SAMPLES_PER_BUCKET`` per bucket.
 
     Which hits are kept depends only on the set of hits in the bucket, not on
@@ -192,7 +192,7 @@ class SharePart(Part):
     # --- per closed bucket -------------------------------------------------------
 
     def close(self, key: str, start: int, end: int) -> Iterable[Finding]:
-        state: ShareState = self.entities.get(key)
+        state: ShareState | None = self.entities.get(key)
         if state is None:
             return ()
         oldest = end - self.WINDOWS_MS[-1]
@@ -271,7 +271,7 @@ class SharePart(Part):
         sums = ring.sums(end // BUCKET_MS, self._widths)
         best = None
         for column, share in enumerate(self.shares):
-            baseline: ShareBaseline = baselines[column]
+            baseline = baselines[column]
             expected = baseline.get(share.prior, share.prior_weight)
             tested = min(expected * self.RATIO + self.MARGIN, 0.999)
             top_score, top_window = 0.0, 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import ClassVar
 
 LN10 = math.log(10.0)
 _MINUS_LN2 = -math.log(2.0)
@@ -307,7 +308,7 @@ class BucketWindow:
     def __init__(self) -> None:
         self.rows: list[list] = []
 
-    def add(self, start: int, *counts: float) -> list:
+    def add(self, start: int, *counts: int | float) -> list:
         rows = self.rows
         if rows and rows[-1][0] == start:
             row = rows[-1]
@@ -324,7 +325,9 @@ class BucketWindow:
 
     def row(self, start: int) -> list | None:
         """The counts of the bucket starting at ``start``, if it had data."""
-        for row in reversed(self.rows):
+        rows = self.rows
+        for i in range(len(rows) - 1, -1, -1):
+            row = rows[i]
             if row[0] <= start:
                 return row if row[0] == start else None
         return None
@@ -370,7 +373,7 @@ class BucketRing:
 
     __slots__ = ("cols", "head")
 
-    SIZE = 72
+    SIZE: ClassVar[int] = 72
 
     def __init__(self, width: int = 1) -> None:
         self.cols = [[0] * self.SIZE for _ in range(width)]
@@ -538,7 +541,7 @@ class HyperLogLog:
     def get(self) -> float:
         m = len(self.registers)
         alpha = 0.7213 / (1 + 1.079 / m)
-        est = alpha * m * m / sum(2.0 ** -r for r in self.registers)
+        est = alpha * m * m / sum(2.0 ** -r for r in bytes(self.registers))
         zeros = self.registers.count(0)
         if est <= 2.5 * m and zeros:
             return m * math.log(m / zeros)

@@ -399,7 +399,7 @@ class TemplateReader(Part):
             return cls
         readers = SpreadReaders(partitions)
         inputs = {SENDS: readers.of_send, TEMPLATES: readers.of_template}
-        return type(cls.__name__, (cls,), {"inputs": inputs, "__module__": cls.__module__})
+        return type(cls.__name__, (cls,), {"inputs": inputs, "__module__": __name__})
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -430,7 +430,7 @@ class TemplateReader(Part):
             return None
         read, found = self._read(state, key, value)
         self.save(key, state)
-        facts = [(TEMPLATE_READS, read)]
+        facts: list[tuple[str, Any]] = [(TEMPLATE_READS, read)]
         for domain in found:
             # Told once per sender: another sender carrying the template's link is news for its own book.
             told = domain if value.sender_id == state.owner else f"{value.sender_id} {domain}"
@@ -531,7 +531,7 @@ class TemplateWatch(Part):
             facts.append((TEMPLATE_LINKS, TemplateLink(ts, sender_id, state.template_id, domain, message_id)))
         return facts
 
-    def _take(self, state: TemplateState, key: str, read: TemplateRead | TemplateTally) -> None:
+    def _take(self, state: TemplateState, key: str, read: TemplateRead | TemplateTally) -> list | None:
         """A reader's tally (it replaces that reader's earlier one), or one read that came alone (adds up)."""
         first = read.first_ts if read.__class__ is TemplateTally else read.ts
         if not state.first_ts or first < state.first_ts:
@@ -543,7 +543,7 @@ class TemplateWatch(Part):
         reads = state.tallies.get(start)
         if reads is None:
             reads = state.tallies[start] = {}
-        if read.__class__ is TemplateTally:
+        if isinstance(read, TemplateTally):
             before = reads.get(read.reader)
             if before is None or read.count > before.count:
                 reads[read.reader] = read
@@ -702,7 +702,11 @@ class TemplateWatch(Part):
         )
 
     def _drift_finding(self, state, tally, start, end, fresh, registered: bool) -> Finding:
-        urls, numbers, signatures, samples, diffs = [], [], [], [], []
+        urls: list[str] = []
+        numbers: list[str] = []
+        signatures: list[str] = []
+        samples: list = []
+        diffs: list = []
         sends = 0
         redact = self.ctx.pseudonymizer.redact  # link hosts and signatures are free text: a number may hide in them
         for k, s in fresh:
@@ -838,8 +842,8 @@ class TemplateWatch(Part):
         if maybe_new:
             # When the template's main key and main network last sent, counting this bucket.
             now_used = {p for raw, parts in parts_of.items() if raw != "other" for p in parts}
-            for prefix, (main, last) in _main_sources(state, start).items():
-                main_last[prefix] = start if main in now_used else last
+            for prefix, (main, main_at) in _main_sources(state, start).items():
+                main_last[prefix] = start if main in now_used else main_at
         for raw, (count, samples) in sorted(tally.sources.items(), key=_source_order):
             parts = parts_of[raw]
             fresh: dict[str, bool] = {}
@@ -1033,7 +1037,7 @@ class SenderBook(Part):
         if not state.first_ts or fact.ts < state.first_ts:
             state.first_ts = fact.ts
         state.last_ts = max(state.last_ts, fact.ts)
-        if fact.__class__ is TemplateSources:
+        if isinstance(fact, TemplateSources):
             if not state.sources_since or fact.ts < state.sources_since:
                 state.sources_since = fact.ts
             start = self.mark(key, fact.ts)
