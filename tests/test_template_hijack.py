@@ -729,3 +729,21 @@ def test_a_templates_tally_is_the_same_however_its_sends_were_split_among_reader
     for field in ("count", "first_ts", "ts", "fitting", "words_drift", "words_samples", "unregistered_markers",
                   "markers", "senders", "sources"):
         assert getattr(merged, field) == getattr(whole, field), field
+
+
+def test_a_sender_book_from_a_snapshot_older_than_its_stray_links_still_reports_another_lenders_link():
+    from smsstream.detection.base import PartContext
+    from smsstream.detection.templates import SenderBook, SenderBookState, TemplateLink
+
+    book = SenderBook(PartContext(Pseudonymizer("k")))
+    book.process("fact.template-links", "lender-b",
+                 TemplateLink(T0, "lender-b", "tpl-b", "lender-b.example", None))
+    old = book.entities["lender-b"]
+    del old.strays  # as unpickled from a snapshot written before the field existed
+    assert isinstance(old, SenderBookState)
+    later = T0 + 8 * 3_600_000
+    for message_id in ("m1", "m2"):  # the same link told by two readers of the template
+        book.process("fact.template-links", "lender-b",
+                     TemplateLink(later, "lender-b", "tpl-a", "pay.lender-a.example", message_id, foreign=True))
+    found = list(book.close("lender-b", later - later % 60_000, later - later % 60_000 + 60_000))
+    assert [f.evidence["message_ids"] for f in found] == [["m1"]]

@@ -367,6 +367,30 @@ def test_a_stolen_key_on_a_barely_used_template_is_found_by_the_partitioned_work
     assert comparable(flow.run()) == comparable(expected)
 
 
+def test_another_lenders_template_read_on_every_partition_is_reported_once_as_by_replay():
+    # Every reader partition of the template sees lender-b's first send of it with lender-a's link and tells
+    # lender-b's link book; the book must name the link once, as replay's single reader does.
+    rng = random.Random(9)
+    a, b = numbers(rng, 600), numbers(rng, 600, prefix="+86137")
+    text = "Dear customer, your repayment of {amount} is due on {date}. Pay at {link}"
+    link_a, link_b = "https://pay.lender-a.example/app", "https://lender-b.example/pay"
+    events = book("lender-a", a) + book("lender-b", b) + [
+        (TEMPLATES, Template("tpl-a", "lender-a", "repayment_reminder", text, T0 - HOUR)),
+        (TEMPLATES, Template("tpl-b", "lender-b", "repayment_reminder", text, T0 - HOUR))]
+    body = "Dear customer, your repayment of 500 is due on 3 May. Pay at %s"
+    events += Sends(rng, "lender-a", "tpl-a", a).run(T0, 9 * 60, 2, body=body % link_a)
+    events += Sends(rng, "lender-b", "tpl-b", b).run(T0, 9 * 60, 2, body=body % link_b)
+    events += Sends(rng, "lender-b", "tpl-a", b).run(T0 + 8 * HOUR, 30, 1, body=body % link_a,
+                                                     api_key="key-b", ip="10.0.0.2")
+    events.sort(key=lambda e: e[1].ts)
+    expected = replay(events)
+    drift = [a for a in expected if a["dedup_key"] == "template_hijack/sender/lender-b" and a["status"] == "firing"]
+    assert len(drift) == 1 and len(drift[0]["evidence"]["message_ids"]) == 1, drift
+    flow = LocalDataflow(partitions=4)
+    flow.produce(events)
+    assert comparable(flow.run()) == comparable(expected)
+
+
 def test_a_routine_count_sent_again_after_its_producer_restarted_counts_once():
     topology = Topology(DETECTOR_PARTS, {t: 1 for t in (SENDS, RECEIPTS, BORROWERS)}, 1)
     shard = topology.new_shard("non_borrower_sender", PartContext(Pseudonymizer(KEY)))

@@ -1014,6 +1014,18 @@ class SenderBookState:
     recent: list = field(default_factory=list)
     #: no source of the sender is new from this time on
     fresh_until: int = 0
+    #: "template domain" of links told here but not learned as the sender's own (another lender's template,
+    #: or the domain book full) -> first seen: reported once, however many readers the template is read on
+    strays: dict = field(default_factory=dict)
+
+
+def _strays(state: SenderBookState) -> dict:
+    """The state's stray links; a state restored from a snapshot written before they were kept has none yet."""
+    try:
+        return state.strays
+    except AttributeError:
+        state.strays = {}
+        return state.strays
 
 
 class SenderBook(Part):
@@ -1053,12 +1065,21 @@ class SenderBook(Part):
         if not fact.domain or fact.domain in state.domains:
             self.save(key, state)
             return None
+        # Another lender's template teaches nothing about this sender's own links (foreign_sender covers it).
+        learn = not fact.foreign and len(state.domains) < MAX_SENDER_DOMAINS
+        if not learn:
+            strays = _strays(state)
+            stray = f"{fact.template_id} {fact.domain}"
+            if stray in strays:
+                self.save(key, state)
+                return None
+            if len(strays) < MAX_SENDER_DOMAINS:
+                strays[stray] = fact.ts
         established = fact.message_id is not None and fact.ts - state.first_ts >= SENDER_LEARN_MS
         if established and state.domains:
             start = self.mark(key, fact.ts)
             state.pending.setdefault(start, []).append((fact.domain, fact.template_id, fact.message_id, fact.ts))
-        if not fact.foreign and len(state.domains) < MAX_SENDER_DOMAINS:
-            # Another lender's template teaches nothing about this sender's own links (foreign_sender covers it).
+        if learn:
             state.domains[fact.domain] = fact.ts
         self.save(key, state)
         return None
