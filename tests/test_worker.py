@@ -16,7 +16,7 @@ from smsstream.config import Settings
 from smsstream.errors import ConfigError
 from smsstream.records import ALERTS, DEAD_LETTER, SENDS
 from smsstream.topics import apply_topics
-from smsstream.worker.app import CHUNK_BYTES, load_snapshot, preflight, save_snapshot
+from smsstream.worker.app import CHUNK_BYTES, checkpoint, load_snapshot, preflight, save_snapshot
 from smsstream.worker.process import WorkerProcess
 from worker_scenario import MALFORMED, comparable, consume, end_offsets, prepared, worker_env
 
@@ -120,6 +120,42 @@ def test_a_snapshot_save_killed_after_its_deletes_leaves_the_next_save_and_resto
     assert load_snapshot(table, 3) == small
     save_snapshot(table, 3, last)
     assert load_snapshot(table, 3) == last
+
+
+def test_a_shard_snapshot_is_saved_only_once_the_facts_and_alerts_it_sent_are_on_the_broker():
+    async def scenario():
+        table: dict = {}
+        save_snapshot(table, 0, b"before")
+        loop = asyncio.get_running_loop()
+        fact, alert = loop.create_future(), loop.create_future()
+        sent = [fact, alert]
+        saving = asyncio.create_task(checkpoint(table, 0, b"after", sent))
+        await asyncio.sleep(0.05)
+        fact.set_result("delivered")
+        await asyncio.sleep(0.05)
+        # a worker killed now must restore the state whose alert has not left yet
+        assert load_snapshot(table, 0) == b"before"
+        alert.set_result("delivered")
+        assert await saving is None
+        assert load_snapshot(table, 0) == b"after"
+        assert sent == []
+
+    asyncio.run(scenario())
+
+
+def test_a_shard_whose_facts_were_not_delivered_keeps_its_last_snapshot():
+    async def scenario():
+        table: dict = {}
+        save_snapshot(table, 0, b"before")
+        loop = asyncio.get_running_loop()
+        lost, fine = loop.create_future(), loop.create_future()
+        lost.set_exception(TimeoutError("no answer from the partition leader"))
+        fine.set_result("delivered")
+        failed = await checkpoint(table, 0, b"after", [fine, lost])
+        assert isinstance(failed, TimeoutError)
+        assert load_snapshot(table, 0) == b"before"
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.broker

@@ -29,6 +29,7 @@ class Metrics:
     merge_overflow: Counter
     shard_rewinds: Counter
     input_rewinds: Counter
+    checkpoint_failures: Counter
 
 
 def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream") -> Metrics:
@@ -66,7 +67,8 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream")
         ),
         snapshot_seconds=Histogram(
             f"{prefix}_snapshot_seconds",
-            "Time to save one shard's state snapshot to its table (snapshots of larger states are spaced out).",
+            "Time to checkpoint one shard: wait until what it sent is delivered, then save its state snapshot "
+            "to its table (checkpoints of larger states are spaced out).",
             ["part"],
             buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
@@ -88,6 +90,13 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream")
             "Times the consumer went on past records of an input partition this worker had not sent on yet, "
             "after a rebalance gave the partition back, and they were read from the partition itself.",
             ["topic"],
+            registry=registry,
+        ),
+        checkpoint_failures=Counter(
+            f"{prefix}_checkpoint_failures",
+            "Checkpoints a shard gave up because facts, alerts or dead letters it had sent were not delivered; "
+            "its state went back to the last snapshot and the events since were read again.",
+            ["part"],
             registry=registry,
         ),
         shard_rewinds=Counter(

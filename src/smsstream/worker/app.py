@@ -32,7 +32,7 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Awaitable, Iterable, Sequence
 
 import orjson
 
@@ -199,10 +199,11 @@ def build(
     tables = {p.name: app.Table(f"{p.name}-state", partitions=partitions, key_type=bytes, value_type=bytes)
               for p in parts}
 
-    async def send_dead(source: Source, error: RecordError) -> None:
+    async def send_dead(source: Source, error: RecordError) -> Awaitable:
         value = records.dead_letter(source.topic, source.partition, source.offset, str(error), source.raw)
-        await dead_topic.send(key=source.key, value=orjson.dumps(value))
+        delivery = await dead_topic.send(key=source.key, value=orjson.dumps(value))
         metrics.dead_letters.labels(source.topic, dead_letter_reason(error)).inc()
+        return delivery
 
     # --- route agents: input topic -> part topics ---------------------------
     #: input partition -> [max event ts, last offset] of the records sent on to the parts
@@ -235,9 +236,9 @@ def build(
                       where, start, first - 1)
         return got
 
-    async def send_items(outbox: Outbox) -> None:
-        for (name, partition), items in outbox.take():
-            await part_topics[name].send(key=None, value=encode(items), partition=partition)
+    async def send_items(outbox: Outbox) -> list[Awaitable]:
+        return [await part_topics[name].send(key=None, value=encode(items), partition=partition)
+                for (name, partition), items in outbox.take()]
 
     async def flush_route(batch: RouteBatch) -> None:
         """Send the held records' items, then let heartbeats claim their time, then acknowledge them.
@@ -328,6 +329,8 @@ def build(
     # --- part agents: one shard per assigned partition ----------------------
     #: (part, partition) -> events processed since the shard's last snapshot, not yet acknowledged
     pending: dict[tuple[str, int], list] = {}
+    #: (part, partition) -> deliveries of the facts, alerts and dead letters sent since the shard's last snapshot
+    unconfirmed: dict[tuple[str, int], list[Awaitable]] = {}
     held_bytes: dict[tuple[str, int], int] = {}
     next_checkpoint: dict[tuple[str, int], float] = {}
 
@@ -361,6 +364,7 @@ def build(
 
         async def take(shard: Shard, partition: int, offset: int, value: bytes) -> None:
             """One message of the shard's partition: run it, send on its facts, alerts and dead letters."""
+            sent = unconfirmed.setdefault((p.name, partition), [])
             shard.offer(decode(value))
             shard.covered = offset
             out = shard.run()
@@ -374,15 +378,15 @@ def build(
                         p.name, shard.merge.max_buffered)
                 metrics.merge_overflow.labels(p.name).inc(out.overflowed)
             for source, error in out.dead:
-                await send_dead(source, error)
+                sent.append(await send_dead(source, error))
             origin = f"{p.name}/{partition}"
             for stream_name, fact, ts, seq in out.facts:
                 for name, fact_key in topology.route_fact(stream_name, fact):
                     facts.add(name, fact_key, Item(stream_name, fact_key, fact, ts, origin, seq=seq))
-            await send_items(facts)
+            sent.extend(await send_items(facts))
             for alert in out.alerts:
                 alert["detected_at"] = int(time.time() * 1000)
-                await alerts_topic.send(key=alert["dedup_key"].encode(), value=orjson.dumps(alert))
+                sent.append(await alerts_topic.send(key=alert["dedup_key"].encode(), value=orjson.dumps(alert)))
                 metrics.alerts.labels(alert["kind"], alert["status"]).inc()
 
         async def run_part(stream):
@@ -411,7 +415,21 @@ def build(
                     event.message.value or b"")
                 now = time.monotonic()
                 if size >= CHECKPOINT_HELD_BYTES or now >= next_checkpoint.get((p.name, partition), 0):
-                    save_snapshot(table, partition, shard.snapshot())
+                    failed = await checkpoint(table, partition, shard.snapshot(),
+                                              unconfirmed.setdefault((p.name, partition), []))
+                    if failed is not None:
+                        # its next message finds the state behind it and reads the gap again (MISSED)
+                        metrics.checkpoint_failures.labels(p.name).inc()
+                        log.error("part %s partition %d: the facts, alerts or dead letters of its last %d events "
+                                  "were not delivered (%s: %s); its state goes back to the last snapshot and those "
+                                  "events are read again. Check the broker's health and the producer settings.",
+                                  p.name, partition, len(held), type(failed).__name__, failed)
+                        worker.shards.pop((p.name, partition), None)
+                        for e in held:
+                            await acker.ack(e)
+                        held.clear()
+                        held_bytes[(p.name, partition)] = 0
+                        continue
                     spent = time.monotonic() - now
                     metrics.snapshot_seconds.labels(p.name).observe(spent)
                     for e in held:
@@ -517,6 +535,7 @@ def build(
                 # the next owner re-reads from the last snapshot's offsets: forget what came after
                 worker.shards.pop((name, tp.partition), None)
                 pending.pop((name, tp.partition), None)
+                unconfirmed.pop((name, tp.partition), None)
                 held_bytes.pop((name, tp.partition), None)
                 next_checkpoint.pop((name, tp.partition), None)
 
@@ -543,6 +562,24 @@ def build(
         )
 
     return worker
+
+
+async def checkpoint(table: Any, partition: int, blob: bytes, sent: list[Awaitable]) -> BaseException | None:
+    """Save a shard's snapshot once everything it sent since the last one is on the broker.
+
+    A snapshot marks its events as done. Saved while their facts, alerts or
+    dead letters were still in the producer's buffers, a worker killed then
+    would restore a state whose outputs never left: the parts downstream
+    would miss those facts for good. A failed delivery is returned instead,
+    and nothing is saved.
+    """
+    outcomes = await asyncio.gather(*sent, return_exceptions=True)
+    sent.clear()
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            return outcome
+    save_snapshot(table, partition, blob)
+    return None
 
 
 def save_snapshot(table: Any, partition: int, blob: bytes) -> None:
