@@ -747,3 +747,21 @@ def test_a_sender_book_from_a_snapshot_older_than_its_stray_links_still_reports_
                      TemplateLink(later, "lender-b", "tpl-a", "pay.lender-a.example", message_id, foreign=True))
     found = list(book.close("lender-b", later - later % 60_000, later - later % 60_000 + 60_000))
     assert [f.evidence["message_ids"] for f in found] == [["m1"]]
+
+
+def test_a_sender_that_carried_many_other_lenders_links_still_reports_a_new_one_once():
+    from smsstream.detection.base import PartContext
+    from smsstream.detection.templates import MAX_SENDER_DOMAINS, SenderBook, TemplateLink
+
+    book = SenderBook(PartContext(Pseudonymizer("k")))
+    book.process("fact.template-links", "lender-b", TemplateLink(T0, "lender-b", "tpl-b", "lender-b.example", None))
+    for i in range(MAX_SENDER_DOMAINS + 5):  # more foreign links over the weeks than the book keeps
+        book.process("fact.template-links", "lender-b",
+                     TemplateLink(T0 + i * 60_000, "lender-b", f"tpl-{i}", f"lender-{i}.example", None, foreign=True))
+    later = T0 + 8 * 3_600_000
+    for message_id in ("m1", "m2"):  # the same link told by two readers of the template
+        book.process("fact.template-links", "lender-b",
+                     TemplateLink(later, "lender-b", "tpl-z", "pay.lender-z.example", message_id, foreign=True))
+    found = list(book.close("lender-b", later - later % 60_000, later - later % 60_000 + 60_000))
+    assert [f.evidence["message_ids"] for f in found] == [["m1"]]
+    assert len(book.entities["lender-b"].strays) == MAX_SENDER_DOMAINS

@@ -1015,7 +1015,8 @@ class SenderBookState:
     #: no source of the sender is new from this time on
     fresh_until: int = 0
     #: "template domain" of links told here but not learned as the sender's own (another lender's template,
-    #: or the domain book full) -> first seen: reported once, however many readers the template is read on
+    #: or the domain book full) -> first seen: reported once, however many readers the template is read on;
+    #: the most recent ``MAX_SENDER_DOMAINS`` are kept
     strays: dict = field(default_factory=dict)
 
 
@@ -1073,8 +1074,10 @@ class SenderBook(Part):
             if stray in strays:
                 self.save(key, state)
                 return None
-            if len(strays) < MAX_SENDER_DOMAINS:
-                strays[stray] = fact.ts
+            if len(strays) >= MAX_SENDER_DOMAINS:
+                # the oldest goes, so the newest is still told once however many readers tell it
+                del strays[min(strays, key=lambda told: (strays[told], told))]
+            strays[stray] = fact.ts
         established = fact.message_id is not None and fact.ts - state.first_ts >= SENDER_LEARN_MS
         if established and state.domains:
             start = self.mark(key, fact.ts)
