@@ -16,7 +16,7 @@ from smsstream.config import Settings
 from smsstream.errors import ConfigError
 from smsstream.records import ALERTS, DEAD_LETTER, SENDS
 from smsstream.topics import apply_topics
-from smsstream.worker.app import CHUNK_BYTES, checkpoint, load_snapshot, preflight, save_snapshot
+from smsstream.worker.app import CHUNK_BYTES, checkpoint, delivered, load_snapshot, preflight, save_snapshot
 from smsstream.worker.process import WorkerProcess
 from worker_scenario import MALFORMED, comparable, consume, end_offsets, prepared, worker_env
 
@@ -129,14 +129,15 @@ def test_a_shard_snapshot_is_saved_only_once_the_facts_and_alerts_it_sent_are_on
         loop = asyncio.get_running_loop()
         fact, alert = loop.create_future(), loop.create_future()
         sent = [fact, alert]
-        saving = asyncio.create_task(checkpoint(table, 0, b"after", sent))
+        saving = asyncio.create_task(checkpoint(table, 0, sent, lambda: b"after", lambda: True))
         await asyncio.sleep(0.05)
         fact.set_result("delivered")
         await asyncio.sleep(0.05)
         # a worker killed now must restore the state whose alert has not left yet
         assert load_snapshot(table, 0) == b"before"
         alert.set_result("delivered")
-        assert await saving is None
+        outcome = await saving
+        assert outcome.saved and outcome.failed is None
         assert load_snapshot(table, 0) == b"after"
         assert sent == []
 
@@ -151,9 +152,42 @@ def test_a_shard_whose_facts_were_not_delivered_keeps_its_last_snapshot():
         lost, fine = loop.create_future(), loop.create_future()
         lost.set_exception(TimeoutError("no answer from the partition leader"))
         fine.set_result("delivered")
-        failed = await checkpoint(table, 0, b"after", [fine, lost])
-        assert isinstance(failed, TimeoutError)
+        outcome = await checkpoint(table, 0, [fine, lost], lambda: b"after", lambda: True)
+        assert not outcome.saved and isinstance(outcome.failed, TimeoutError)
         assert load_snapshot(table, 0) == b"before"
+
+    asyncio.run(scenario())
+
+
+def test_a_shard_revoked_while_its_deliveries_are_awaited_leaves_the_table_to_its_new_owner():
+    async def scenario():
+        table: dict = {}
+        save_snapshot(table, 0, b"new owner's")
+        loop = asyncio.get_running_loop()
+        fact = loop.create_future()
+        owned = [True]
+        saving = asyncio.create_task(checkpoint(table, 0, [fact], lambda: b"stale", lambda: owned[0]))
+        await asyncio.sleep(0.05)
+        owned[0] = False  # a rebalance moved the partition meanwhile
+        fact.set_result("delivered")
+        outcome = await saving
+        assert not outcome.saved and outcome.failed is None
+        assert load_snapshot(table, 0) == b"new owner's"
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_stopping_during_a_checkpoint_leaves_the_deliveries_to_the_producer():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        fact = loop.create_future()
+        waiting = asyncio.create_task(delivered([fact]))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not fact.cancelled()
+        fact.set_result("delivered")
 
     asyncio.run(scenario())
 

@@ -67,8 +67,8 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream")
         ),
         snapshot_seconds=Histogram(
             f"{prefix}_snapshot_seconds",
-            "Time to checkpoint one shard: wait until what it sent is delivered, then save its state snapshot "
-            "to its table (checkpoints of larger states are spaced out).",
+            "Time to take and save one shard's state snapshot to its table, not counting the wait for its "
+            "deliveries (snapshots of larger states are spaced out).",
             ["part"],
             buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
@@ -94,8 +94,8 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream")
         ),
         checkpoint_failures=Counter(
             f"{prefix}_checkpoint_failures",
-            "Checkpoints a shard gave up because facts, alerts or dead letters it had sent were not delivered; "
-            "its state went back to the last snapshot and the events since were read again.",
+            "Checkpoints a shard gave up because facts, alerts or dead letters it had sent were not delivered: "
+            "parts downstream miss them, so alerts may differ from replay's.",
             ["part"],
             registry=registry,
         ),

@@ -32,7 +32,7 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 import orjson
 
@@ -404,41 +404,41 @@ def build(
                     for offset, value in await read_missed(p, shard, message):
                         await take(shard, partition, offset, value)
                 await take(shard, partition, message.offset, message.value)
-                if worker.shards.get((p.name, partition)) is not shard:
+                key = (p.name, partition)
+                if worker.shards.get(key) is not shard:
                     # revoked while this event was in flight: its next owner reads it again from
                     # the last snapshot, so this shard's newer state must not be saved or acknowledged
+                    unconfirmed.pop(key, None)
                     continue
                 shard.sent()
-                held = pending.setdefault((p.name, partition), [])
+                held = pending.setdefault(key, [])
                 held.append(event)
-                held_bytes[(p.name, partition)] = size = held_bytes.get((p.name, partition), 0) + len(
-                    event.message.value or b"")
+                held_bytes[key] = size = held_bytes.get(key, 0) + len(event.message.value or b"")
                 now = time.monotonic()
-                if size >= CHECKPOINT_HELD_BYTES or now >= next_checkpoint.get((p.name, partition), 0):
-                    failed = await checkpoint(table, partition, shard.snapshot(),
-                                              unconfirmed.setdefault((p.name, partition), []))
-                    if failed is not None:
-                        # its next message finds the state behind it and reads the gap again (MISSED)
-                        metrics.checkpoint_failures.labels(p.name).inc()
-                        log.error("part %s partition %d: the facts, alerts or dead letters of its last %d events "
-                                  "were not delivered (%s: %s); its state goes back to the last snapshot and those "
-                                  "events are read again. Check the broker's health and the producer settings.",
-                                  p.name, partition, len(held), type(failed).__name__, failed)
-                        worker.shards.pop((p.name, partition), None)
-                        for e in held:
-                            await acker.ack(e)
-                        held.clear()
-                        held_bytes[(p.name, partition)] = 0
-                        continue
-                    spent = time.monotonic() - now
-                    metrics.snapshot_seconds.labels(p.name).observe(spent)
-                    for e in held:
-                        await acker.ack(e)
-                    held.clear()
-                    held_bytes[(p.name, partition)] = 0
-                    next_checkpoint[(p.name, partition)] = now + min(
-                        CHECKPOINT_MAX_S, max(CHECKPOINT_S, spent * len(worker.shards) / CHECKPOINT_BUDGET))
-                    _observe(p, shard)
+                if size < CHECKPOINT_HELD_BYTES and now < next_checkpoint.get(key, 0):
+                    continue
+                outcome = await checkpoint(table, partition, unconfirmed.setdefault(key, []), shard.snapshot,
+                                           lambda: worker.shards.get(key) is shard)
+                if worker.shards.get(key) is not shard:
+                    continue  # revoked while its deliveries were awaited: see above
+                if outcome.failed is not None:
+                    metrics.checkpoint_failures.labels(p.name).inc()
+                    log.error("part %s partition %d: facts, alerts or dead letters it sent were not delivered "
+                              "(%s: %s): parts downstream miss them, and alerts may differ from replay's. Its "
+                              "snapshot is not saved and its last %d events stay unacknowledged; the next "
+                              "checkpoint tries again in %.0f s. Check the broker's health.",
+                              p.name, partition, type(outcome.failed).__name__, outcome.failed, len(held),
+                              CHECKPOINT_S)
+                    next_checkpoint[key] = now + CHECKPOINT_S
+                    continue
+                metrics.snapshot_seconds.labels(p.name).observe(outcome.seconds)
+                for e in held:
+                    await acker.ack(e)
+                held.clear()
+                held_bytes[key] = 0
+                next_checkpoint[key] = time.monotonic() + min(
+                    CHECKPOINT_MAX_S, max(CHECKPOINT_S, outcome.seconds * len(worker.shards) / CHECKPOINT_BUDGET))
+                _observe(p, shard)
 
         run_part.__name__ = f"part_{p.name.replace('-', '_')}"
         return run_part
@@ -564,22 +564,52 @@ def build(
     return worker
 
 
-async def checkpoint(table: Any, partition: int, blob: bytes, sent: list[Awaitable]) -> BaseException | None:
+@dataclass(frozen=True)
+class Checkpointed:
+    """What :func:`checkpoint` did."""
+
+    saved: bool
+    #: the first delivery that failed; nothing was saved then
+    failed: BaseException | None = None
+    #: time to take and save the snapshot, not counting the wait for deliveries
+    seconds: float = 0.0
+
+
+async def delivered(sent: list[Awaitable]) -> BaseException | None:
+    """Wait until every message in ``sent`` is delivered or has failed; the first failure, if any.
+
+    Cancelling the wait (a worker shutting down) leaves the deliveries
+    themselves alone: they belong to the producer, which flushes them.
+    """
+    futures = [asyncio.ensure_future(f) for f in sent]
+    sent.clear()
+    if futures:
+        await asyncio.wait(futures)
+    for future in futures:
+        if future.cancelled():
+            return asyncio.CancelledError("the delivery was cancelled (the producer is stopping)")
+        if future.exception() is not None:
+            return future.exception()
+    return None
+
+
+async def checkpoint(table: Any, partition: int, sent: list[Awaitable], snapshot: Callable[[], bytes],
+                     owned: Callable[[], bool]) -> Checkpointed:
     """Save a shard's snapshot once everything it sent since the last one is on the broker.
 
     A snapshot marks its events as done. Saved while their facts, alerts or
     dead letters were still in the producer's buffers, a worker killed then
     would restore a state whose outputs never left: the parts downstream
-    would miss those facts for good. A failed delivery is returned instead,
-    and nothing is saved.
+    would miss those facts for good. Nothing is saved if a delivery failed,
+    nor for a shard that stopped being this worker's during the wait (its
+    partition's table is its new owner's).
     """
-    outcomes = await asyncio.gather(*sent, return_exceptions=True)
-    sent.clear()
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            return outcome
-    save_snapshot(table, partition, blob)
-    return None
+    failed = await delivered(sent)
+    if failed is not None or not owned():
+        return Checkpointed(saved=False, failed=failed)
+    started = time.monotonic()
+    save_snapshot(table, partition, snapshot())
+    return Checkpointed(saved=True, seconds=time.monotonic() - started)
 
 
 def save_snapshot(table: Any, partition: int, blob: bytes) -> None:
