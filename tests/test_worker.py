@@ -16,7 +16,9 @@ from smsstream.config import Settings
 from smsstream.errors import ConfigError
 from smsstream.records import ALERTS, DEAD_LETTER, SENDS
 from smsstream.topics import apply_topics
-from smsstream.worker.app import CHUNK_BYTES, checkpoint, delivered, load_snapshot, preflight, save_snapshot
+from smsstream.worker.app import (
+    CHUNK_BYTES, checkpoint, delivered, forget_delivered, load_snapshot, preflight, save_snapshot,
+)
 from smsstream.worker.process import WorkerProcess
 from worker_scenario import MALFORMED, comparable, consume, end_offsets, prepared, worker_env
 
@@ -188,6 +190,21 @@ def test_a_worker_stopping_during_a_checkpoint_leaves_the_deliveries_to_the_prod
             await waiting
         assert not fact.cancelled()
         fact.set_result("delivered")
+
+    asyncio.run(scenario())
+
+
+def test_a_shard_between_checkpoints_keeps_only_deliveries_in_flight_or_failed():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        done, waiting, lost = loop.create_future(), loop.create_future(), loop.create_future()
+        done.set_result("delivered")
+        lost.set_exception(TimeoutError("no answer from the partition leader"))
+        sent = [done, waiting, lost]
+        forget_delivered(sent)
+        assert sent == [waiting, lost]
+        waiting.set_result("delivered")
+        assert isinstance(await delivered(sent), TimeoutError)
 
     asyncio.run(scenario())
 

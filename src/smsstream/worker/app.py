@@ -65,6 +65,9 @@ CHECKPOINT_BUDGET = 0.05
 CHECKPOINT_HELD_BYTES = 64 * 1024 * 1024
 #: Table values stay well under Kafka's default 1 MB message limit.
 CHUNK_BYTES = 256 * 1024
+#: A shard looks through what it sent for deliveries already confirmed once it holds this many
+#: (snapshots of large states are minutes apart; only those in flight or failed need keeping).
+MAX_UNCONFIRMED = 4096
 #: A route agent sends what its input records fan out to once it holds this many items, or after this long.
 ROUTE_BATCH_ITEMS = 2_000
 ROUTE_BATCH_S = 0.25
@@ -388,6 +391,8 @@ def build(
                 alert["detected_at"] = int(time.time() * 1000)
                 sent.append(await alerts_topic.send(key=alert["dedup_key"].encode(), value=orjson.dumps(alert)))
                 metrics.alerts.labels(alert["kind"], alert["status"]).inc()
+            if len(sent) >= MAX_UNCONFIRMED:
+                forget_delivered(sent)
 
         async def run_part(stream):
             acker = stream.noack()
@@ -573,6 +578,11 @@ class Checkpointed:
     failed: BaseException | None = None
     #: time to take and save the snapshot, not counting the wait for deliveries
     seconds: float = 0.0
+
+
+def forget_delivered(sent: list) -> None:
+    """Drop the deliveries already confirmed; keep those in flight, and failures for the next checkpoint."""
+    sent[:] = [f for f in sent if not f.done() or f.cancelled() or f.exception() is not None]
 
 
 async def delivered(sent: list[Awaitable]) -> BaseException | None:
