@@ -731,37 +731,43 @@ def test_a_templates_tally_is_the_same_however_its_sends_were_split_among_reader
         assert getattr(merged, field) == getattr(whole, field), field
 
 
-def test_a_sender_book_from_a_snapshot_older_than_its_stray_links_still_reports_another_lenders_link():
+def _sender_book_with_its_own_link():
     from smsstream.detection.base import PartContext
-    from smsstream.detection.templates import SenderBook, SenderBookState, TemplateLink
-
-    book = SenderBook(PartContext(Pseudonymizer("k")))
-    book.process("fact.template-links", "lender-b",
-                 TemplateLink(T0, "lender-b", "tpl-b", "lender-b.example", None))
-    old = book.entities["lender-b"]
-    del old.strays  # as unpickled from a snapshot written before the field existed
-    assert isinstance(old, SenderBookState)
-    later = T0 + 8 * 3_600_000
-    for message_id in ("m1", "m2"):  # the same link told by two readers of the template
-        book.process("fact.template-links", "lender-b",
-                     TemplateLink(later, "lender-b", "tpl-a", "pay.lender-a.example", message_id, foreign=True))
-    found = list(book.close("lender-b", later - later % 60_000, later - later % 60_000 + 60_000))
-    assert [f.evidence["message_ids"] for f in found] == [["m1"]]
-
-
-def test_a_sender_that_carried_many_other_lenders_links_still_reports_a_new_one_once():
-    from smsstream.detection.base import PartContext
-    from smsstream.detection.templates import MAX_SENDER_DOMAINS, SenderBook, TemplateLink
+    from smsstream.detection.templates import SenderBook, TemplateLink
 
     book = SenderBook(PartContext(Pseudonymizer("k")))
     book.process("fact.template-links", "lender-b", TemplateLink(T0, "lender-b", "tpl-b", "lender-b.example", None))
+    return book
+
+
+def _reported_when_two_readers_tell(book, template_id: str, domain: str) -> list:
+    """The message ids a sender's book reports when two readers of a template tell it the same foreign link."""
+    from smsstream.detection.templates import TemplateLink
+
+    later = T0 + 8 * 3_600_000
+    for message_id in ("m1", "m2"):
+        book.process("fact.template-links", "lender-b",
+                     TemplateLink(later, "lender-b", template_id, domain, message_id, foreign=True))
+    found = book.close("lender-b", later - later % 60_000, later - later % 60_000 + 60_000)
+    return [f.evidence["message_ids"] for f in found]
+
+
+def test_a_sender_book_from_a_snapshot_older_than_its_stray_links_still_reports_another_lenders_link():
+    from smsstream.detection.templates import SenderBookState
+
+    book = _sender_book_with_its_own_link()
+    old = book.entities["lender-b"]
+    del old.strays  # as unpickled from a snapshot written before the field existed
+    assert isinstance(old, SenderBookState)
+    assert _reported_when_two_readers_tell(book, "tpl-a", "pay.lender-a.example") == [["m1"]]
+
+
+def test_a_sender_that_carried_many_other_lenders_links_still_reports_a_new_one_once():
+    from smsstream.detection.templates import MAX_SENDER_DOMAINS, TemplateLink
+
+    book = _sender_book_with_its_own_link()
     for i in range(MAX_SENDER_DOMAINS + 5):  # more foreign links over the weeks than the book keeps
         book.process("fact.template-links", "lender-b",
                      TemplateLink(T0 + i * 60_000, "lender-b", f"tpl-{i}", f"lender-{i}.example", None, foreign=True))
-    later = T0 + 8 * 3_600_000
-    for message_id in ("m1", "m2"):  # the same link told by two readers of the template
-        book.process("fact.template-links", "lender-b",
-                     TemplateLink(later, "lender-b", "tpl-z", "pay.lender-z.example", message_id, foreign=True))
-    found = list(book.close("lender-b", later - later % 60_000, later - later % 60_000 + 60_000))
-    assert [f.evidence["message_ids"] for f in found] == [["m1"]]
+    assert _reported_when_two_readers_tell(book, "tpl-z", "pay.lender-z.example") == [["m1"]]
     assert len(book.entities["lender-b"].strays) == MAX_SENDER_DOMAINS
