@@ -580,9 +580,16 @@ class Checkpointed:
     seconds: float = 0.0
 
 
+def _failure(delivery: asyncio.Future) -> BaseException | None:
+    """Why a finished delivery failed, or None if the broker took it."""
+    if delivery.cancelled():
+        return asyncio.CancelledError("the delivery was cancelled (the producer is stopping)")
+    return delivery.exception()
+
+
 def forget_delivered(sent: list) -> None:
     """Drop the deliveries already confirmed; keep those in flight, and failures for the next checkpoint."""
-    sent[:] = [f for f in sent if not f.done() or f.cancelled() or f.exception() is not None]
+    sent[:] = [f for f in sent if not f.done() or _failure(f) is not None]
 
 
 async def delivered(sent: list[Awaitable]) -> BaseException | None:
@@ -595,12 +602,7 @@ async def delivered(sent: list[Awaitable]) -> BaseException | None:
     sent.clear()
     if futures:
         await asyncio.wait(futures)
-    for future in futures:
-        if future.cancelled():
-            return asyncio.CancelledError("the delivery was cancelled (the producer is stopping)")
-        if future.exception() is not None:
-            return future.exception()
-    return None
+    return next((failure for failure in map(_failure, futures) if failure is not None), None)
 
 
 async def checkpoint(table: Any, partition: int, sent: list[Awaitable], snapshot: Callable[[], bytes],
