@@ -3,9 +3,11 @@
 from prometheus_client import CollectorRegistry, generate_latest
 
 from smsstream import metrics
-from smsstream.detection.gate import DuplicateEvent, LateEvent
-from smsstream.errors import RecordError
+from smsstream.errors import DEAD_LETTER_REASONS, RecordError
 from smsstream.records import decode
+from smsstream.detection.engine import Engine
+from smsstream.pseudonym import Pseudonymizer
+from smsstream.records import SENDS, Send
 
 
 def _error(raw: bytes) -> RecordError:
@@ -30,17 +32,25 @@ def test_each_worker_metric_counts_in_its_own_registry():
     assert metrics.create().events_in is not m.events_in
 
 
-def test_dead_letter_reasons_come_from_a_fixed_set():
+def test_every_refused_record_has_a_reason_from_the_fixed_set():
     cases = {
         b"{oops": "invalid_json",
+        b"\xff\xfe not utf-8": "invalid_json",
         b"x" * (70 * 1024): "too_large",
         b'{"message_id": 5}': "invalid_record",
     }
-    for raw, reason in cases.items():
-        assert metrics.dead_letter_reason(_error(raw)) == reason
-    assert metrics.dead_letter_reason(DuplicateEvent("duplicate send")) == "duplicate"
-    assert metrics.dead_letter_reason(LateEvent("late send")) == "late"
-    assert set(metrics.DEAD_LETTER_REASONS) >= set(cases.values()) | {"duplicate", "late"}
+    assert {raw: _error(raw).reason for raw in cases} == cases
+    engine = Engine(Pseudonymizer("k"))
+    send = Send("m1", 1_772_409_600_000, "lender-a", None, "+8613800000000", "otp", "code")
+    engine.ingest(SENDS, send)
+    refused = []
+    for again in (send, Send("m0", send.ts - 3_600_000, "lender-a", None, "+8613800000000", "otp", "code")):
+        try:
+            engine.ingest(SENDS, again)
+        except RecordError as exc:
+            refused.append(exc.reason)
+    assert refused == ["duplicate", "late"]
+    assert set(cases.values()) | set(refused) <= set(DEAD_LETTER_REASONS)
 
 
 def test_exposition_never_carries_a_phone_number():
@@ -48,8 +58,9 @@ def test_exposition_never_carries_a_phone_number():
     m = metrics.create(registry)
     error = _error(b'{"message_id":"m","ts":1700000000000,"sender_id":"s","number":"+8613800138000",'
                    b'"category":"nope","body":"x"}')
-    m.dead_letters.labels("sms.sends", metrics.dead_letter_reason(error)).inc()
+    m.dead_letters.labels("sms.sends", error.reason).inc()
     careless = RecordError("field 'number' +8613800138000 is not allowed here")  # an error text that did echo one
-    m.dead_letters.labels("sms.sends", metrics.dead_letter_reason(careless)).inc()
-    assert metrics.dead_letter_reason(careless) in metrics.DEAD_LETTER_REASONS
-    assert b"8613800138000" not in generate_latest(registry)
+    m.dead_letters.labels("sms.sends", careless.reason).inc()
+    exposition = generate_latest(registry)
+    assert b'reason="invalid_record"' in exposition
+    assert b"8613800138000" not in exposition

@@ -10,10 +10,6 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from smsstream.errors import RecordError
-
-#: The dead-letter ``reason`` label takes only these values.
-DEAD_LETTER_REASONS = ("invalid_json", "too_large", "invalid_record", "duplicate", "late", "null_value")
 
 
 @dataclass(frozen=True)
@@ -107,23 +103,6 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream")
             registry=registry,
         ),
     )
-
-
-def dead_letter_reason(error: RecordError) -> str:
-    """One of :data:`DEAD_LETTER_REASONS` for an error, so the label set stays fixed."""
-    name = type(error).__name__
-    if name == "DuplicateEvent":
-        return "duplicate"
-    if name == "LateEvent":
-        return "late"
-    text = str(error)
-    if text.startswith("value is not valid JSON"):
-        return "invalid_json"
-    if text.startswith("record is") and "bytes" in text:
-        return "too_large"
-    if text.startswith("value is null"):
-        return "null_value"
-    return "invalid_record"
 
 
 def serve(registry: CollectorRegistry, port: int) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import orjson
 
-from smsstream.errors import RecordError
+from smsstream.errors import InvalidJson, NullValue, RecordError, TooLarge, UnknownTopic
 from smsstream.pseudonym import redact_without_key
 
 SENDS = "sms.sends"
@@ -163,7 +163,7 @@ def _str(d: dict, field: str, limit: int = MAX_ID_CHARS) -> str:
     if not value:
         raise RecordError(f"field '{field}' must not be empty")
     if len(value) > limit:
-        raise RecordError(f"field '{field}' is {len(value)} characters long; at most {limit} accepted")
+        raise TooLarge(f"field '{field}' is {len(value)} characters long; at most {limit} accepted")
     return value
 
 
@@ -174,7 +174,7 @@ def _opt_str(d: dict, field: str, limit: int = MAX_ID_CHARS) -> str | None:
     if not isinstance(value, str):
         raise RecordError(f"field '{field}' must be a string or null, got {_json_type(value)}")
     if len(value) > limit:
-        raise RecordError(f"field '{field}' is {len(value)} characters long; at most {limit} accepted")
+        raise TooLarge(f"field '{field}' is {len(value)} characters long; at most {limit} accepted")
     return value
 
 
@@ -272,7 +272,7 @@ def parse_send(d: Any) -> Send:
     if not isinstance(body, str):
         raise RecordError(f"field 'body' must be a string, got {_json_type(body)}")
     if len(body) > MAX_BODY_CHARS:
-        raise RecordError(f"field 'body' is {len(body)} characters long; at most {MAX_BODY_CHARS} accepted")
+        raise TooLarge(f"field 'body' is {len(body)} characters long; at most {MAX_BODY_CHARS} accepted")
     src = d.get("source")
     source = None
     if src is not None:
@@ -403,22 +403,22 @@ def decode(topic: str, raw: Any, key: bytes | str | None = None) -> Record | Non
     """
     parser = PARSERS.get(topic)
     if parser is None:
-        raise RecordError(f"topic '{redact_without_key(topic[:100])}' is not an smsstream input topic; "
+        raise UnknownTopic(f"topic '{redact_without_key(topic[:100])}' is not an smsstream input topic; "
                           f"expected one of {', '.join(INPUT_TOPICS)}")
     if raw is None:
         if topic == BORROWERS:
             return borrower_tombstone(key)
         if topic == TEMPLATES:
             return None
-        raise RecordError("value is null; only sms.borrowers and sms.templates accept tombstones")
+        raise NullValue("value is null; only sms.borrowers and sms.templates accept tombstones")
     if not isinstance(raw, (bytes, str)):
         return parser(raw)
     if len(raw) > MAX_RECORD_BYTES:
-        raise RecordError(f"record is {len(raw)} bytes; at most {MAX_RECORD_BYTES} accepted")
+        raise TooLarge(f"record is {len(raw)} bytes; at most {MAX_RECORD_BYTES} accepted")
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise RecordError(f"value is not valid JSON: {str(exc).split(':')[0]}") from None
+        raise InvalidJson(f"value is not valid JSON: {str(exc).split(':')[0]}") from None
     return parser(value)
 
 

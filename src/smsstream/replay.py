@@ -27,12 +27,11 @@ import orjson
 from smsstream.config import Settings
 from smsstream.detection.alerts import stamp
 from smsstream.detection.engine import Engine
-from smsstream.errors import ConfigError, RecordError
+from smsstream.errors import ConfigError, InvalidJson, RecordError
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import dead_letter, decode
 
 PROGRESS_EVERY_S = 2.0
-_REASONS = {"DuplicateEvent": "duplicate", "LateEvent": "late"}
 #: Young-generation threshold of the cyclic collector while replaying (CPython's default is 700).
 #: The loop allocates records, facts and per-bucket tallies that die young and form no cycles;
 #: at the default the collector walks them (and, every few passes, the whole detection state)
@@ -68,7 +67,7 @@ def _split_line(line: bytes) -> tuple[str, Any, Any]:
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:
-        raise RecordError("replay line is not valid JSON; expected {\"topic\": ..., \"value\": ...}") from None
+        raise InvalidJson("replay line is not valid JSON; expected {\"topic\": ..., \"value\": ...}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("topic"), str):
         raise RecordError("replay line has no string 'topic'; expected {\"topic\": ..., \"value\": ...}")
     if "value" not in obj:
@@ -120,8 +119,7 @@ def _feed(
             record = decode(topic, value, key)
             alerts = ingest(topic, record)
         except RecordError as exc:
-            reason = _REASONS.get(type(exc).__name__, "malformed")
-            dead[reason] = dead.get(reason, 0) + 1
+            dead[exc.reason] = dead.get(exc.reason, 0) + 1
             if write_dead_letter is not None:
                 write_dead_letter(dead_letter(topic, None, lineno, str(exc), value))
             continue

@@ -16,19 +16,11 @@ data (borrowers, templates) is never late either.
 from __future__ import annotations
 
 from smsstream.detection.base import BUCKET_MS, DEFAULT_LATENESS_MS
-from smsstream.errors import RecordError
+from smsstream.errors import DuplicateEvent, LateEvent
 from smsstream.records import BINDINGS, RECEIPTS, SENDS
 
 #: How long an id is remembered for duplicate detection (event time).
 DEFAULT_DEDUP_HORIZON_MS = 60 * 60_000
-
-
-class DuplicateEvent(RecordError):
-    """The same event (same id) arrived again within the duplicate horizon."""
-
-
-class LateEvent(RecordError):
-    """The event is older than the allowed lateness; its buckets are already judged."""
 
 
 class EventGate:
