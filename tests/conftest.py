@@ -47,3 +47,11 @@ def bootstrap(_broker) -> str:
 def pseudonym_key(monkeypatch) -> str:
     monkeypatch.setenv("SMSSTREAM_PSEUDONYM_KEY", PSEUDONYM_KEY)
     return PSEUDONYM_KEY
+
+
+@pytest.fixture(autouse=True)
+def _fresh_message_ids():
+    """Each test numbers its hand-made messages from 0, so its evidence samples do not depend on the tests before it."""
+    import traffic
+
+    traffic.Sends.counter = 0
