@@ -1,11 +1,11 @@
-"""All detector parts wired in-process: what ``replay`` and the tests drive.
+"""Every detector part in one process: what ``replay`` and the tests drive.
 
-The streaming worker runs each part of ``DETECTOR_PARTS`` as its own agent on
-a stream repartitioned by the part's key; here the same parts are chained
-directly. One ``EventGate`` decides duplicates and lateness for the whole
-input, and one watermark (latest event time minus the allowed lateness)
-closes buckets in every part, so the alerts do not depend on how events
-interleave within the allowed lateness.
+The streaming worker runs each part of ``DETECTOR_PARTS`` on a stream
+repartitioned by the part's key, one ``PartDriver`` per partition behind an
+event-time merge. Here each part gets one ``PartDriver`` and the drivers hand
+facts to each other directly, in the order the input gives them. The
+drivers and the routes are the worker's own, so replay writes the alert
+records the worker writes.
 """
 
 from __future__ import annotations
@@ -15,37 +15,32 @@ from typing import Any, Iterable
 
 from smsstream.detection.base import BUCKET_MS, DEFAULT_LATENESS_MS, Part, PartContext
 from smsstream.detection.delivery import DELIVERY_PARTS
-from smsstream.detection.facts import RoutineTally
-from smsstream.detection.gate import DEFAULT_DEDUP_HORIZON_MS, DuplicateEvent, EventGate, LateEvent
+from smsstream.detection.driver import EXPIRE_EVERY_MS, Item, Outcome, PartDriver, Source
 from smsstream.detection.non_borrower import NON_BORROWER_PARTS
 from smsstream.detection.rebind import REBIND_PARTS
+from smsstream.detection.routing import Routes
 from smsstream.detection.templates import TEMPLATE_PARTS
+from smsstream.errors import RecordError
 from smsstream.pseudonym import Pseudonymizer
 
-__all__ = ["DETECTOR_PARTS", "Engine", "DuplicateEvent", "LateEvent"]
+__all__ = ["DETECTOR_PARTS", "Engine"]
 
 #: Every part of every detector, in the order facts flow (producers before consumers).
 #: Detector modules add their parts here.
 DETECTOR_PARTS: list[type[Part]] = [*NON_BORROWER_PARTS, *DELIVERY_PARTS, *TEMPLATE_PARTS, *REBIND_PARTS]
 
-#: How often (event time) idle entities and old duplicate ids are forgotten.
-EXPIRE_EVERY_MS = 3_600_000
-
-
-def next_expiry(limit: int) -> int:
-    """The first point of the hourly expiry grid after ``limit``."""
-    return limit - limit % EXPIRE_EVERY_MS + EXPIRE_EVERY_MS
+#: The origin name of replay's input: one stream, in file order.
+INPUT = "input"
 
 
 class Engine:
-    """Feeds typed records to every part and collects the alert records they write."""
+    """Feeds typed records to every part's driver and collects the alert records they write."""
 
     def __init__(
         self,
         pseudonymizer: Pseudonymizer,
         alert_repeat_s: int = 3600,
         lateness_ms: int = DEFAULT_LATENESS_MS,
-        dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS,
         parts: Iterable[type[Part]] | None = None,
         idle_ms: int | None = None,
     ):
@@ -53,105 +48,103 @@ class Engine:
         if idle_ms is not None:
             ctx.idle_ms = idle_ms
         self.ctx = ctx
-        self.parts: list[Part] = [cls(ctx) for cls in (DETECTOR_PARTS if parts is None else parts)]
-        self.routes: dict[str, list[tuple[Part, Any]]] = {}
-        for part in self.parts:
-            for stream, keyfn in part.inputs.items():
-                self.routes.setdefault(stream, []).append((part, keyfn))
-        self.gate = EventGate(lateness_ms, dedup_horizon_ms)
-        self.tally = RoutineTally()
-        self._roll_at = 0
+        given = DETECTOR_PARTS if parts is None else list(parts)
+        self.routes = Routes(given)
+        #: producers first (``Routes``), so routine counts reach their consumers before a bucket closes
+        self.drivers = {p.name: PartDriver(p(ctx), self.routes.reports(p.name)) for p in self.routes.parts}
+        #: the parts in the order given
+        self.parts: list[Part] = [self.drivers[p.name].part for p in given]
+        #: one outcome for all drivers: facts are handed on as soon as they appear
+        self.out = Outcome()
+        for driver in self.drivers.values():
+            driver.out = self.out
+        self.max_ts = 0
+        #: the input's bucket, and the bucket its watermark is in, as of the last catch-up
+        self._caught_up = (0, 0)
         self.events: Counter[str] = Counter()
         self.dead_letters: Counter[str] = Counter()
         self.alerts: Counter[str] = Counter()
-        self._closed_until = 0
-        self._next_expiry = 0
 
-    def ingest(self, topic: str, record: Any) -> list[dict]:
-        """Take one decoded record; return the alert records of the buckets its event time closed.
+    def ingest(self, topic: str, record: Any, source: Source | None = None) -> list[dict]:
+        """Take one decoded record; return the alert records it caused (buckets it closed, evidence it completed).
 
-        Raises ``DuplicateEvent`` or ``LateEvent`` (both ``RecordError``) for
-        records to dead-letter; nothing of them has been counted.
+        Raises the ``RecordError`` (``DuplicateEvent``, ``LateEvent``) of a
+        record to dead-letter; nothing of it has been counted.
         """
         if record is None:
             return []
-        try:
-            self.gate.check(topic, record)
-        except DuplicateEvent:
-            self.dead_letters["duplicate"] += 1
-            raise
-        except LateEvent:
-            self.dead_letters["late"] += 1
-            raise
+        ts = record.ts or self.max_ts
+        if ts > self.max_ts:
+            self.max_ts = ts
+            self._catch_up(ts)
+        item_source = source or Source(topic, None, 0, None, None)
+        for name, part_key, _ in self.routes.route(topic, record):
+            self._take(name, Item(topic, part_key, record, ts, INPUT, item_source))
+        out = self.out
+        if out.dead:
+            dead, out.dead = out.dead, []
+            error = dead[0][1]
+            self.dead_letters[error.reason] += 1
+            raise error
         self.events[topic] += 1
-        gate = self.gate
-        if gate.max_ts >= self._roll_at:
-            self._roll(gate.max_ts)
-        routes = self.routes
-        for part, keyfn in routes.get(topic, ()):
-            key = keyfn(record)
-            if key is None:
-                continue
-            for key in (key,) if key.__class__ is str else key:
-                facts = part.process(topic, key, record)
-                if facts:
-                    self._route_facts(facts)
-        if gate.max_ts:
-            watermark = gate.max_ts - gate.lateness_ms
-            if watermark - watermark % BUCKET_MS > self._closed_until:
-                return self._advance(watermark)
-        return []
+        return self._alerts()
 
-    def _roll(self, ts: int) -> None:
-        """Forward the routine counts of the bucket the input has left (they are not judged before it closes)."""
-        rolled = self.tally.roll(ts)
-        self._roll_at = self.tally.open_bucket + BUCKET_MS
-        if rolled:
-            self._route_facts(rolled, add_up=False)
+    def _take(self, name: str, item: Item) -> None:
+        """One item into one driver, and the facts it makes into theirs, depth first."""
+        self.drivers[name].take(item)
+        self._hand_on(name)
 
-    def _route_facts(self, facts: list, add_up: bool = True) -> None:
-        routes = self.routes
-        take = self.tally.take
-        for stream, value in facts:
-            if add_up and take(stream, value):
-                continue
-            for part, keyfn in routes.get(stream, ()):
-                key = keyfn(value)
-                if key is not None:
-                    more = part.process(stream, key, value)
-                    if more:
-                        self._route_facts(more, add_up)
+    def _hand_on(self, name: str) -> None:
+        out = self.out
+        if not out.facts:
+            return
+        facts, out.facts = out.facts, []
+        route_fact = self.routes.route_fact
+        for stream, fact, ts, _ in facts:
+            for target, key in route_fact(stream, fact):
+                self._take(target, Item(stream, key, fact, ts, name))
 
-    def _advance(self, watermark: int) -> list[dict]:
-        out: list[dict] = []
+    def _catch_up(self, ts: int) -> None:
+        """The input has reached ``ts``: once that enters a new bucket, or its watermark does, every
+        driver catches up, as a worker's shards do on their merge bound.
+
+        Producers hand over their routine counts first, so they reach their
+        consumers before those close the bucket; then every part closes its
+        buckets, one hourly expiry point after the other, as one clock.
+        """
+        watermark = ts - 1 - self.ctx.lateness_ms
+        now = (ts // BUCKET_MS, watermark // BUCKET_MS)
+        if now == self._caught_up:
+            return
+        self._caught_up = now
+        drivers = self.drivers
+        for name, driver in drivers.items():
+            driver.hand_over(ts)
+            self._hand_on(name)
         limit = watermark - watermark % BUCKET_MS
-        # Expire on a fixed hourly grid of event time, after closing exactly up to each grid
-        # point, so alerts do not depend on how far one advance jumps (worker shards jump further).
-        while self._next_expiry and self._next_expiry <= limit:
-            at = self._next_expiry
-            for part in self.parts:
-                out.extend(part.advance(at))
-                part.expire(at)
-            self.gate.expire()
-            self._next_expiry = at + EXPIRE_EVERY_MS
-        for part in self.parts:
-            out.extend(part.advance(watermark))
-        if not self._next_expiry:
-            self._next_expiry = next_expiry(limit)
-        self._closed_until = limit
-        for record in out:
+        at = min((d.next_expiry for d in drivers.values() if d.next_expiry), default=0)
+        while at and at <= limit:
+            for driver in drivers.values():
+                driver.advance(at)
+            at += EXPIRE_EVERY_MS
+        for driver in drivers.values():
+            driver.advance(watermark)
+
+    def _alerts(self) -> list[dict]:
+        out = self.out
+        if not out.alerts:
+            return []
+        alerts, out.alerts = out.alerts, []
+        for record in alerts:
             self.alerts[record["status"]] += 1
-        return out
+        return alerts
 
     def flush(self) -> list[dict]:
         """End of input: close every bucket still open and return what that writes."""
-        self._route_facts(self.tally.roll(self.tally.open_bucket + BUCKET_MS), add_up=False)
-        out: list[dict] = []
-        for part in self.parts:
-            out.extend(part.flush())
-        for record in out:
-            self.alerts[record["status"]] += 1
-        return out
+        for name, driver in self.drivers.items():
+            driver.flush()
+            self._hand_on(name)
+        return self._alerts()
 
     def counters(self) -> dict[str, Any]:
         """What the engine did, for metrics and the end-of-replay report."""

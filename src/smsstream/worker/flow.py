@@ -17,47 +17,21 @@ from __future__ import annotations
 
 import heapq
 import pickle
-from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
 
-from smsstream.detection.base import BUCKET_MS, Part, PartContext, partition_of
-from smsstream.detection.engine import EXPIRE_EVERY_MS, next_expiry
-from smsstream.detection.facts import ADDED_UP, RoutineTally
-from smsstream.detection.gate import EventGate
-from smsstream.errors import RecordError
+from smsstream.detection.base import Part, PartContext, partition_of
+from smsstream.detection.driver import Item, Outcome, PartDriver, Source
+from smsstream.detection.routing import Routes
 from smsstream.records import BINDINGS, INPUT_TOPICS, RECEIPTS, SENDS
+
+__all__ = ["EventTimeMerge", "Heartbeat", "Item", "Outbox", "Shard", "Source", "Topology", "decode", "encode"]
 
 #: Input topics whose event time every part's clock follows, as in ``Engine``; reference topics
 #: hold back only the parts that read them, and only until they have caught up.
 EVENT_TOPICS = (SENDS, RECEIPTS, BINDINGS)
 #: Items a shard may hold back while waiting for a slow origin.
 MAX_BUFFERED = 100_000
-
-
-@dataclass(slots=True)
-class Source:
-    """Where an input record came from, for the dead-letter topic."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    raw: bytes | None
-
-
-@dataclass(slots=True)
-class Item:
-    """A record (``source`` set) or a fact for one part, keyed by that part's key."""
-
-    stream: str
-    key: str
-    value: Any
-    ts: int
-    origin: str
-    source: Source | None = None
-    #: position in its origin (input offset, or the emitting shard's fact count): an item
-    #: re-sent after its origin restarted from a snapshot is recognised and dropped
-    seq: int = -1
 
 
 @dataclass(slots=True)
@@ -179,46 +153,29 @@ class EventTimeMerge:
         return len(self._heap)
 
 
-@dataclass(slots=True)
-class Outcome:
-    """What processing some items produced: alert records, facts for other parts, dead letters."""
-
-    alerts: list[dict] = field(default_factory=list)
-    #: (stream, fact, event time, sequence number in this shard's output)
-    facts: list[tuple[str, Any, int, int]] = field(default_factory=list)
-    dead: list[tuple[Source, RecordError]] = field(default_factory=list)
-    processed: int = 0
-    #: of the items processed, those a full merge buffer released early (``EventTimeMerge.overflowed``)
-    overflowed: int = 0
-
-
 class Shard:
-    """One partition of one part: its merge buffer, duplicate/late gate and the part's state.
+    """One partition of one part: the event-time merge of everything upstream, in front of the part's driver.
 
-    Like ``Engine``, a shard closes buckets on the event time of the whole
-    input (the merge bound covers every partition of the event topics), not
-    only on the events this part sees. Each shard gates the records it gets;
-    only the shards of a topic's *reporting* part dead-letter what the gate
-    refuses, so one bad record yields one dead letter.
+    The shard closes buckets on the event time of the whole input (the merge
+    bound covers every partition of the event topics), not only on the items
+    this part gets, as ``Engine`` does with its one clock.
     """
 
     def __init__(self, part: Part, expected: Iterable[str] = (), reports: frozenset[str] = frozenset()):
-        self.part = part
-        self.reports = reports
+        self.driver = PartDriver(part, reports)
         self.merge = EventTimeMerge(expected=frozenset(expected))
-        self.gate = EventGate(part.ctx.lateness_ms)
         #: event time this shard has processed and forwarded; facts it sends later are not older
         self.emitted_until = 0
         #: idle as of the last run whose facts are on their way (``sent``), not mid-run
         self.emitted_idle = False
-        self.facts_sent = 0
-        self._next_expiry = 0
-        #: routine facts this shard produces, added up per bucket (``RoutineTally``)
-        self.tally = RoutineTally()
-        #: per producing origin: the latest bucket it sent routine counts for, and the count per group
-        self.routine_seen: dict[str, tuple[int, dict]] = {}
         #: offset of the last message of this shard's own partition that its state holds (-1: none yet)
         self.covered = -1
+        #: items the last run took that a full merge buffer released early (``EventTimeMerge.overflowed``)
+        self.overflowed = 0
+
+    @property
+    def part(self) -> Part:
+        return self.driver.part
 
     def offer(self, message: Message) -> None:
         """Take an item, or a batch of items or heartbeats (one message carries many)."""
@@ -234,93 +191,17 @@ class Shard:
 
     def run(self) -> Outcome:
         """Process every item the merge can release, in event-time order, then close due buckets."""
-        out = Outcome()
-        overflowed = self.merge.overflowed
-        part = self.part
-        lateness = part.ctx.lateness_ms
-        tally = self.tally
-        roll_at = tally.open_bucket + BUCKET_MS
-        for item in self.merge.release():
-            # As in Engine, an event meets the buckets closed by the events before it.
-            out.alerts.extend(self._advance(item.ts - 1 - lateness))
-            if item.ts >= roll_at:
-                self._send_routine(out, tally.roll(item.ts))
-                roll_at = tally.open_bucket + BUCKET_MS
-            value = item.value
-            if item.source is not None:
-                try:
-                    self.gate.check(item.stream, value)
-                except RecordError as exc:
-                    if item.stream in self.reports:
-                        out.dead.append((item.source, exc))
-                    continue
-            elif value.__class__ in ADDED_UP:
-                value = self._routine_delta(item.origin, item.stream, value)
-                if value is None:
-                    continue
-            out.processed += 1
-            if item.key:
-                for stream, fact in part.process(item.stream, item.key, value) or ():
-                    if tally.take(stream, fact):
-                        continue
-                    self.facts_sent += 1
-                    out.facts.append((stream, fact, item.ts, self.facts_sent))
-        bound = self.merge.bound()
+        merge = self.merge
+        overflowed = merge.overflowed
+        driver = self.driver
+        take = driver.take
+        for item in merge.release():
+            take(item)
+        bound = merge.bound()
         if bound is not None:
-            if tally.groups and (bound >= roll_at or self.merge.all_idle):
-                # the input has passed the open bucket (or gone quiet): consumers need its counts so far
-                self._send_routine(out, tally.unsent())
-            # Events still to come are not older than the bound; once all is idle, nothing is to come.
-            out.alerts.extend(self._advance(bound - lateness - (0 if self.merge.all_idle else 1)))
-        out.overflowed = self.merge.overflowed - overflowed
-        return out
-
-    @staticmethod
-    def _send_routine(out: Outcome, counts: list) -> None:
-        """Routine counts carry no sequence number: a count sent again replaces, not adds (``_routine_delta``)."""
-        for stream, counted in counts:
-            out.facts.append((stream, counted, counted.ts, -1))
-
-    def _routine_delta(self, origin: str, stream: str, counted):
-        """What a producer's cumulative count adds to what this shard already took from it; None if nothing.
-
-        A producer sends a bucket's counts in order, and a later bucket only
-        once the earlier one is complete, so a count for an older bucket than
-        the latest from that origin is a re-sent copy. A tally that grew is
-        passed whole: the part replaces the one before (``replaces``).
-        """
-        bucket = counted.first_ts - counted.first_ts % BUCKET_MS
-        seen = self.routine_seen.get(origin)
-        if seen is None or bucket > seen[0]:
-            seen = self.routine_seen[origin] = (bucket, {})
-        elif bucket < seen[0]:
-            return None
-        group = (stream, counted.group)
-        before = seen[1].get(group, 0)
-        if counted.count <= before:
-            return None
-        seen[1][group] = counted.count
-        if not before or counted.replaces:
-            return counted
-        return replace(counted, count=counted.count - before)
-
-    def _advance(self, watermark: int) -> list[dict]:
-        """``Engine._advance`` for one part: close buckets, expiring on the same hourly grid."""
-        limit = watermark - watermark % BUCKET_MS
-        part = self.part
-        if watermark <= 0 or limit <= part.closed_until:
-            return []
-        out: list[dict] = []
-        while self._next_expiry and self._next_expiry <= limit:
-            at = self._next_expiry
-            out.extend(part.advance(at))
-            part.expire(at)
-            self.gate.expire()
-            self._next_expiry = at + EXPIRE_EVERY_MS
-        out.extend(part.advance(watermark))
-        if not self._next_expiry:
-            self._next_expiry = next_expiry(limit)
-        return out
+            driver.catch_up(bound, finished=merge.all_idle)
+        self.overflowed = merge.overflowed - overflowed
+        return driver.take_outcome()
 
     def progress(self) -> int:
         """Event time up to which this shard has forwarded all it will: what it tells its downstream.
@@ -330,9 +211,7 @@ class Shard:
         older ones. Nor beyond routine counts it still holds.
         """
         bound = self.merge.bound()
-        done = self.merge.released_until if bound is None else bound
-        pending = self.tally.pending_since()
-        return done if pending is None else min(done, pending)
+        return self.driver.progress(self.merge.released_until if bound is None else bound)
 
     @property
     def idle(self) -> bool:
@@ -348,17 +227,11 @@ class Shard:
         self.emitted_idle = self.idle
 
     def snapshot(self) -> bytes:
-        state = {k: v for k, v in vars(self.part).items() if k != "ctx"}
         return pickle.dumps(
             {
-                "part": state,
+                "driver": self.driver.state(),
                 "merge": self.merge,
-                "gate": self.gate,
                 "emitted_until": self.emitted_until,
-                "facts_sent": self.facts_sent,
-                "next_expiry": self._next_expiry,
-                "tally": self.tally,
-                "routine_seen": self.routine_seen,
                 "covered": self.covered,
             },
             protocol=pickle.HIGHEST_PROTOCOL,
@@ -374,18 +247,12 @@ class Shard:
         reports: frozenset[str] = frozenset(),
     ) -> "Shard":
         data = pickle.loads(raw)
-        part = part_cls(ctx)
-        vars(part).update(data["part"])
-        shard = cls(part, expected, reports)
+        shard = cls(part_cls(ctx), expected, reports)
+        shard.driver.restore(data["driver"])
         shard.merge = data["merge"]
         shard.merge.expected = frozenset(expected)
-        shard.gate = data["gate"]
         shard.emitted_until = data["emitted_until"]
-        shard._next_expiry = data["next_expiry"]
-        shard.facts_sent = data["facts_sent"]
-        shard.tally = data["tally"]
-        shard.routine_seen = data["routine_seen"]
-        shard.covered = data.get("covered", -1)
+        shard.covered = data["covered"]
         return shard
 
 
@@ -408,30 +275,19 @@ def resume_step(covered: int, offset: int) -> str:
     return HELD if offset <= covered else MISSED
 
 
-class Topology:
-    """Which part gets which record or fact, under which key, and whose progress each shard waits for.
-
-    The Faust app and the in-process tests both route through this, so the
-    wiring is tested without a broker.
-    """
+class Topology(Routes):
+    """The routes of the parts as run on ``partitions`` partitions, and whose progress each shard waits for."""
 
     def __init__(self, parts: Sequence[type[Part]], topic_partitions: Mapping[str, int], partitions: int):
-        self.parts = [p.spread_over(partitions) for p in parts]
+        super().__init__([p.spread_over(partitions) for p in parts])
         self.partitions = partitions
-        self.by_name = {p.name: p for p in self.parts}
-        self.consumers: dict[str, list[type[Part]]] = {}
         emitters: dict[str, list[type[Part]]] = {}
         for p in self.parts:
-            for stream in p.inputs:
-                self.consumers.setdefault(stream, []).append(p)
             for stream in p.emits:
                 emitters.setdefault(stream, []).append(p)
-        self.input_topics = [t for t in INPUT_TOPICS if t in self.consumers]
         self.clock_topics = [t for t in EVENT_TOPICS if t in self.consumers]
-        #: the part whose shards dead-letter a topic's duplicates and late events
-        self.reporter = {t: self.consumers[t][0].name for t in self.input_topics}
+        #: part -> the origins its shards' merges wait for
         self.expected: dict[str, frozenset[str]] = {}
-        self.reports: dict[str, frozenset[str]] = {}
         self.downstream: dict[str, list[str]] = {}
         for p in self.parts:
             origins = {f"{t}/{i}" for t in self.clock_topics for i in range(topic_partitions.get(t, 0))}
@@ -441,36 +297,7 @@ class Topology:
                 for upstream in emitters.get(stream, ()):
                     origins |= {f"{upstream.name}/{i}" for i in range(partitions)}
             self.expected[p.name] = frozenset(origins)
-            self.reports[p.name] = frozenset(t for t, name in self.reporter.items() if name == p.name)
             self.downstream[p.name] = sorted({q.name for s in p.emits for q in self.consumers.get(s, ())})
-
-    def route(self, topic: str, record: Any) -> list[tuple[str, str, str]]:
-        """``(part name, part key, partitioning key)`` for each part that takes this input record.
-
-        The reporting part gets every record (for the gate), keyed by the
-        record's id when it has no use for it (empty part key).
-        """
-        out = []
-        for p in self.consumers.get(topic, ()):
-            key = p.inputs[topic](record)
-            if key is None:
-                if self.reporter.get(topic) != p.name:
-                    continue
-                out.append((p.name, "", record_id(record)))
-            elif key.__class__ is str:
-                out.append((p.name, key, key))
-            else:
-                out.extend((p.name, k, k) for k in key)
-        return out
-
-    def route_fact(self, stream: str, fact: Any) -> list[tuple[str, str]]:
-        """``(part name, key)`` for each part that takes this fact."""
-        out = []
-        for q in self.consumers.get(stream, ()):
-            key = q.inputs[stream](fact)
-            if key is not None:
-                out.append((q.name, key))
-        return out
 
     def heartbeat_targets(self, topic: str) -> list[str]:
         """Parts that must hear an input partition's progress: all of them for event topics."""
@@ -481,8 +308,8 @@ class Topology:
     def new_shard(self, name: str, ctx: PartContext, snapshot: bytes | None = None) -> Shard:
         p = self.by_name[name]
         if snapshot:
-            return Shard.restore(p, ctx, snapshot, self.expected[name], self.reports[name])
-        return Shard(p(ctx), self.expected[name], self.reports[name])
+            return Shard.restore(p, ctx, snapshot, self.expected[name], self.reports(name))
+        return Shard(p(ctx), self.expected[name], self.reports(name))
 
 
 class Outbox:
@@ -540,12 +367,3 @@ class Outbox:
             else:
                 del self.groups[target]
                 self._bytes.pop(target, None)
-
-
-def record_id(record: Any) -> str:
-    """A stable id for partitioning a record that has no part key (borrower pair, template id, ...)."""
-    for attr in ("message_id", "event_id", "template_id"):
-        value = getattr(record, attr, None)
-        if value:
-            return value
-    return f"{getattr(record, 'sender_id', '')}|{getattr(record, 'number', '')}"
