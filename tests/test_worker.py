@@ -16,8 +16,9 @@ from smsstream.config import Settings
 from smsstream.errors import ConfigError
 from smsstream.records import ALERTS, DEAD_LETTER, SENDS
 from smsstream.topics import apply_topics
-from smsstream.worker.app import (
-    CHUNK_BYTES, checkpoint, delivered, forget_delivered, load_snapshot, preflight, save_snapshot,
+from smsstream.worker.app import preflight
+from smsstream.worker.snapshots import (
+    CHUNK_BYTES, checkpoint, delivered, forget_delivered, load_snapshot, save_snapshot,
 )
 from smsstream.worker.process import WorkerProcess
 from worker_scenario import MALFORMED, comparable, consume, end_offsets, prepared, worker_env

@@ -19,18 +19,22 @@ from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import BORROWERS, RECEIPTS, SENDS, TEMPLATES, Receipt, Send, Template
 from smsstream.detection.base import PartContext, partition_of
 from smsstream.worker.flow import (
-    HELD, MISSED, EventTimeMerge, Heartbeat, Item, Outbox, Source, Topology, decode, encode, resume_step,
+    HELD, MISSED, EventTimeMerge, Heartbeat, Item, Outbox, Source, Topology, encode, resume_step,
 )
+from smsstream.worker.router import InputRouter
+from smsstream.worker.shards import ShardHost
 from traffic import DAY, HOUR, KEY, MINUTE, T0, Sends, book, engine, numbers
 
 
 class LocalDataflow:
-    """Input partitions -> route -> part shards -> facts/alerts, with heartbeats, in one process.
+    """Input partitions -> the worker's router -> its shard host -> facts/alerts, with heartbeats, in one process.
 
-    Topics are append-only logs read from a position, as on a broker, so a
-    crash can be played out: the crashed shards come back from their last
-    snapshot and read their topics again from that snapshot's position, and
-    the crashed input partitions are routed again from their last commit.
+    The worker's own classes (``InputRouter``, ``ShardHost``) do the work;
+    only the transport is this harness's: topics are append-only lists read
+    from a position, as on a broker, so a crash can be played out: the
+    crashed shards come back from their last snapshot and read their topics
+    again from that snapshot's position, and the crashed input partitions
+    are routed again from their last commit.
     """
 
     def __init__(self, topic_partitions: int = 3, partitions: int = 4, seed: int = 0,
@@ -39,21 +43,21 @@ class LocalDataflow:
         self.rng = random.Random(seed)
         #: send heartbeats between a shard's run and the sending of its facts, as the worker's timer may
         self.heartbeat_mid_run = heartbeat_mid_run
-        #: parts whose shards process nothing until all input has been read, then all of it in one run
+        #: parts whose shards process nothing until all input has been read
         self.lagging = lagging
-        self.backlog: frozenset[str] = frozenset()
         self.ctx = PartContext(Pseudonymizer(KEY))
         topics = {t: topic_partitions for t in (SENDS, RECEIPTS, BORROWERS, "sms.templates", "sms.bindings")}
         self.topology = Topology(DETECTOR_PARTS, topics, partitions)
+        self.router = InputRouter(self.topology)
         self.partitions = partitions
         self.inputs: dict = {(t, i): [] for t in self.topology.input_topics for i in range(topic_partitions)}
         self.read_at = dict.fromkeys(self.inputs, 0)
         self.committed_at = dict.fromkeys(self.inputs, 0)
-        self.max_ts = dict.fromkeys(self.inputs, 0)
         self.inbox: dict = {(p.name, i): [] for p in DETECTOR_PARTS for i in range(partitions)}
         self.inbox_at = dict.fromkeys(self.inbox, 0)
         #: (part, partition) -> (snapshot, inbox position it covers)
         self.saved: dict = {}
+        self.host = self._host()
         #: a crashed shard's consumer resumes from the checkpoint before its last snapshot (offsets are
         #: committed on a timer) ...
         self.commit_lags = commit_lags
@@ -62,24 +66,30 @@ class LocalDataflow:
         self.consumer_skips = consumer_skips
         #: messages a restored shard passed over (its state held them) or read again (its consumer skipped them)
         self.held_over = self.read_again = 0
-        self.shards = {}
+        #: the heartbeats' clock, seconds: each round is ten seconds after the one before
+        self.now = 0.0
         self.alerts: list[dict] = []
         self.dead: list[str] = []
         #: part -> items its shards processed; (part, partition) -> items that shard processed
         self.processed: dict[str, int] = {}
         self.processed_by_shard: dict[tuple[str, int], int] = {}
 
+    def _host(self, snapshots: dict | None = None) -> ShardHost:
+        """A shard host whose shards start from ``snapshots`` ((part, partition) -> bytes), else from their
+        last saved snapshot, else empty."""
+        snapshots = snapshots or {}
+
+        def load(name: str, partition: int) -> bytes | None:
+            key = (name, partition)
+            return snapshots[key] if key in snapshots else self.saved.get(key, (None, 0))[0]
+
+        return ShardHost(self.topology, self.ctx, load)
+
     def produce(self, events) -> None:
         n = len({i for _, i in self.inputs})
         for topic, record in events:
             producer_key = getattr(record, "number", None) or getattr(record, "message_id", "")
-            self.inputs[(topic, partition_of(producer_key, n))].append(record)
-
-    def _shard(self, name: str, partition: int):
-        shard = self.shards.get((name, partition))
-        if shard is None:
-            shard = self.shards[(name, partition)] = self.topology.new_shard(name, self.ctx)
-        return shard
+            self.inputs[(topic, partition_of(producer_key, n))].append(orjson.dumps(record))
 
     def _left(self, tp) -> int:
         return len(self.inputs[tp]) - self.read_at[tp]
@@ -87,31 +97,25 @@ class LocalDataflow:
     def _read(self, tp, count: int) -> None:
         topic, partition = tp
         log = self.inputs[tp]
-        outbox = Outbox(self.partitions)
         for offset in range(self.read_at[tp], min(self.read_at[tp] + count, len(log))):
-            record = log[offset]
-            ts = record.ts or self.max_ts[tp]
-            self.max_ts[tp] = max(self.max_ts[tp], ts)
-            source = Source(topic, partition, offset, None, b"{}")
-            for name, part_key, route_key in self.topology.route(topic, record):
-                outbox.add(name, route_key, Item(topic, part_key, record, ts, f"{topic}/{partition}", source, offset))
+            dead = self.router.take(topic, partition, offset, None, log[offset], event=offset)
+            if dead is not None:
+                self.dead.append(str(dead[1]))
             self.read_at[tp] = offset + 1
-        self._send(outbox)
+        messages, _, reached = self.router.take_batch(topic)
+        self._send(messages)
+        self.router.sent(reached)
 
-    def _send(self, outbox: Outbox) -> None:
-        for target, items in outbox.take():
+    def _send(self, messages) -> None:
+        for target, items in messages:
             self.inbox[target].append(encode(items))
 
     def _heartbeats(self) -> None:
-        beats: dict[str, list[Heartbeat]] = {}
-        for tp in self.inputs:
-            beat = Heartbeat(f"{tp[0]}/{tp[1]}", self.max_ts[tp], not self._left(tp))
-            for name in self.topology.heartbeat_targets(tp[0]):
-                beats.setdefault(name, []).append(beat)
-        for (name, partition), shard in self.shards.items():
-            beat = Heartbeat(f"{name}/{partition}", shard.emitted_until, shard.emitted_idle)
-            for target in self.topology.downstream[name]:
-                beats.setdefault(target, []).append(beat)
+        self.now += 10.0
+        ends = {tp: len(log) for tp, log in self.inputs.items()}
+        beats = self.router.heartbeats(ends, dict(self.committed_at), self.now)
+        for name, more in self.host.heartbeats().items():
+            beats.setdefault(name, []).extend(more)
         for name, batch in beats.items():
             for i in range(self.partitions):
                 self.inbox[(name, i)].append(encode(batch))
@@ -125,36 +129,34 @@ class LocalDataflow:
                     continue
                 while self.inbox_at[(name, partition)] < len(log):
                     moved = True
-                    shard = self._shard(name, partition)
-                    at = self.inbox_at[(name, partition)]
-                    # a lagging shard catching up takes its whole backlog before it runs
-                    upto = len(log) if name in self.backlog else at + 1
-                    for offset in range(at, upto):
-                        # as the worker's part agent: from the position the shard's state holds
-                        step = resume_step(shard.covered, offset)
-                        if step is HELD:
-                            self.held_over += 1
-                            continue
-                        for missed in range(shard.covered + 1, offset) if step is MISSED else ():
-                            self.read_again += 1
-                            shard.offer(decode(log[missed]))
-                        shard.offer(decode(log[offset]))
-                        shard.covered = offset
-                    self.inbox_at[(name, partition)] = upto
-                    out = shard.run()
-                    self.processed[name] = self.processed.get(name, 0) + out.processed
-                    where = (name, partition)
-                    self.processed_by_shard[where] = self.processed_by_shard.get(where, 0) + out.processed
-                    self.dead += [str(error) for _, error in out.dead]
-                    self.alerts += out.alerts
-                    facts = Outbox(self.partitions)
-                    for stream, fact, ts, seq in out.facts:
-                        for target, key in self.topology.route_fact(stream, fact):
-                            facts.add(target, key, Item(stream, key, fact, ts, f"{name}/{partition}", seq=seq))
-                    if self.heartbeat_mid_run and out.facts and shard.idle:
-                        self._heartbeats()
-                    self._send(facts)
-                    shard.sent()
+                    self._take(name, partition, self.inbox_at[(name, partition)])
+                    self.inbox_at[(name, partition)] += 1
+
+    def _take(self, name: str, partition: int, offset: int) -> None:
+        """One message of a part's topic, as the worker's part agent takes it."""
+        host, log = self.host, self.inbox[(name, partition)]
+        shard = host.shard(name, partition)
+        step = resume_step(shard.covered, offset)
+        if step is HELD:
+            self.held_over += 1
+            return
+        if step is MISSED:
+            for missed in range(shard.covered + 1, offset):
+                self.read_again += 1
+                self._run(shard, name, partition, missed, log[missed])
+        self._run(shard, name, partition, offset, log[offset])
+        host.hold(name, partition, offset, 0, self.now)
+
+    def _run(self, shard, name: str, partition: int, offset: int, value: bytes) -> None:
+        out = self.host.run(shard, name, partition, offset, value)
+        self.processed[name] = self.processed.get(name, 0) + out.processed
+        where = (name, partition)
+        self.processed_by_shard[where] = self.processed_by_shard.get(where, 0) + out.processed
+        self.dead += [str(error) for _, error in out.dead]
+        self.alerts += out.alerts
+        if self.heartbeat_mid_run and out.facts and shard.idle:
+            self._heartbeats()
+        self._send(out.facts)
 
     def run(self, batch: int = 50, restart_every: int = 0, checkpoint_every: int = 0,
             crash_at: tuple[int, ...] = ()) -> list[dict]:
@@ -175,45 +177,43 @@ class LocalDataflow:
                 self.checkpoint(self.rng.random() < 0.5)
             if rounds in crash_at:
                 self.crash()
-        self.backlog, self.lagging = self.lagging, frozenset()
-        for _ in range(len(self.topology.parts) + 2):
+        self.lagging = frozenset()
+        for _ in range(len(self.topology.parts) + 4):
             self._heartbeats()
             self._drain()
-            self.backlog = frozenset()
         return self.alerts
 
     def restart(self) -> None:
         """What a worker restart does: every shard is rebuilt from its snapshot."""
-        self.shards = {
-            (name, partition): self.topology.new_shard(name, self.ctx, shard.snapshot())
-            for (name, partition), shard in self.shards.items()
-        }
+        self.host = self._host({key: shard.snapshot() for key, shard in self.host.shards.items()})
 
     def checkpoint(self, half: bool) -> None:
         """Snapshot (and commit) one half of the shards and input partitions, as their owners do at their own pace."""
-        for key, shard in self.shards.items():
+        for key, shard in self.host.shards.items():
             if self._owned_by_first(key) == half:
                 if key in self.saved:
                     self.committed[key] = self.saved[key][1]
                 self.saved[key] = (shard.snapshot(), self.inbox_at[key])
+                self.host.checkpointed(*key, seconds=0.0)
         for tp in self.inputs:
             if self._owned_by_first(tp) == half:
                 self.committed_at[tp] = self.read_at[tp]
 
     def crash(self) -> None:
         """The first worker dies: what it owned resumes from its last snapshot and commit; what it sent stays sent."""
-        for key in list(self.shards):
+        for key in list(self.host.slots):
             if self._owned_by_first(key):
-                snapshot, position = self.saved.get(key, (None, 0))
+                position = self.saved.get(key, (None, 0))[1]
                 if self.commit_lags:
                     position = self.committed.get(key, 0)
                 if self.consumer_skips and position < len(self.inbox[key]):
                     position += 1
-                self.shards[key] = self.topology.new_shard(key[0], self.ctx, snapshot)
+                self.host.revoked(*key)
                 self.inbox_at[key] = position
-        for tp in self.inputs:
-            if self._owned_by_first(tp):
-                self.read_at[tp] = self.committed_at[tp]
+        crashed = [tp for tp in self.inputs if self._owned_by_first(tp)]
+        self.router.revoked(crashed)
+        for tp in crashed:
+            self.read_at[tp] = self.committed_at[tp]
 
     @staticmethod
     def _owned_by_first(key: tuple[str, int]) -> bool:
@@ -422,7 +422,8 @@ def test_a_shard_whose_merge_overflowed_tells_its_downstream_no_more_than_its_sl
         receipt = Receipt(f"m{i}", T0 + i * MINUTE, "DELIVRD", None, "carrier-a")
         shard.offer(Item(RECEIPTS, receipt.message_id, receipt, receipt.ts, fast,
                          Source(RECEIPTS, 0, i, None, b"{}"), seq=i))
-        early += shard.run().overflowed
+        shard.run()
+        early += shard.overflowed
     # 39 receipts went through early to bound the buffer (the first was due), but the other origins may still send
     # anything from T0 on: facts from those are still to come, so downstream must not close past T0
     assert shard.merge.released_until >= T0 + 39 * MINUTE

@@ -46,6 +46,8 @@ class Settings:
     #: Faust table store: ``memory://`` (tests, demo) or ``rocksdb://`` (production).
     store: str = "memory://"
     data_dir: str = "./smsstream-data"
+    #: the worker's consumer group and the prefix of its internal topics and tables
+    app_id: str = "smsstream"
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @classmethod
@@ -60,6 +62,7 @@ class Settings:
             alertmanager_url=env.get("SMSSTREAM_ALERTMANAGER_URL") or None,
             store=env.get("SMSSTREAM_STORE", cls.store),
             data_dir=env.get("SMSSTREAM_DATA_DIR", cls.data_dir),
+            app_id=env.get("SMSSTREAM_APP_ID") or cls.app_id,
             security=_security(env),
         )
 

@@ -11,7 +11,6 @@ cluster need different ids.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from dataclasses import replace
 
@@ -29,7 +28,7 @@ def configure(parser) -> None:
 
 def run(args: list[str]) -> int:
     from smsstream import metrics
-    from smsstream.worker.app import APP_ID, build, preflight
+    from smsstream.worker.app import build, preflight
 
     settings = Settings.from_env()
     if any(a in ("-h", "--help") for a in args):
@@ -38,7 +37,7 @@ def run(args: list[str]) -> int:
     else:
         settings.require_pseudonym_key()
         topic_partitions = asyncio.run(preflight(settings))
-    worker = build(settings, topic_partitions=topic_partitions, app_id=os.environ.get("SMSSTREAM_APP_ID") or APP_ID)
+    worker = build(settings, topic_partitions=topic_partitions)
     if topic_partitions:
         metrics.serve(worker.registry, settings.metrics_port)
     argv = list(args)
