@@ -94,3 +94,10 @@ def test_broker_urls_in_faust_form_or_bare(url, servers):
 def test_a_malformed_broker_url_names_the_setting(url):
     with pytest.raises(ConfigError, match="SMSSTREAM_BROKER"):
         bootstrap_servers(url)
+
+
+def test_lateness_settings_are_read_and_a_horizon_shorter_than_the_lateness_is_refused():
+    settings = Settings.from_env({"SMSSTREAM_ALLOWED_LATENESS_S": "30", "SMSSTREAM_LATE_HORIZON_S": "600"})
+    assert (settings.allowed_lateness_s, settings.late_horizon_s) == (30, 600)
+    with pytest.raises(ConfigError, match="raise the horizon"):
+        Settings.from_env({"SMSSTREAM_ALLOWED_LATENESS_S": "120", "SMSSTREAM_LATE_HORIZON_S": "60"})

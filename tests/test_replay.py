@@ -8,7 +8,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from smsstream.cli import main
-from smsstream.detection.gate import DuplicateEvent, LateEvent
+from smsstream.errors import DuplicateEvent, LateEvent
 from smsstream.records import ALERTS, RECEIPTS, SENDS, Receipt, Send
 from smsstream.topics import load_specs
 from traffic import HOUR, KEY, MINUTE, T0, Sends, book, engine, numbers
@@ -109,12 +109,39 @@ def test_duplicate_send_binding_and_receipt_are_refused():
     assert eng.counters()["dead_letters"] == {"duplicate": 2}
 
 
-def test_send_later_than_the_allowed_lateness_is_refused_but_a_few_minutes_out_of_order_is_fine():
+def late_attack(delay_ms: int):
+    """A lender's reminders to strangers, each reaching the feed ``delay_ms`` after it was sent."""
+    rng = random.Random(11)
+    borrowers = numbers(rng, 1000)
+    sends = Sends(rng, "lender-a", "tpl-remind", borrowers)
+    on_time = book("lender-a", borrowers) + sends.run(T0, 5 * 60, 20) + sends.run(T0 + 5 * HOUR, 60, 20)
+    attack = [(t, r) for t, r in sends.run(T0 + 5 * HOUR, 30, 20, stranger_share=1.0) if t == SENDS]
+    arriving = [(r.ts, t, r) for t, r in on_time] + [(r.ts + delay_ms, t, r) for t, r in attack]
+    return [(t, r) for _, t, r in sorted(arriving, key=lambda e: e[0])]
+
+
+def replayed(events):
     eng = engine()
-    eng.ingest(SENDS, Send("m1", T0 + 10 * MINUTE, "lender-a", None, "+8613800000000", "otp", "code"))
-    eng.ingest(SENDS, Send("m2", T0 + 6 * MINUTE, "lender-a", None, "+8613800000000", "otp", "code"))
-    with pytest.raises(LateEvent, match="lateness"):
-        eng.ingest(SENDS, Send("m3", T0, "lender-a", None, "+8613800000000", "otp", "code"))
+    alerts, refused = [], []
+    for topic, record in events:
+        try:
+            alerts += eng.ingest(topic, record)
+        except LateEvent as exc:
+            refused.append(str(exc))
+    return alerts + eng.flush(), refused
+
+
+def test_reminders_to_strangers_arriving_minutes_late_still_raise_the_spike():
+    # three minutes: far beyond the allowed lateness (their own minutes are judged), within the late horizon
+    alerts, refused = replayed(late_attack(3 * MINUTE))
+    assert refused == []
+    assert any(a["kind"] == "non_borrower_spike" and a["status"] == "firing" for a in alerts)
+
+
+def test_reminders_arriving_beyond_the_late_horizon_are_dead_lettered_and_raise_nothing():
+    alerts, refused = replayed(late_attack(40 * MINUTE))
+    assert len(refused) == 600 and "SMSSTREAM_LATE_HORIZON_S" in refused[0]
+    assert not any(a["kind"] == "non_borrower_spike" for a in alerts)
 
 
 def test_shuffling_within_the_allowed_lateness_gives_the_same_alerts(tmp_path, keyed):
@@ -123,8 +150,11 @@ def test_shuffling_within_the_allowed_lateness_gives_the_same_alerts(tmp_path, k
     lines = events.read_bytes().splitlines()
     rng = random.Random(0)
     shuffled = []
-    for i in range(0, len(lines), 20):
-        chunk = lines[i:i + 20]
+    # lines within one window shorter than the allowed lateness (10 s by default) trade places
+    windows: dict[int, list[bytes]] = {}
+    for line in lines:
+        windows.setdefault(orjson.loads(line)["value"]["ts"] // 9_000, []).append(line)
+    for _, chunk in sorted(windows.items()):
         rng.shuffle(chunk)
         shuffled += chunk
     (tmp_path / "shuffled.jsonl").write_bytes(b"\n".join(shuffled) + b"\n")

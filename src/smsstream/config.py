@@ -41,6 +41,10 @@ class Settings:
     broker: str = "kafka://127.0.0.1:9092"
     pseudonym_key: Secret | None = field(default=None, repr=False)
     alert_repeat_s: int = 3600
+    #: how far behind the latest event time a send or binding may arrive and still count in its own bucket
+    allowed_lateness_s: int = 10
+    #: how far behind it one may arrive and still count (in the first open bucket); later is dead-lettered
+    late_horizon_s: int = 1800
     metrics_port: int = 9108
     alertmanager_url: str | None = None
     #: Faust table store: ``memory://`` (tests, demo) or ``rocksdb://`` (production).
@@ -58,6 +62,8 @@ class Settings:
             broker=env.get("SMSSTREAM_BROKER", cls.broker),
             pseudonym_key=Secret(key) if key else None,
             alert_repeat_s=_int(env, "SMSSTREAM_ALERT_REPEAT_S", cls.alert_repeat_s, minimum=1),
+            allowed_lateness_s=_int(env, "SMSSTREAM_ALLOWED_LATENESS_S", cls.allowed_lateness_s, minimum=0),
+            late_horizon_s=_int(env, "SMSSTREAM_LATE_HORIZON_S", cls.late_horizon_s, minimum=0),
             metrics_port=_int(env, "SMSSTREAM_METRICS_PORT", cls.metrics_port, minimum=0),
             alertmanager_url=env.get("SMSSTREAM_ALERTMANAGER_URL") or None,
             store=env.get("SMSSTREAM_STORE", cls.store),
@@ -65,6 +71,13 @@ class Settings:
             app_id=env.get("SMSSTREAM_APP_ID") or cls.app_id,
             security=_security(env),
         )
+
+    def __post_init__(self) -> None:
+        if self.late_horizon_s < self.allowed_lateness_s:
+            raise ConfigError(
+                f"SMSSTREAM_LATE_HORIZON_S={self.late_horizon_s} is shorter than SMSSTREAM_ALLOWED_LATENESS_S="
+                f"{self.allowed_lateness_s}; a record within the allowed lateness must still count: raise the horizon"
+            )
 
     def require_pseudonym_key(self) -> Secret:
         if not self.pseudonym_key:

@@ -28,7 +28,6 @@ from smsstream.config import Settings
 from smsstream.detection.alerts import stamp
 from smsstream.detection.engine import Engine
 from smsstream.errors import ConfigError, InvalidJson, RecordError
-from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import dead_letter, decode
 
 PROGRESS_EVERY_S = 2.0
@@ -155,9 +154,7 @@ def _open_out(path: str) -> IO[bytes]:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    pseudonymizer = Pseudonymizer(settings.require_pseudonym_key())
-    engine = Engine(pseudonymizer, alert_repeat_s=settings.alert_repeat_s)
+    engine = Engine.from_settings(Settings.from_env())
     try:
         source = sys.stdin.buffer if args.events == "-" else open(args.events, "rb")
     except OSError as exc:

@@ -33,8 +33,11 @@ from typing import Any, Callable, ClassVar, Iterable, MutableMapping
 from smsstream.pseudonym import Pseudonymizer
 
 BUCKET_MS = 60_000
-#: How far behind the latest event time a send or binding may arrive and still count.
-DEFAULT_LATENESS_MS = 5 * 60_000
+#: How far behind the latest event time a send or binding may arrive and still count in its own
+#: bucket (docs/detection.md, "Late records", says why seconds).
+DEFAULT_LATENESS_MS = 10_000
+#: How far behind it a send or binding may arrive and still count at all (in the first open bucket).
+DEFAULT_LATE_HORIZON_MS = 30 * 60_000
 #: How long an entity with no events keeps its state (baselines included).
 DEFAULT_IDLE_MS = 14 * 24 * 3_600_000
 
@@ -85,6 +88,7 @@ class PartContext:
     pseudonymizer: Pseudonymizer
     alert_repeat_ms: int = 3_600_000
     lateness_ms: int = DEFAULT_LATENESS_MS
+    late_horizon_ms: int = DEFAULT_LATE_HORIZON_MS
     idle_ms: int = DEFAULT_IDLE_MS
 
     def pseudonym(self, number: str) -> str:

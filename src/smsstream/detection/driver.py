@@ -80,7 +80,7 @@ class PartDriver:
     def __init__(self, part: Part, reports: frozenset[str] = frozenset()):
         self.part = part
         self.reports = reports
-        self.gate = EventGate(part.ctx.lateness_ms)
+        self.gate = EventGate(part.ctx.late_horizon_ms)
         self.tally = RoutineTally()
         #: per producing origin: the latest bucket it sent routine counts for, and the count per group
         self.routine_seen: dict[str, tuple[int, dict]] = {}
@@ -160,14 +160,6 @@ class PartDriver:
         """End of input (replay): hand over every routine count and close every bucket that holds data."""
         self._send_routine(self.tally.roll(self.tally.open_bucket + BUCKET_MS))
         self.out.alerts.extend(self.part.flush())
-
-    def progress(self, done: int) -> int:
-        """Event time up to which this driver has passed on all it will, given its input is done to ``done``.
-
-        Not beyond routine counts it still holds.
-        """
-        pending = self.tally.pending_since()
-        return done if pending is None else min(done, pending)
 
     def take_outcome(self) -> Outcome:
         out, self.out = self.out, Outcome()

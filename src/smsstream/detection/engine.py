@@ -13,14 +13,14 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterable
 
-from smsstream.detection.base import BUCKET_MS, DEFAULT_LATENESS_MS, Part, PartContext
+from smsstream.detection.base import BUCKET_MS, DEFAULT_LATE_HORIZON_MS, DEFAULT_LATENESS_MS, Part, PartContext
 from smsstream.detection.delivery import DELIVERY_PARTS
 from smsstream.detection.driver import EXPIRE_EVERY_MS, Item, Outcome, PartDriver, Source
 from smsstream.detection.non_borrower import NON_BORROWER_PARTS
 from smsstream.detection.rebind import REBIND_PARTS
 from smsstream.detection.routing import Routes
 from smsstream.detection.templates import TEMPLATE_PARTS
-from smsstream.errors import RecordError
+from smsstream.config import Settings
 from smsstream.pseudonym import Pseudonymizer
 
 __all__ = ["DETECTOR_PARTS", "Engine"]
@@ -43,8 +43,10 @@ class Engine:
         lateness_ms: int = DEFAULT_LATENESS_MS,
         parts: Iterable[type[Part]] | None = None,
         idle_ms: int | None = None,
+        late_horizon_ms: int = DEFAULT_LATE_HORIZON_MS,
     ):
-        ctx = PartContext(pseudonymizer, alert_repeat_ms=alert_repeat_s * 1000, lateness_ms=lateness_ms)
+        ctx = PartContext(pseudonymizer, alert_repeat_ms=alert_repeat_s * 1000, lateness_ms=lateness_ms,
+                          late_horizon_ms=max(late_horizon_ms, lateness_ms))
         if idle_ms is not None:
             ctx.idle_ms = idle_ms
         self.ctx = ctx
@@ -64,6 +66,12 @@ class Engine:
         self.events: Counter[str] = Counter()
         self.dead_letters: Counter[str] = Counter()
         self.alerts: Counter[str] = Counter()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Engine":
+        """The engine the worker's settings describe (key, repeat interval, lateness): replay's."""
+        return cls(Pseudonymizer(settings.require_pseudonym_key()), alert_repeat_s=settings.alert_repeat_s,
+                   lateness_ms=settings.allowed_lateness_s * 1000, late_horizon_ms=settings.late_horizon_s * 1000)
 
     def ingest(self, topic: str, record: Any, source: Source | None = None) -> list[dict]:
         """Take one decoded record; return the alert records it caused (buckets it closed, evidence it completed).

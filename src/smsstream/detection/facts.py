@@ -409,8 +409,3 @@ class RoutineTally:
                 self.sent[group] = counted.count
                 out.append((group[0], counted.copy()))
         return out
-
-    def pending_since(self) -> int | None:
-        """Earliest event time of counts not yet handed over: the producer's forwarded progress stops there."""
-        times = [c.first_ts for g, c in self.groups.items() if self.sent.get(g) != c.count]
-        return min(times) if times else None

@@ -1,21 +1,24 @@
 """The input gate: which events are duplicates or too late to count, decided on event time.
 
 Sends (by ``message_id``), bindings (by ``event_id``) and receipts (by
-``message_id`` + ``status``) seen again within ``horizon_ms`` of event time
-are duplicates: counting them twice would inflate every rate. Sends and
-bindings more than ``lateness_ms`` behind the latest event time are late:
-their buckets are closed and judged already. Both are dead-lettered with a
-clear error, never dropped silently.
+``message_id`` + ``status``) seen again within the duplicate horizon of event
+time are duplicates: counting them twice would inflate every rate.
 
-Receipts are never late: carriers report hours (up to 72 h) after the send,
-and a receipt whose own time lies behind the watermark is still joined and
-counted, in the first bucket still open (see ``base.Part.mark``). Reference
-data (borrowers, templates) is never late either.
+A send or binding behind the latest event time by more than the allowed
+lateness still counts: its own bucket may be judged already, so it counts in
+the first bucket still open (``base.Part.mark``). Only one behind by more than
+the *late horizon* is refused as late: whatever it was evidence of has been
+judged long ago. Both refusals are dead-lettered with a clear error, never
+dropped silently. The duplicate horizon is never shorter than the late
+horizon, so a late copy of a record is still known as a copy.
+
+Receipts are never late: carriers report hours (up to 72 h) after the send.
+Reference data (borrowers, templates) is never late either.
 """
 
 from __future__ import annotations
 
-from smsstream.detection.base import BUCKET_MS, DEFAULT_LATENESS_MS
+from smsstream.detection.base import BUCKET_MS, DEFAULT_LATE_HORIZON_MS
 from smsstream.errors import DuplicateEvent, LateEvent
 from smsstream.records import BINDINGS, RECEIPTS, SENDS
 
@@ -26,18 +29,14 @@ DEFAULT_DEDUP_HORIZON_MS = 60 * 60_000
 class EventGate:
     """Remembers recent event ids per time bucket (bounded) and the latest event time."""
 
-    def __init__(self, lateness_ms: int = DEFAULT_LATENESS_MS, horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS):
-        self.lateness_ms = lateness_ms
-        self.horizon_ms = horizon_ms
+    def __init__(self, late_horizon_ms: int = DEFAULT_LATE_HORIZON_MS, horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS):
+        self.late_horizon_ms = late_horizon_ms
+        self.horizon_ms = max(horizon_ms, late_horizon_ms)
         self.max_ts = 0
         self.seen: dict[str, int] = {}
         #: bucket start -> ids first seen in it, so expiry walks whole buckets
         self._by_bucket: dict[int, list[str]] = {}
         self._oldest_bucket = 0
-
-    @property
-    def watermark(self) -> int:
-        return self.max_ts - self.lateness_ms if self.max_ts else 0
 
     def check(self, topic: str, record) -> None:
         """Raise ``DuplicateEvent`` or ``LateEvent``, or note the event as seen."""
@@ -52,7 +51,7 @@ class EventGate:
         ts = record.ts
         seen = self.seen
         max_ts = self.max_ts
-        if ident in seen or (topic != RECEIPTS and max_ts and ts < max_ts - self.lateness_ms):
+        if ident in seen or (topic != RECEIPTS and max_ts and ts < max_ts - self.late_horizon_ms):
             self._reject(topic, record, ident)
         if ts > max_ts:
             self.max_ts = ts
@@ -79,7 +78,7 @@ class EventGate:
         behind = (self.max_ts - ts) // 1000
         raise LateEvent(
             f"late {what}: ts={ts} is {behind} s behind the latest event time; "
-            f"at most {self.lateness_ms // 1000} s of lateness is accepted"
+            f"at most {self.late_horizon_ms // 1000} s is accepted (SMSSTREAM_LATE_HORIZON_S)"
         )
 
     def expire(self) -> None:

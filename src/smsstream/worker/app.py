@@ -109,7 +109,9 @@ class Worker:
         self.registry = registry
         self.metrics: Metrics = create(registry)
         self.ctx = PartContext(Pseudonymizer(settings.require_pseudonym_key()),
-                               alert_repeat_ms=settings.alert_repeat_s * 1000)
+                               alert_repeat_ms=settings.alert_repeat_s * 1000,
+                               lateness_ms=settings.allowed_lateness_s * 1000,
+                               late_horizon_ms=settings.late_horizon_s * 1000)
         self.topology = Topology(parts, topic_partitions, partitions)
         self.parts = self.topology.parts
         self.partitions = partitions

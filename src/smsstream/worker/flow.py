@@ -208,10 +208,15 @@ class Shard:
 
         Not beyond the merge bound: items released early from a full merge
         buffer run ahead of it, and the slowest origin can still deliver
-        older ones. Nor beyond routine counts it still holds.
+        older ones. Routine counts of the open bucket do not hold it back:
+        they are handed over in the run whose bound passes the bucket's end
+        (``PartDriver.catch_up``), before any heartbeat claims that bound, so
+        they reach the downstream before it can close the bucket; a bucket's
+        state does not depend on the order its items arrive in. An item of
+        evidence thus goes downstream at once, not a minute later.
         """
         bound = self.merge.bound()
-        return self.driver.progress(self.merge.released_until if bound is None else bound)
+        return self.merge.released_until if bound is None else bound
 
     @property
     def idle(self) -> bool:
