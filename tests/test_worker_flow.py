@@ -19,8 +19,9 @@ from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import BORROWERS, RECEIPTS, SENDS, TEMPLATES, Receipt, Send, Template
 from smsstream.detection.base import PartContext, partition_of
 from smsstream.worker.flow import (
-    HELD, MISSED, EventTimeMerge, Heartbeat, Item, Outbox, Source, Topology, encode, resume_step,
+    HELD, MISSED, EventTimeMerge, Heartbeat, Item, Outbox, Source, Topology, resume_step,
 )
+from smsstream.worker.transport import encode
 from smsstream.worker.router import InputRouter
 from smsstream.worker.shards import ShardHost
 from traffic import DAY, HOUR, KEY, MINUTE, T0, Sends, book, engine, numbers
@@ -401,10 +402,10 @@ def test_a_routine_count_sent_again_after_its_producer_restarted_counts_once():
     # the producer's counts so far for the first minute, then its final count, then a restored producer
     # sending both again, then the next minute
     for item in (count(T0 + 10_000, 5), count(T0 + 50_000, 8), count(T0 + 10_000, 5), count(T0 + 50_000, 8)):
-        shard.offer(item)
-    shard.offer(Item(LOAN_SENDS, "lender-a", RoutineCount(T0 + MINUTE + 5_000, T0 + MINUTE, "lender-a", "tpl",
-                                                        None, 3), T0 + MINUTE + 5_000, "borrower_book/0"))
-    shard.offer(count(T0 + 50_000, 8))
+        shard.offer([item])
+    shard.offer([Item(LOAN_SENDS, "lender-a", RoutineCount(T0 + MINUTE + 5_000, T0 + MINUTE, "lender-a", "tpl",
+                                                         None, 3), T0 + MINUTE + 5_000, "borrower_book/0")])
+    shard.offer([count(T0 + 50_000, 8)])
     shard.offer([Heartbeat(origin, T0 + HOUR, idle=True) for origin in topology.expected["non_borrower_sender"]])
     shard.run()
     ring = shard.part.entities["lender-a"].ring
@@ -420,8 +421,8 @@ def test_a_shard_whose_merge_overflowed_tells_its_downstream_no_more_than_its_sl
     early = 0
     for i in range(50):
         receipt = Receipt(f"m{i}", T0 + i * MINUTE, "DELIVRD", None, "carrier-a")
-        shard.offer(Item(RECEIPTS, receipt.message_id, receipt, receipt.ts, fast,
-                         Source(RECEIPTS, 0, i, None, b"{}"), seq=i))
+        shard.offer([Item(RECEIPTS, receipt.message_id, receipt, receipt.ts, fast,
+                          Source(RECEIPTS, 0, i, None, b"{}"), seq=i)])
         shard.run()
         early += shard.overflowed
     # 39 receipts went through early to bound the buffer (the first was due), but the other origins may still send
@@ -499,3 +500,23 @@ def test_an_outbox_keeps_each_partitions_items_in_order_and_messages_bounded():
     assert max(len(items) for _, items in messages) <= Outbox.MAX_MESSAGE_ITEMS
     assert [item.seq for _, items in messages for item in items] == list(range(5_000))
     assert outbox.take() == [] and outbox.items == 0
+
+
+def test_items_and_heartbeats_come_off_the_internal_topic_as_they_went_on():
+    from smsstream.records import BINDINGS, Binding, Borrower, Source as Origin
+    from smsstream.worker.transport import decode
+
+    sends = [Send("m1", T0, "lender-a", "tpl", "+8613800000000", "repayment_reminder", "body", "acc-1",
+                  Origin("key-1", "10.0.0.1", "api"), "cmcc"),
+             Send("m2", T0 + 1, "lender-a", None, "+8613800000001", "otp", "code")]
+    items = [Item(SENDS, s.number, s, s.ts, "sms.sends/0", Source(SENDS, 0, i, b"k", b"{}"), i)
+             for i, s in enumerate(sends)]
+    items += [Item(BORROWERS, "+8613800000000", Borrower("lender-a", "+8613800000000", None, "closed", 0, True),
+                   T0, "sms.borrowers/1", None, 7),
+              Item(BINDINGS, "lender-a|acc-1", Binding("e1", T0, "lender-a", "acc-1", None, "+8613800000002"), T0,
+                   "sms.bindings/0"),
+              Item(LOAN_SENDS, "lender-a", LoanSend(T0, "lender-a", "tpl", "m1", True, "pn:x"), T0,
+                   "borrower_book/2", seq=3)]
+    assert decode(encode(items)) == items
+    beats = [Heartbeat("sms.sends/0", T0, False), Heartbeat("borrower_book/1", T0 - 1, True)]
+    assert decode(encode(beats)) == beats

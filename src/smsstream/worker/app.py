@@ -44,7 +44,8 @@ from smsstream.detection.base import Part, PartContext
 from smsstream.errors import BrokerUnreachable, ConfigError, RecordError
 from smsstream.metrics import Metrics, create
 from smsstream.pseudonym import Pseudonymizer
-from smsstream.worker.flow import HELD, MISSED, Item, Source, Topology, encode, resume_step
+from smsstream.worker.flow import HELD, MISSED, Item, Source, Topology, resume_step
+from smsstream.worker.transport import encode
 from smsstream.worker.router import InputRouter
 from smsstream.worker.shards import ShardHost, ShardOutput
 from smsstream.worker.snapshots import checkpoint, load_snapshot

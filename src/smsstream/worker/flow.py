@@ -25,7 +25,7 @@ from smsstream.detection.driver import Item, Outcome, PartDriver, Source
 from smsstream.detection.routing import Routes
 from smsstream.records import BINDINGS, INPUT_TOPICS, RECEIPTS, SENDS
 
-__all__ = ["EventTimeMerge", "Heartbeat", "Item", "Outbox", "Shard", "Source", "Topology", "decode", "encode"]
+__all__ = ["EventTimeMerge", "Heartbeat", "Item", "Outbox", "Shard", "Source", "Topology"]
 
 #: Input topics whose event time every part's clock follows, as in ``Engine``; reference topics
 #: hold back only the parts that read them, and only until they have caught up.
@@ -41,19 +41,6 @@ class Heartbeat:
     origin: str
     watermark: int
     idle: bool
-
-
-#: What one internal-topic message carries: items in their origin's order, or heartbeats.
-Message = Item | list[Item | Heartbeat]
-
-
-def encode(message: Message) -> bytes:
-    """Internal topics carry pickles: they are written and read only by smsstream workers."""
-    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def decode(raw: bytes) -> Message:
-    return pickle.loads(raw)
 
 
 @dataclass
@@ -177,17 +164,14 @@ class Shard:
     def part(self) -> Part:
         return self.driver.part
 
-    def offer(self, message: Message) -> None:
-        """Take an item, or a batch of items or heartbeats (one message carries many)."""
-        if isinstance(message, list):
-            merge = self.merge
-            for element in message:
-                if element.__class__ is Heartbeat:
-                    merge.heartbeat(element)
-                else:
-                    merge.offer(element)
-        else:
-            self.merge.offer(message)
+    def offer(self, message: list) -> None:
+        """Take a message of items or of heartbeats (``transport.decode``)."""
+        merge = self.merge
+        for element in message:
+            if element.__class__ is Heartbeat:
+                merge.heartbeat(element)
+            else:
+                merge.offer(element)
 
     def run(self) -> Outcome:
         """Process every item the merge can release, in event-time order, then close due buckets."""

@@ -17,7 +17,8 @@ from typing import Any, Awaitable, Callable
 from smsstream.detection.base import PartContext
 from smsstream.detection.driver import Item, Source
 from smsstream.errors import RecordError
-from smsstream.worker.flow import Heartbeat, Outbox, Shard, Topology, decode
+from smsstream.worker.flow import Heartbeat, Outbox, Shard, Topology
+from smsstream.worker.transport import decode
 from smsstream.worker.snapshots import forget_delivered
 
 log = logging.getLogger(__name__)
