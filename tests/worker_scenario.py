@@ -137,6 +137,18 @@ async def consume(bootstrap: str, topic: str, until, timeout: float, start: dict
     return messages
 
 
+def episodes(alerts: list[dict]) -> list[tuple]:
+    """Which episodes alert, and when each record of theirs was written: what replay and the worker agree on.
+
+    Their figures agree too, bar records that arrived later than the allowed
+    lateness: those count in the first bucket still open, and which bucket
+    that is depends on how the input partitions interleaved (README, "Late
+    records"), so a baseline may differ in its last digits.
+    """
+    return sorted({(a["dedup_key"], a["alert_id"], a["status"], a["reason"], a["severity"], a["window_start"],
+                    a["window_end"]) for a in alerts})
+
+
 def comparable(alerts: list[dict]) -> list[bytes]:
     """Alert records bar ``detected_at``, deduplicated (a re-sent record is the same record).
 
