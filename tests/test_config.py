@@ -94,3 +94,69 @@ def test_broker_urls_in_faust_form_or_bare(url, servers):
 def test_a_malformed_broker_url_names_the_setting(url):
     with pytest.raises(ConfigError, match="SMSSTREAM_BROKER"):
         bootstrap_servers(url)
+
+
+def test_health_and_metrics_stay_on_loopback_unless_told_otherwise():
+    assert Settings.from_env({}).bind_host == "127.0.0.1"
+    assert Settings.from_env({"SMSSTREAM_BIND_HOST": "0.0.0.0"}).bind_host == "0.0.0.0"
+
+
+def _non_loopback_address() -> str | None:
+    import socket
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 9))  # UDP: picks the outbound address, sends nothing
+        address = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.parametrize("host,reachable_from_outside", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_metrics_bind_to_the_host_setting(host, reachable_from_outside):
+    import socket
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from smsstream import metrics
+    from smsstream.broker import free_port
+
+    other = _non_loopback_address()
+    if other is None:
+        pytest.skip("this machine has no non-loopback address to try")
+    registry = CollectorRegistry()
+    Counter("bind_probe", "a probe", registry=registry).inc()
+    port = free_port()
+    metrics.serve(registry, port, host=host)
+    assert b"bind_probe_total 1.0" in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    try:
+        socket.create_connection((other, port), timeout=2).close()
+        reached = True
+    except OSError:
+        reached = False
+    assert reached is reachable_from_outside
+
+
+def test_notifier_settings_have_working_defaults_and_name_the_variable_when_wrong():
+    notify = Settings.from_env({}).notify
+    assert (notify.group_id, notify.metrics_port, notify.start) == ("smsstream-notify", 9109, "earliest")
+    assert notify.runbook_base_url == "docs/runbooks" and notify.max_attempts == 0
+    tuned = Settings.from_env({"SMSSTREAM_NOTIFY_RETRY_MIN_S": "0.05", "SMSSTREAM_RUNBOOK_BASE_URL": "https://x/rb/"})
+    assert tuned.notify.retry_min_s == 0.05 and tuned.notify.runbook_base_url == "https://x/rb"
+    for env, name in [
+        ({"SMSSTREAM_NOTIFY_START": "middle"}, "SMSSTREAM_NOTIFY_START"),
+        ({"SMSSTREAM_NOTIFY_REFRESH_S": "soon"}, "SMSSTREAM_NOTIFY_REFRESH_S"),
+        ({"SMSSTREAM_NOTIFY_MAX_INFLIGHT": "0"}, "SMSSTREAM_NOTIFY_MAX_INFLIGHT"),
+        ({"SMSSTREAM_NOTIFY_RETRY_MIN_S": "5", "SMSSTREAM_NOTIFY_RETRY_MAX_S": "1"}, "SMSSTREAM_NOTIFY_RETRY_MAX_S"),
+    ]:
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env(env)
+
+
+def test_the_webhook_secret_does_not_show_in_settings_repr():
+    settings = Settings.from_env({"SMSSTREAM_WEBHOOK_URL": "http://hook", "SMSSTREAM_WEBHOOK_SECRET": "whsec-123"})
+    assert settings.webhook_secret == "whsec-123" and "whsec-123" not in repr(settings)
