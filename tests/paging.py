@@ -317,7 +317,7 @@ def alert_record(status: str = "firing", **fields) -> dict:
 
 
 def resolved(record: dict, **fields) -> dict:
-    return dict(record, status="resolved", detected_at=int(time.time() * 1000), **fields)
+    return {**record, "status": "resolved", "detected_at": int(time.time() * 1000), **fields}
 
 
 def write(bootstrap: str, *records: dict | tuple[bytes, bytes]) -> None:
@@ -338,25 +338,24 @@ def write(bootstrap: str, *records: dict | tuple[bytes, bytes]) -> None:
     asyncio.run(produce())
 
 
-def committed_and_end(bootstrap: str, group: str) -> tuple[dict[int, int], dict[int, int]]:
-    """The group's committed offsets on sms.alerts and the partitions' end offsets."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
+def committed_and_end(bootstrap: str, group: str) -> tuple[dict[int, int | None], dict[int, int]]:
+    """The group's committed offsets on sms.alerts and the partitions' end offsets (read without joining it)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     async def read():
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-        await admin.start()
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            partitions = [TopicPartition(ALERTS, p) for p in sorted(await producer.partitions_for(ALERTS))]
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
         await consumer.start()
         try:
-            committed = await admin.list_consumer_group_offsets(group)
-            await consumer.topics()  # loads the metadata of every topic
-            partitions = consumer.partitions_for_topic(ALERTS) or set()
-            ends = await consumer.end_offsets([TopicPartition(ALERTS, p) for p in partitions])
+            committed = {tp.partition: await consumer.committed(tp) for tp in partitions}
+            ends = await consumer.end_offsets(partitions)
         finally:
             await consumer.stop()
-            await admin.close()
-        return ({tp.partition: meta.offset for tp, meta in committed.items() if tp.topic == ALERTS},
-                {tp.partition: offset for tp, offset in ends.items()})
+        return committed, {tp.partition: offset for tp, offset in ends.items()}
 
     return asyncio.run(read())

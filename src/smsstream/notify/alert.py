@@ -13,9 +13,10 @@ from typing import Any
 
 import orjson
 
-#: A phone number in clear, as E.164 (``+`` and 7 to 15 digits). Alerts carry ``pn:``
-#: pseudonyms; one that does not (a writer's bug) still never leaves the notifier.
-CLEAR_NUMBER = re.compile(rb"(?<![\w.+])\+[1-9]\d{6,14}(?!\d)")
+#: A phone number in clear: ``+`` and at least 7 digits, as E.164 or grouped (``+91 98765-43210``).
+#: Alerts carry ``pn:`` pseudonyms; one that does not (a writer's bug) still never leaves the notifier.
+CLEAR_NUMBER = re.compile(rb"(?<![\w.+])\+\d[\d\-. ()]{5,24}\d(?!\d)")
+MIN_DIGITS = 7
 MASK = b"<number>"
 
 _TEXT = ("alert_id", "dedup_key", "kind", "reason", "severity", "status", "entity_type", "entity_id", "summary")
@@ -33,8 +34,17 @@ class Unusable(Exception):
 
 
 def mask_clear_numbers(text: bytes) -> tuple[bytes, int]:
-    """``text`` with every E.164 number in clear replaced by ``<number>``, and how many there were."""
-    return CLEAR_NUMBER.subn(MASK, text)
+    """``text`` with every phone number in clear replaced by ``<number>``, and how many there were."""
+    found = 0
+
+    def mask(match: re.Match) -> bytes:
+        nonlocal found
+        if sum(48 <= c <= 57 for c in match.group(0)) < MIN_DIGITS:
+            return match.group(0)
+        found += 1
+        return MASK
+
+    return CLEAR_NUMBER.sub(mask, text), found
 
 
 @dataclass(frozen=True)

@@ -242,27 +242,33 @@ class AlertmanagerTarget:
             return
         tracked.refresh_at = self._mono() + self.settings.refresh_s
 
+    async def step(self) -> bool:
+        """One reconcile pass: settle what needs no request, send what is due; False when nothing was."""
+        changes = self.plan(1 if self._isolate else MAX_BATCH)
+        for change in changes:
+            if not change.alerts:
+                self.apply(change, SENT)
+        loud = [c for c in changes if c.alerts]
+        if not loud:
+            return False
+        body = orjson.dumps([a for change in loud for a in change.alerts])
+        outcome = await self.courier.deliver(body, lambda: {"Content-Type": "application/json"})
+        if outcome == FAILED:
+            return True
+        if outcome == REJECTED and len(loud) > 1:
+            self._isolate = len(loud)
+            return True
+        self._isolate = max(0, self._isolate - 1)
+        for change in loud:
+            self.apply(change, outcome)
+        return True
+
     async def run(self) -> None:
         while True:
-            changes = self.plan(1 if self._isolate else MAX_BATCH)
-            for change in changes:
-                if not change.alerts:
-                    self.apply(change, SENT)
-            loud = [c for c in changes if c.alerts]
-            if not loud:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, self.settings.refresh_s / 4))
-                except asyncio.TimeoutError:
-                    pass
+            if await self.step():
                 continue
-            body = orjson.dumps([a for change in loud for a in change.alerts])
-            outcome = await self.courier.deliver(body, lambda: {"Content-Type": "application/json"})
-            if outcome == FAILED:
-                continue
-            if outcome == REJECTED and len(loud) > 1:
-                self._isolate = len(loud)
-                continue
-            self._isolate = max(0, self._isolate - 1)
-            for change in loud:
-                self.apply(change, outcome)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, self.settings.refresh_s / 4))
+            except asyncio.TimeoutError:
+                pass

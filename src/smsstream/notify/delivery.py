@@ -146,7 +146,8 @@ class Courier:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return await self._failed(why)
-        why = f"HTTP {status}: {mask_clear_numbers(text.strip().encode())[0].decode(errors='replace')}"
+        answer = mask_clear_numbers(" ".join(text.split()).encode())[0].decode(errors="replace")
+        why = f"HTTP {status}: {answer}" if answer else f"HTTP {status}"
         if status in REJECTED_STATUSES:
             log.error("%s at %s refused a delivery (%s); dropped, it would be refused again",
                       self.target, shown(self.url), why)

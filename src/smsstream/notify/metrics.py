@@ -27,6 +27,7 @@ class NotifyMetrics:
     skipped: Counter
     refreshed: Counter
     masked: Counter
+    pauses: Counter
     queued: Gauge
     queue_age: Gauge
     firing: Gauge
@@ -54,6 +55,8 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream_n
                           ["target"], registry=registry),
         masked=Counter(f"{prefix}_masked_numbers", "Phone numbers in clear found in alert records and masked "
                        "before sending (the writer has a bug).", registry=registry),
+        pauses=Counter(f"{prefix}_read_pauses", "Times reading paused because SMSSTREAM_NOTIFY_MAX_INFLIGHT records "
+                       "waited for delivery (a target is down or slow).", registry=registry),
         queued=Gauge(f"{prefix}_queued", "Records read and not yet delivered to the target.", ["target"],
                      registry=registry),
         queue_age=Gauge(f"{prefix}_queue_age_seconds", "Seconds since the oldest record not yet delivered to the "

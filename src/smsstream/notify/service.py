@@ -187,12 +187,13 @@ class Notifier:
         assert consumer is not None
         room = self.settings.notify.max_inflight - len(self.ledger)
         if room <= 0:
-            if not consumer.paused():
-                log.info("%d records wait for delivery (SMSSTREAM_NOTIFY_MAX_INFLIGHT); pausing reads",
+            if consumer.assignment() and not consumer.paused():
+                log.debug("%d records wait for delivery (SMSSTREAM_NOTIFY_MAX_INFLIGHT); pausing reads",
                          len(self.ledger))
                 consumer.pause(*consumer.assignment())
+                self.metrics.pauses.inc()
         elif consumer.paused():
-            log.info("deliveries caught up; reading again")
+            log.debug("deliveries caught up; reading again")
             consumer.resume(*consumer.paused())
         return max(room, 1)
 
