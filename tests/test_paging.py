@@ -11,8 +11,11 @@ import hashlib
 import hmac
 import json
 import re
+import shutil
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -306,3 +309,30 @@ def test_a_failing_or_slow_target_is_retried_with_bounded_memory_and_drops_are_c
     finally:
         notifier.stop()
         target.close()
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "alertmanager" / "alertmanager.yml"
+
+
+def amtool(*args: str) -> subprocess.CompletedProcess:
+    if shutil.which("amtool") is None:
+        pytest.fail("no `amtool` on PATH; it comes with Debian's prometheus-alertmanager (apt-get install "
+                    "prometheus-alertmanager, or run `bash .ci/run`)", pytrace=False)
+    return subprocess.run(["amtool", *args], capture_output=True, text=True, timeout=30)
+
+
+def test_the_example_alertmanager_configuration_is_valid():
+    checked = amtool("check-config", str(EXAMPLE))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("labels,receiver", [
+    ({"alertname": "smsstream_template_hijack", "severity": "critical"}, "smsstream-page"),
+    ({"alertname": "smsstream_rebind_anomaly", "severity": "warning"}, "smsstream-chat"),
+    ({"alertname": "smsstream_delivery_failure_spike", "severity": "info"}, "smsstream-none"),
+    ({"alertname": "NodeDown", "severity": "critical"}, "default"),  # other alerts are not captured
+])
+def test_the_example_routes_smsstream_alerts_by_severity(labels, receiver):
+    routed = amtool("config", "routes", "test", f"--config.file={EXAMPLE}", *(f"{k}={v}" for k, v in labels.items()),
+                    "dedup_key=template_hijack/template/T00042")
+    assert routed.stdout.split() == [receiver], routed.stdout + routed.stderr
