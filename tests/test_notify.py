@@ -15,7 +15,7 @@ from smsstream.config import NotifySettings
 from smsstream.notify import metrics as notify_metrics
 from smsstream.notify.alert import AlertRecord, Unusable, read_alert
 from smsstream.notify.alertmanager import AlertmanagerTarget, to_alertmanager
-from smsstream.notify.delivery import FAILED, SENT, Backoff, Ledger
+from smsstream.notify.delivery import FAILED, REJECTED, SENT, Backoff, Ledger
 from smsstream.notify.webhook import SIGNATURE_HEADER, WebhookTarget, signature, verify
 
 TP = TopicPartition("sms.alerts", 0)
@@ -299,3 +299,47 @@ def test_a_phone_number_in_clear_is_masked_before_anything_is_sent():
     assert read["summary"] == "reminders to <number> and <number>; +25% (+3 of 12), 1e+20"
     clean = read_alert(orjson.dumps(alert_record()))
     assert clean.masked == 0 and clean.body == orjson.dumps(clean.fields)
+
+
+def test_a_refused_batch_is_sent_again_one_alert_at_a_time_and_only_the_refused_alert_is_dropped(am):
+    good, bad = firing_now(alert()), firing_now(alert())
+    first, second = am.offer(good, 0), am.offer(bad, 1)
+    am.courier.outcomes = [REJECTED, SENT, REJECTED]
+    assert len(am.step()) == 2  # refused as a whole
+    assert first.waiting and second.waiting
+    assert [a["labels"]["dedup_key"] for a in am.step()] == [good.dedup_key]
+    assert [a["labels"]["dedup_key"] for a in am.step()] == [bad.dedup_key]
+    assert not first.waiting and not second.waiting
+    assert am.metrics.dropped.labels("alertmanager", "rejected")._value.get() == 1
+    assert am.metrics.sent.labels("alertmanager")._value.get() == 1
+    assert set(am.target.tracked) == {good.dedup_key}  # the refused one is not refreshed into more refusals
+
+
+def test_credentials_in_a_target_url_are_sent_as_basic_auth_and_never_logged(caplog):
+    import base64
+
+    from paging import Receiver
+    from smsstream.notify.delivery import Courier
+
+    answers = iter([503, 200])
+    receiver = Receiver(answer=lambda path, headers, body: next(answers))
+    settings = NotifySettings(retry_min_s=0.01, retry_max_s=0.02)
+    courier = Courier("alertmanager", f"http://pager:s3cr%40t@127.0.0.1:{receiver.port}/api/v2/alerts", settings,
+                      notify_metrics.create())
+
+    async def deliver_twice():
+        try:
+            return [await courier.deliver(b"[]", dict), await courier.deliver(b"[]", dict)]
+        finally:
+            await courier.close()
+
+    try:
+        with caplog.at_level("INFO", logger="smsstream.notify"):
+            assert asyncio.run(deliver_twice()) == [FAILED, SENT]
+    finally:
+        receiver.close()
+    sent = receiver.received[-1].headers
+    assert base64.b64decode(sent["authorization"].split()[1]) == b"pager:s3cr@t"
+    assert sent["user-agent"].startswith("smsstream-notify/")
+    assert "HTTP 503" in caplog.text and f"127.0.0.1:{receiver.port}" in caplog.text
+    assert "s3cr" not in caplog.text and "pager" not in caplog.text

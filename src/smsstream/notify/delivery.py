@@ -20,6 +20,7 @@ import aiohttp
 from aiokafka import TopicPartition
 from yarl import URL
 
+from smsstream import __version__
 from smsstream.config import NotifySettings
 from smsstream.notify.alert import mask_clear_numbers
 from smsstream.notify.metrics import NotifyMetrics
@@ -30,6 +31,7 @@ log = logging.getLogger("smsstream.notify")
 REJECTED_STATUSES = frozenset({400, 413, 422})
 
 SENT, FAILED, REJECTED, GAVE_UP = "sent", "failed", "rejected", "gave_up"
+USER_AGENT = f"smsstream-notify/{__version__}"
 
 
 @dataclass(eq=False)
@@ -138,7 +140,8 @@ class Courier:
         if self.attempts:
             self.metrics.retried.labels(self.target).inc()
         try:
-            async with self._session.post(self.url, data=body, headers=headers()) as response:
+            async with self._session.post(self.url, data=body,
+                                          headers={"User-Agent": USER_AGENT, **headers()}) as response:
                 if 200 <= response.status < 300:
                     return self._succeeded()
                 text = (await response.text(errors="replace"))[:200]
