@@ -320,18 +320,21 @@ def resolved(record: dict, **fields) -> dict:
     return {**record, "status": "resolved", "detected_at": int(time.time() * 1000), **fields}
 
 
-def write(bootstrap: str, *records: dict | tuple[bytes, bytes]) -> None:
-    """Produce alert records (dicts keyed by dedup_key, or raw ``(key, value)`` pairs) to sms.alerts."""
+def write(bootstrap: str, *records: dict | tuple[bytes, bytes], spread: bool = False) -> None:
+    """Produce alert records (dicts keyed by dedup_key, or raw ``(key, value)`` pairs) to sms.alerts.
+
+    ``spread`` writes the n-th record to partition n instead of the key's partition.
+    """
     from aiokafka import AIOKafkaProducer
 
     async def produce():
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
         await producer.start()
         try:
-            for record in records:
+            for n, record in enumerate(records):
                 key, value = record if isinstance(record, tuple) else (record["dedup_key"].encode(),
                                                                       orjson.dumps(record))
-                await producer.send_and_wait(ALERTS, value=value, key=key)
+                await producer.send_and_wait(ALERTS, value=value, key=key, partition=n if spread else None)
         finally:
             await producer.stop()
 

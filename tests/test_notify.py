@@ -343,3 +343,31 @@ def test_credentials_in_a_target_url_are_sent_as_basic_auth_and_never_logged(cap
     assert sent["user-agent"].startswith("smsstream-notify/")
     assert "HTTP 503" in caplog.text and f"127.0.0.1:{receiver.port}" in caplog.text
     assert "s3cr" not in caplog.text and "pager" not in caplog.text
+
+
+def test_during_a_rebalance_alerts_stay_refreshed_until_their_partition_is_known_to_be_elsewhere(am):
+    mine, theirs = TopicPartition("sms.alerts", 0), TopicPartition("sms.alerts", 1)
+    kept, moved = firing_now(alert()), firing_now(alert())
+    am.target.offer(am.ledger.add(mine, 0, 0.0, ["alertmanager"]), kept)
+    am.target.offer(am.ledger.add(theirs, 0, 0.0, ["alertmanager"]), moved)
+    am.step()
+    am.target.revoke({mine, theirs})  # eager rebalance: everything revoked first
+    am.clock.advance(60)
+    assert {a["labels"]["dedup_key"] for a in am.step()} == {kept.dedup_key, moved.dedup_key}
+    am.target.keep_only({mine})
+    am.clock.advance(60)
+    assert [a["labels"]["dedup_key"] for a in am.step()] == [kept.dedup_key]
+
+
+def test_a_record_read_while_its_key_was_being_sent_waits_for_a_request_that_carries_it(am):
+    record = firing_now(alert())
+    am.offer(record, 0)
+    [change] = am.target.plan()
+    # while that request is out, a rebalance takes the partition away and gives it back
+    am.target.revoke({TP})
+    am.ledger.forget({TP})
+    later = am.offer(read_alert(orjson.dumps(dict(record.fields, severity="critical"))), 0)
+    am.target.apply(change, SENT)  # the request that carried the first state only
+    assert later.waiting
+    assert [a["labels"]["severity"] for a in am.step()] == ["warning", "critical"]  # old label set ended
+    assert not later.waiting

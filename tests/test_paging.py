@@ -24,6 +24,7 @@ from paging import (
     Alertmanager, NotifierProcess, PagingSetupError, Receiver, alert_record, committed_and_end, notifier_env,
     resolved, wait_for, write,
 )
+from smsstream.broker import free_port
 from smsstream.topics import apply_topics
 
 SECRET = "test-webhook-secret"
@@ -242,6 +243,40 @@ def test_with_alertmanager_stopped_for_a_while_nothing_is_lost_once_it_is_back(b
         assert notifier.metric("smsstream_notify_sent_total", target="alertmanager") == 6
     finally:
         notifier.stop()
+        am.close()
+        receiver.close()
+
+
+@pytest.mark.broker
+def test_two_notifiers_share_the_partitions_and_one_leaving_keeps_its_alerts_firing(broker_url, bootstrap, tmp_path):
+    apply_topics(broker_url)
+    receiver = Receiver()
+    am = start_alertmanager(receiver)
+    # Alertmanager holds an alert 10 s unless it is re-sent: longer than the group takes to notice one leaving
+    env = notifier_env(broker_url, tmp_path, SMSSTREAM_ALERTMANAGER_URL=am.url, SMSSTREAM_NOTIFY_REFRESH_S="2")
+    first = NotifierProcess(env, tmp_path / "first.log").start()
+    second = NotifierProcess(dict(env, SMSSTREAM_NOTIFY_METRICS_PORT=str(free_port())), tmp_path / "second.log")
+    try:
+        first.wait_ready()
+        second.start()
+        wait_for(lambda: [(n.health() or {}).get("assigned_partitions") for n in (first, second)] == [2, 2], 90,
+                 "the two notifiers of one group to share the four partitions")
+        alerts = [alert_record() for _ in range(4)]
+        write(bootstrap, *alerts, spread=True)  # one alert on each partition
+        keys = {a["dedup_key"] for a in alerts}
+        wait_for(lambda: keys <= {a["labels"]["dedup_key"] for a in am.alerts()}, 20, "the four alerts in Alertmanager")
+        assert [n.metric("smsstream_notify_sent_total", target="alertmanager") for n in (first, second)] == [2, 2]
+
+        assert second.stop() == 0
+        left = time.monotonic()
+        wait_for(lambda: (first.health() or {}).get("assigned_partitions") == 4, 90,
+                 "the remaining notifier to take over every partition")
+        time.sleep(max(0.0, left + 12 - time.monotonic()))  # past the hold of the alerts the second one sent
+        assert keys <= {a["labels"]["dedup_key"] for a in am.alerts()}
+        assert all(am.notifications(key) == ["firing"] for key in keys)  # none flapped to resolved
+    finally:
+        second.stop()
+        first.stop()
         am.close()
         receiver.close()
 

@@ -122,7 +122,8 @@ class Change:
 
     key: str
     tracked: Tracked
-    settles: int
+    #: the records of this key the change covers (those waiting when it was planned)
+    settles: list[Pending]
     alerts: list[dict[str, Any]]
     in_am: dict[str, str] | None
     #: why nothing is sent for records that wait (skipped metric), if so
@@ -153,9 +154,18 @@ class AlertmanagerTarget:
         self._track(tp, alert)
         self._wake.set()
 
-    def forget(self, partitions) -> None:
+    def revoke(self, partitions) -> None:
+        """Records of these partitions no longer wait here (their next owner reads them again); the alerts
+        this notifier holds in Alertmanager are still refreshed until the new assignment is known."""
         partitions = set(partitions)
-        for key in [k for k, t in self.tracked.items() if t.tp in partitions]:
+        for tracked in self.tracked.values():
+            if tracked.tp in partitions:
+                tracked.waiting = []
+
+    def keep_only(self, partitions) -> None:
+        """After an assignment: let go of dedup keys whose partition another notifier owns now."""
+        partitions = set(partitions)
+        for key in [k for k, t in self.tracked.items() if t.tp not in partitions]:
             del self.tracked[key]
 
     def status(self) -> dict:
@@ -194,14 +204,14 @@ class AlertmanagerTarget:
             sent = [to_alertmanager(alert, now_s, ends, base, wanted)]
             if in_am is not None and in_am != wanted:
                 sent.insert(0, to_alertmanager(alert, now_s, now_s, base, in_am))
-            return Change(key, tracked, len(tracked.waiting), sent, wanted, refresh=not tracked.waiting)
+            return Change(key, tracked, list(tracked.waiting), sent, wanted, refresh=not tracked.waiting)
         if in_am is not None:
-            return Change(key, tracked, len(tracked.waiting), [to_alertmanager(alert, now_s, now_s, base, in_am)], None)
+            return Change(key, tracked, list(tracked.waiting), [to_alertmanager(alert, now_s, now_s, base, in_am)], None)
         if tracked.waiting and not alert.firing and not alert.shadow:
             # another notifier instance may have sent it firing: ending an unknown alert is harmless
-            return Change(key, tracked, len(tracked.waiting), [to_alertmanager(alert, now_s, now_s, base)], None)
+            return Change(key, tracked, list(tracked.waiting), [to_alertmanager(alert, now_s, now_s, base)], None)
         if tracked.waiting:
-            return Change(key, tracked, len(tracked.waiting), [], None, skip=held)
+            return Change(key, tracked, list(tracked.waiting), [], None, skip=held)
         if not alert.firing or held != "silenced":
             del self.tracked[key]  # nothing to send now or later (a silence may lapse: that one stays)
         return None
@@ -224,7 +234,9 @@ class AlertmanagerTarget:
     def apply(self, change: Change, outcome: str) -> None:
         """Settle the records ``change`` covered; on success Alertmanager now holds ``change.in_am``."""
         tracked = change.tracked
-        settled, tracked.waiting = tracked.waiting[:change.settles], tracked.waiting[change.settles:]
+        covered = set(change.settles)
+        settled = [p for p in tracked.waiting if p in covered]
+        tracked.waiting = [p for p in tracked.waiting if p not in covered]
         for pending in settled:
             self.ledger.settle(pending, self.name)
         if change.skip:

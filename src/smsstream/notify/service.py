@@ -45,7 +45,8 @@ class Target(Protocol):
 
     def offer(self, pending: Pending, alert: AlertRecord) -> None: ...
     def restore(self, tp: TopicPartition, alert: AlertRecord) -> None: ...
-    def forget(self, partitions) -> None: ...
+    def revoke(self, partitions) -> None: ...
+    def keep_only(self, partitions) -> None: ...
     def status(self) -> dict: ...
     async def run(self) -> None: ...
 
@@ -97,6 +98,7 @@ class Notifier:
         self.metrics = notify_metrics.create(self.registry)
         self.ledger = Ledger()
         self.targets = build_targets(settings, self.ledger, self.metrics)
+        self.restores = any(isinstance(t, alertmanager.AlertmanagerTarget) for t in self.targets)
         #: per assigned partition, the offset below which records are history (settled before)
         self.history_until: dict[TopicPartition, int] = {}
         self._to_commit: dict[TopicPartition, int] = {}
@@ -116,7 +118,7 @@ class Notifier:
         await self._commit()
         self.ledger.forget(partitions)
         for target in self.targets:
-            target.forget(partitions)
+            target.revoke(partitions)
         for tp in partitions:
             self.history_until.pop(tp, None)
 
@@ -124,6 +126,8 @@ class Notifier:
         """Read each partition from its beginning: records below the committed offset are history."""
         consumer = self.consumer
         assert consumer is not None
+        for target in self.targets:
+            target.keep_only(partitions)
         if not partitions:
             return
         beginnings = await consumer.beginning_offsets(list(partitions))
@@ -134,7 +138,8 @@ class Notifier:
             if committed is None and tp in ends:
                 first_time[tp] = ends[tp]
             self.history_until[tp] = committed if committed is not None else ends.get(tp, 0)
-            consumer.seek(tp, beginnings[tp])
+            # only Alertmanager needs the history; a webhook alone goes on from the committed offset
+            consumer.seek(tp, beginnings[tp] if self.restores else max(beginnings[tp], self.history_until[tp]))
         if first_time:
             # the group starts here for good: after a restart, what came after is new, not history
             await consumer.commit(first_time)
@@ -218,6 +223,8 @@ class Notifier:
         self.consumer = AIOKafkaConsumer(
             **kafka.client_kwargs(self.settings), group_id=notify.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", client_id="smsstream-notify",
+            # a member that left is noticed sooner, so its partitions' alerts are re-sent sooner
+            heartbeat_interval_ms=1000,
         )
         self.consumer.subscribe([ALERTS], listener=_Rebalance(self))
         try:

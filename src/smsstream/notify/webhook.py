@@ -75,9 +75,13 @@ class WebhookTarget:
     def restore(self, pending_tp, alert: AlertRecord) -> None:
         """History before the committed offset was posted already."""
 
-    def forget(self, partitions) -> None:
+    def revoke(self, partitions) -> None:
+        """Records of these partitions are posted by their next owner."""
         partitions = set(partitions)
         self._queue = deque(item for item in self._queue if item[0].tp not in partitions)
+
+    def keep_only(self, partitions) -> None:
+        """Nothing is kept beyond the queue."""
 
     def status(self) -> dict:
         return {}
