@@ -311,7 +311,7 @@ def test_a_failing_or_slow_target_is_retried_with_bounded_memory_and_drops_are_c
     notifier = NotifierProcess(env, tmp_path / "notify.log").start()
     try:
         notifier.wait_ready()
-        write(bootstrap, (b"bad-json", b"{oops"), *records)
+        write(bootstrap, *records, (b"bad-json", b"{oops"))  # last on its partition: the commit must pass it
         most_queued = 0
 
         def delivered():

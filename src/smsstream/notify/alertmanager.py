@@ -58,7 +58,7 @@ def _figure(x: Any) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
-def labels(alert: AlertRecord) -> dict[str, str]:
+def alert_labels(alert: AlertRecord) -> dict[str, str]:
     out = {"alertname": f"smsstream_{alert['kind']}"}
     out.update((name, alert[name]) for name in _LABEL_FIELDS)
     if isinstance(alert.get("sender_id"), str) and alert["sender_id"]:
@@ -66,7 +66,7 @@ def labels(alert: AlertRecord) -> dict[str, str]:
     return out
 
 
-def annotations(alert: AlertRecord, runbook_base_url: str) -> dict[str, str]:
+def alert_annotations(alert: AlertRecord, runbook_base_url: str) -> dict[str, str]:
     observed, expected = _figure(alert["observed"]), _figure(alert["expected"])
     out = {
         "summary": alert["summary"],
@@ -95,8 +95,8 @@ def to_alertmanager(alert: AlertRecord, now_s: float, ends_at_s: float, runbook_
     """One API v2 alert for ``alert``, starting when its episode began (never in the future)."""
     started = min(alert["first_seen"] / 1000, now_s)
     return {
-        "labels": label_set if label_set is not None else labels(alert),
-        "annotations": annotations(alert, runbook_base_url),
+        "labels": label_set if label_set is not None else alert_labels(alert),
+        "annotations": alert_annotations(alert, runbook_base_url),
         "startsAt": rfc3339(started),
         "endsAt": rfc3339(max(ends_at_s, started)),
     }
@@ -196,7 +196,7 @@ class AlertmanagerTarget:
                                            else None)
         base = self.settings.runbook_base_url
         if alert.firing and not held:
-            wanted = labels(alert)
+            wanted = alert_labels(alert)
             due = tracked.waiting or now_mono >= tracked.refresh_at or in_am != wanted
             if not due:
                 return None

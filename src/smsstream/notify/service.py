@@ -107,8 +107,12 @@ class Notifier:
         #: records read (not history), for the progress line
         self.read = 0
         for target in self.targets:
-            self.metrics.queued.labels(target.name).set_function(lambda t=target.name: self.ledger.owed(t)[0])
-            self.metrics.queue_age.labels(target.name).set_function(lambda t=target.name: self._queue_age(t))
+            self._gauge_target(target.name)
+
+    def _gauge_target(self, name: str) -> None:
+        """``queued`` and ``queue_age_seconds`` of a target, read from the ledger at scrape time."""
+        self.metrics.queued.labels(name).set_function(lambda: self.ledger.owed(name)[0])
+        self.metrics.queue_age.labels(name).set_function(lambda: self._queue_age(name))
 
     def _queue_age(self, target: str) -> float:
         oldest = self.ledger.owed(target)[1]
@@ -158,6 +162,7 @@ class Notifier:
                             ALERTS, tp.partition, offset, exc)
                 for target in self.targets:
                     self.metrics.dropped.labels(target.name, exc.reason).inc()
+                self.ledger.add(tp, offset, time.monotonic(), ())  # settled: the commit goes past it
             return
         if history:
             for target in self.targets:
