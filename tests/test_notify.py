@@ -371,3 +371,26 @@ def test_a_record_read_while_its_key_was_being_sent_waits_for_a_request_that_car
     assert later.waiting
     assert [a["labels"]["severity"] for a in am.step()] == ["warning", "critical"]  # old label set ended
     assert not later.waiting
+
+
+@pytest.mark.parametrize("env,names", [
+    ({}, ["SMSSTREAM_ALERTMANAGER_URL", "SMSSTREAM_WEBHOOK_URL"]),
+    ({"SMSSTREAM_WEBHOOK_URL": "https://hooks.example/x"}, ["SMSSTREAM_WEBHOOK_SECRET"]),
+    ({"SMSSTREAM_ALERTMANAGER_URL": "alertmanager:9093"}, ["SMSSTREAM_ALERTMANAGER_URL", "http://"]),
+    ({"SMSSTREAM_WEBHOOK_URL": "ftp://u:pw@host/x", "SMSSTREAM_WEBHOOK_SECRET": "s"}, ["SMSSTREAM_WEBHOOK_URL"]),
+])
+def test_the_notifier_refuses_to_start_without_a_usable_target_and_names_the_setting(env, names):
+    from smsstream.config import Settings
+    from smsstream.errors import ConfigError
+    from smsstream.notify.service import build_targets
+
+    with pytest.raises(ConfigError) as refused:
+        build_targets(Settings.from_env(env), Ledger(), notify_metrics.create())
+    assert all(name in str(refused.value) for name in names) and "pw" not in str(refused.value)
+
+
+def test_the_alertmanager_url_may_be_its_base_or_its_alerts_endpoint():
+    from smsstream.notify.alertmanager import api_url
+
+    assert api_url("http://am:9093") == api_url("http://am:9093/") == "http://am:9093/api/v2/alerts"
+    assert api_url("https://am.example/prefix/api/v2/alerts") == "https://am.example/prefix/api/v2/alerts"

@@ -68,6 +68,11 @@ def paging(broker_url, bootstrap, tmp_path_factory):
         receiver.close()
 
 
+def all_committed(bootstrap: str, group: str) -> bool:
+    committed, end = committed_and_end(bootstrap, group)
+    return committed == end
+
+
 def webhook_records(receiver: Receiver) -> dict[str, list[dict]]:
     """Records the webhook receiver accepted, by dedup key."""
     out: dict[str, list[dict]] = {}
@@ -238,8 +243,7 @@ def test_with_alertmanager_stopped_for_a_while_nothing_is_lost_once_it_is_back(b
                  "every alert written during the outage in Alertmanager")
         held = {a["labels"]["dedup_key"] for a in am.alerts()}
         assert before["dedup_key"] not in held and short["dedup_key"] not in held
-        wait_for(lambda: committed_and_end(bootstrap, group)[0] == committed_and_end(bootstrap, group)[1], 20,
-                 "the group to commit everything once delivered")
+        wait_for(lambda: all_committed(bootstrap, group), 20, "the group to commit everything once delivered")
         assert notifier.metric("smsstream_notify_sent_total", target="alertmanager") == 6
     finally:
         notifier.stop()
@@ -336,8 +340,7 @@ def test_a_failing_or_slow_target_is_retried_with_bounded_memory_and_drops_are_c
         for name in ("alertmanager", "webhook"):
             assert notifier.metric("smsstream_notify_dropped_total", target=name, reason="invalid_json") == 1
         assert notifier.metric("smsstream_notify_sent_total", target="webhook") == 7
-        wait_for(lambda: committed_and_end(bootstrap, env["SMSSTREAM_NOTIFY_GROUP"])[0] ==
-                 committed_and_end(bootstrap, env["SMSSTREAM_NOTIFY_GROUP"])[1], 20,
+        wait_for(lambda: all_committed(bootstrap, env["SMSSTREAM_NOTIFY_GROUP"]), 20,
                  "the group to commit past the dropped records")
         log = notifier.log()
         assert "retrying in" in log and "giving up a delivery after 4 failed attempts" in log

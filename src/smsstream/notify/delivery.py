@@ -111,7 +111,8 @@ class Backoff:
 
 def shown(url: str) -> str:
     """A URL fit for logs: without user and password."""
-    return str(URL(url).with_user(None))
+    parsed = URL(url)
+    return str(parsed.with_user(None)) if parsed.is_absolute() else "<not a URL>"
 
 
 class Courier:

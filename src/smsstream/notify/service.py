@@ -53,7 +53,7 @@ class Target(Protocol):
 
 def check_url(name: str, url: str) -> str:
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{name}={shown(url)!r} is not an http:// or https:// URL")
+        raise ConfigError(f"{name} is not an http:// or https:// URL; write it as http://host:port[/path]")
     return url
 
 
@@ -225,34 +225,47 @@ class Notifier:
     async def run(self) -> None:
         """Until :attr:`stopping` is set; raises when the broker cannot be reached or a target task dies."""
         notify = self.settings.notify
-        self.consumer = AIOKafkaConsumer(
-            **kafka.client_kwargs(self.settings), group_id=notify.group_id, enable_auto_commit=False,
+        web_runner = await serve_health(self, self.settings.bind_host, notify.metrics_port)
+        try:
+            self.consumer = await self._start_consumer()
+            tasks = [asyncio.create_task(t.run(), name=f"notify-{t.name}") for t in self.targets]
+            log.info("notifying %s from %s as consumer group %r", ", ".join(
+                f"{t.name} at {shown(t.courier.url)}" for t in self.targets), ALERTS, notify.group_id)
+            try:
+                await self._loop(tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await self._commit()
+                await self.consumer.stop()
+                for target in self.targets:
+                    await target.courier.close()
+        finally:
+            if web_runner is not None:
+                await web_runner.cleanup()
+
+    async def _start_consumer(self) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(
+            **kafka.client_kwargs(self.settings), group_id=self.settings.notify.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", client_id="smsstream-notify",
             # a member that left is noticed sooner, so its partitions' alerts are re-sent sooner
             heartbeat_interval_ms=1000,
         )
-        self.consumer.subscribe([ALERTS], listener=_Rebalance(self))
         try:
-            await self.consumer.start()
+            await consumer.start()
+            if ALERTS not in await consumer.topics():
+                raise ConfigError(f"the topic {ALERTS} does not exist on {self.settings.broker}; create the "
+                                  "topics with `smsstream topics apply`")
         except KafkaConnectionError:
+            await consumer.stop()
             raise BrokerUnreachable(f"cannot reach the Kafka broker at {self.settings.broker}; check "
                                     "SMSSTREAM_BROKER (and the SMSSTREAM_KAFKA_* security settings)") from None
-        tasks = [asyncio.create_task(t.run(), name=f"notify-{t.name}") for t in self.targets]
-        web_runner = await serve_health(self, self.settings.bind_host, notify.metrics_port)
-        log.info("notifying %s from %s as consumer group %r", ", ".join(
-            f"{t.name} at {shown(t.courier.url)}" for t in self.targets), ALERTS, notify.group_id)
-        try:
-            await self._loop(tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self._commit()
-            await self.consumer.stop()
-            for target in self.targets:
-                await target.courier.close()
-            if web_runner is not None:
-                await web_runner.cleanup()
+        except ConfigError:
+            await consumer.stop()
+            raise
+        consumer.subscribe([ALERTS], listener=_Rebalance(self))
+        return consumer
 
     async def _loop(self, tasks: list[asyncio.Task]) -> None:
         consumer = self.consumer
