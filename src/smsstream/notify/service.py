@@ -153,7 +153,10 @@ class Notifier:
 
     def take(self, tp: TopicPartition, offset: int, value: bytes | None) -> None:
         """One record: history restores state; a new one goes to every target, or is dropped and counted."""
-        history = offset < self.history_until.get(tp, 0)
+        if tp not in self.history_until:
+            # fetched while the assignment was being prepared: the seek there reads it again
+            return
+        history = offset < self.history_until[tp]
         try:
             alert = read_alert(value)
         except Unusable as exc:
@@ -217,7 +220,8 @@ class Notifier:
         return {
             "status": "ok",
             "group": self.settings.notify.group_id,
-            "assigned_partitions": len(consumer.assignment()) if consumer else 0,
+            # partitions whose assignment is prepared (history bound set, position sought)
+            "assigned_partitions": len(self.history_until),
             "paused": bool(consumer and consumer.paused()),
             "targets": targets,
         }
