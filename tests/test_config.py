@@ -115,23 +115,52 @@ def _non_loopback_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
-@pytest.mark.parametrize("host,reachable_from_outside", [("127.0.0.1", False), ("0.0.0.0", True)])
-def test_metrics_bind_to_the_host_setting(host, reachable_from_outside):
-    import socket
-    import urllib.request
-
+def _serve_worker_metrics(host: str, port: int) -> None:
     from prometheus_client import CollectorRegistry, Counter
 
     from smsstream import metrics
+
+    registry = CollectorRegistry()
+    Counter("bind_probe", "a probe", registry=registry).inc()
+    metrics.serve(registry, port, host=host)
+
+
+def _serve_notifier_health(host: str, port: int) -> None:
+    import asyncio
+    import threading
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from smsstream.notify.service import serve_health
+
+    registry = CollectorRegistry()
+    Counter("bind_probe", "a probe", registry=registry).inc()
+    notifier = type("Notifier", (), {"registry": registry, "status": lambda self: {"status": "ok"}})()
+    started = threading.Event()
+
+    def serve():
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(serve_health(notifier, host, port))
+        started.set()
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    assert started.wait(10)
+
+
+@pytest.mark.parametrize("serve", [_serve_worker_metrics, _serve_notifier_health])
+@pytest.mark.parametrize("host,reachable_from_outside", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_metrics_bind_to_the_host_setting(serve, host, reachable_from_outside):
+    import socket
+    import urllib.request
+
     from smsstream.broker import free_port
 
     other = _non_loopback_address()
     if other is None:
         pytest.skip("this machine has no non-loopback address to try")
-    registry = CollectorRegistry()
-    Counter("bind_probe", "a probe", registry=registry).inc()
     port = free_port()
-    metrics.serve(registry, port, host=host)
+    serve(host, port)
     assert b"bind_probe_total 1.0" in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     try:
         socket.create_connection((other, port), timeout=2).close()
