@@ -72,7 +72,7 @@ class WebhookTarget:
         self._queue.append((pending, alert.body))
         self._wake.set()
 
-    def restore(self, pending_tp, alert: AlertRecord) -> None:
+    def restore(self, tp, alert: AlertRecord) -> None:
         """History before the committed offset was posted already."""
 
     def revoke(self, partitions) -> None:
