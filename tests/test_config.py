@@ -101,3 +101,98 @@ def test_lateness_settings_are_read_and_a_horizon_shorter_than_the_lateness_is_r
     assert (settings.allowed_lateness_s, settings.late_horizon_s) == (30, 600)
     with pytest.raises(ConfigError, match="raise the horizon"):
         Settings.from_env({"SMSSTREAM_ALLOWED_LATENESS_S": "120", "SMSSTREAM_LATE_HORIZON_S": "60"})
+
+
+def test_health_and_metrics_stay_on_loopback_unless_told_otherwise():
+    assert Settings.from_env({}).bind_host == "127.0.0.1"
+    assert Settings.from_env({"SMSSTREAM_BIND_HOST": "0.0.0.0"}).bind_host == "0.0.0.0"
+
+
+def _non_loopback_address() -> str | None:
+    import socket
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 9))  # UDP: picks the outbound address, sends nothing
+        address = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address
+
+
+def _serve_worker_metrics(host: str, port: int) -> None:
+    from prometheus_client import CollectorRegistry, Counter
+
+    from smsstream import metrics
+
+    registry = CollectorRegistry()
+    Counter("bind_probe", "a probe", registry=registry).inc()
+    metrics.serve(registry, port, host=host)
+
+
+def _serve_notifier_health(host: str, port: int) -> None:
+    import asyncio
+    import threading
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from smsstream.notify.service import serve_health
+
+    registry = CollectorRegistry()
+    Counter("bind_probe", "a probe", registry=registry).inc()
+    notifier = type("Notifier", (), {"registry": registry, "status": lambda self: {"status": "ok"}})()
+    started = threading.Event()
+
+    def serve():
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(serve_health(notifier, host, port))
+        started.set()
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    assert started.wait(10)
+
+
+@pytest.mark.parametrize("serve", [_serve_worker_metrics, _serve_notifier_health])
+@pytest.mark.parametrize("host,reachable_from_outside", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_metrics_bind_to_the_host_setting(serve, host, reachable_from_outside):
+    import socket
+    import urllib.request
+
+    from smsstream.broker import free_port
+
+    other = _non_loopback_address()
+    if other is None:
+        pytest.skip("this machine has no non-loopback address to try")
+    port = free_port()
+    serve(host, port)
+    assert b"bind_probe_total 1.0" in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    try:
+        socket.create_connection((other, port), timeout=2).close()
+        reached = True
+    except OSError:
+        reached = False
+    assert reached is reachable_from_outside
+
+
+def test_notifier_settings_have_working_defaults_and_name_the_variable_when_wrong():
+    notify = Settings.from_env({}).notify
+    assert (notify.group_id, notify.metrics_port, notify.start) == ("smsstream-notify", 9109, "earliest")
+    assert notify.runbook_base_url == "docs/runbooks" and notify.max_attempts == 0
+    tuned = Settings.from_env({"SMSSTREAM_NOTIFY_RETRY_MIN_S": "0.05", "SMSSTREAM_RUNBOOK_BASE_URL": "https://x/rb/"})
+    assert tuned.notify.retry_min_s == 0.05 and tuned.notify.runbook_base_url == "https://x/rb"
+    for env, name in [
+        ({"SMSSTREAM_NOTIFY_START": "middle"}, "SMSSTREAM_NOTIFY_START"),
+        ({"SMSSTREAM_NOTIFY_REFRESH_S": "soon"}, "SMSSTREAM_NOTIFY_REFRESH_S"),
+        ({"SMSSTREAM_NOTIFY_MAX_INFLIGHT": "0"}, "SMSSTREAM_NOTIFY_MAX_INFLIGHT"),
+        ({"SMSSTREAM_NOTIFY_RETRY_MIN_S": "5", "SMSSTREAM_NOTIFY_RETRY_MAX_S": "1"}, "SMSSTREAM_NOTIFY_RETRY_MAX_S"),
+    ]:
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env(env)
+
+
+def test_the_webhook_secret_does_not_show_in_settings_repr():
+    settings = Settings.from_env({"SMSSTREAM_WEBHOOK_URL": "http://hook", "SMSSTREAM_WEBHOOK_SECRET": "whsec-123"})
+    assert settings.webhook_secret == "whsec-123" and "whsec-123" not in repr(settings)

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("smsstream.replay", "run the detectors offline over a JSONL file, no broker"),
     "evaluate": ("smsstream.evaluate", "score alerts against labelled attack episodes"),
     "demo": ("smsstream.demo", "broker, topics, worker, simulated attacks and live alerts in one command"),
+    "notify": ("smsstream.notify.cli", "page from sms.alerts: Alertmanager (API v2) and/or a signed webhook"),
 }
 
 

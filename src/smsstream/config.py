@@ -36,6 +36,55 @@ class KafkaSecurity:
     ssl_check_hostname: bool = True
 
 
+#: Where ``smsstream notify`` starts reading a partition its group has never committed on.
+NOTIFY_STARTS = ("earliest", "latest")
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """How ``smsstream notify`` reads ``sms.alerts`` and delivers; README "Paging" lists the names."""
+
+    group_id: str = "smsstream-notify"
+    metrics_port: int = 9109
+    start: str = "earliest"
+    runbook_base_url: str = "docs/runbooks"
+    #: a firing alert is re-sent this often; Alertmanager holds it for ``5 * refresh_s``
+    refresh_s: float = 60.0
+    #: a firing alert with no record for this long is taken as lost and left to expire
+    firing_ttl_s: float = 86400.0
+    retry_min_s: float = 1.0
+    retry_max_s: float = 60.0
+    #: failed attempts before a delivery is given up and counted as dropped; 0 retries for ever
+    max_attempts: int = 0
+    timeout_s: float = 10.0
+    max_inflight: int = 1000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "NotifySettings":
+        start = env.get("SMSSTREAM_NOTIFY_START", cls.start).lower()
+        if start not in NOTIFY_STARTS:
+            raise ConfigError(f"SMSSTREAM_NOTIFY_START={start!r} is not one of {', '.join(NOTIFY_STARTS)}")
+        settings = cls(
+            group_id=env.get("SMSSTREAM_NOTIFY_GROUP") or cls.group_id,
+            metrics_port=_int(env, "SMSSTREAM_NOTIFY_METRICS_PORT", cls.metrics_port, minimum=0),
+            start=start,
+            runbook_base_url=(env.get("SMSSTREAM_RUNBOOK_BASE_URL") or cls.runbook_base_url).rstrip("/"),
+            refresh_s=_float(env, "SMSSTREAM_NOTIFY_REFRESH_S", cls.refresh_s, minimum=0.1),
+            firing_ttl_s=_float(env, "SMSSTREAM_NOTIFY_FIRING_TTL_S", cls.firing_ttl_s, minimum=1),
+            retry_min_s=_float(env, "SMSSTREAM_NOTIFY_RETRY_MIN_S", cls.retry_min_s, minimum=0.01),
+            retry_max_s=_float(env, "SMSSTREAM_NOTIFY_RETRY_MAX_S", cls.retry_max_s, minimum=0.01),
+            max_attempts=_int(env, "SMSSTREAM_NOTIFY_MAX_ATTEMPTS", cls.max_attempts, minimum=0),
+            timeout_s=_float(env, "SMSSTREAM_NOTIFY_TIMEOUT_S", cls.timeout_s, minimum=0.1),
+            max_inflight=_int(env, "SMSSTREAM_NOTIFY_MAX_INFLIGHT", cls.max_inflight, minimum=1),
+        )
+        if settings.retry_max_s < settings.retry_min_s:
+            raise ConfigError(
+                f"SMSSTREAM_NOTIFY_RETRY_MAX_S={settings.retry_max_s} is below SMSSTREAM_NOTIFY_RETRY_MIN_S="
+                f"{settings.retry_min_s}; raise the maximum or lower the minimum"
+            )
+        return settings
+
+
 @dataclass(frozen=True)
 class Settings:
     broker: str = "kafka://127.0.0.1:9092"
@@ -46,7 +95,12 @@ class Settings:
     #: how far behind it one may arrive and still count (in the first open bucket); later is dead-lettered
     late_horizon_s: int = 1800
     metrics_port: int = 9108
+    #: interface for /health and /metrics: loopback by default, 0.0.0.0 for Kubernetes probes and scrapes
+    bind_host: str = "127.0.0.1"
     alertmanager_url: str | None = None
+    webhook_url: str | None = None
+    webhook_secret: Secret | None = field(default=None, repr=False)
+    notify: NotifySettings = field(default_factory=NotifySettings)
     #: Faust table store: ``memory://`` (tests, demo) or ``rocksdb://`` (production).
     store: str = "memory://"
     data_dir: str = "./smsstream-data"
@@ -58,6 +112,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
         key = env.get("SMSSTREAM_PSEUDONYM_KEY")
+        webhook_secret = env.get("SMSSTREAM_WEBHOOK_SECRET")
         return cls(
             broker=env.get("SMSSTREAM_BROKER", cls.broker),
             pseudonym_key=Secret(key) if key else None,
@@ -65,7 +120,11 @@ class Settings:
             allowed_lateness_s=_int(env, "SMSSTREAM_ALLOWED_LATENESS_S", cls.allowed_lateness_s, minimum=0),
             late_horizon_s=_int(env, "SMSSTREAM_LATE_HORIZON_S", cls.late_horizon_s, minimum=0),
             metrics_port=_int(env, "SMSSTREAM_METRICS_PORT", cls.metrics_port, minimum=0),
+            bind_host=env.get("SMSSTREAM_BIND_HOST") or cls.bind_host,
             alertmanager_url=env.get("SMSSTREAM_ALERTMANAGER_URL") or None,
+            webhook_url=env.get("SMSSTREAM_WEBHOOK_URL") or None,
+            webhook_secret=Secret(webhook_secret) if webhook_secret else None,
+            notify=NotifySettings.from_env(env),
             store=env.get("SMSSTREAM_STORE", cls.store),
             data_dir=env.get("SMSSTREAM_DATA_DIR", cls.data_dir),
             app_id=env.get("SMSSTREAM_APP_ID") or cls.app_id,
@@ -98,6 +157,19 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
         raise ConfigError(f"{name}={raw!r} is not an integer; unset it for the default {default}") from None
     if value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}; unset it for the default {default}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; unset it for the default {default:g}") from None
+    if not value >= minimum:
+        raise ConfigError(f"{name}={raw} must be at least {minimum:g}; unset it for the default {default:g}")
     return value
 
 

@@ -105,7 +105,11 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream")
     )
 
 
-def serve(registry: CollectorRegistry, port: int) -> None:
-    """Serve ``/metrics`` on ``port`` in a background thread (0 means do not serve)."""
+def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> None:
+    """Serve ``/metrics`` on ``host:port`` in a background thread (port 0 means do not serve).
+
+    ``host`` is ``Settings.bind_host`` (``SMSSTREAM_BIND_HOST``): loopback unless a
+    Prometheus outside the pod or machine must scrape it.
+    """
     if port:
-        start_http_server(port, registry=registry)
+        start_http_server(port, addr=host, registry=registry)

@@ -1,0 +1,1 @@
+"""``smsstream notify``: pages security on-call from ``sms.alerts`` (Alertmanager API v2, signed webhook)."""
