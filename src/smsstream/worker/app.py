@@ -129,6 +129,8 @@ class Worker:
             processing_guarantee="at_least_once",
             consumer_auto_offset_reset="earliest",
             web_port=web_port or 6066,
+            # /health: loopback unless SMSSTREAM_BIND_HOST opens it (a Kubernetes probe needs 0.0.0.0)
+            web_bind=settings.bind_host,
             web_host="127.0.0.1",
             # Events are acknowledged only at shard snapshots; a rebalance must not wait for that
             # (unacknowledged events are simply read again by the partition's next owner).

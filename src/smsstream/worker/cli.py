@@ -39,7 +39,7 @@ def run(args: list[str]) -> int:
         topic_partitions = asyncio.run(preflight(settings))
     worker = build(settings, topic_partitions=topic_partitions)
     if topic_partitions:
-        metrics.serve(worker.registry, settings.metrics_port)
+        metrics.serve(worker.registry, settings.metrics_port, host=settings.bind_host)
     argv = list(args)
     if not argv or argv[0] not in FAUST_COMMANDS:
         argv = ["worker", *argv]
