@@ -7,7 +7,6 @@ filled in, runs as a range query and must return data from the worker.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
@@ -20,9 +19,8 @@ from prometheus_server import PrometheusServer
 from smsstream.broker import free_port
 from smsstream.monitoring import RULES_FILE, names
 from smsstream.monitoring.dashboards import DETECTION_UID, WORKER_HEALTH_UID
-from smsstream.records import ALERTS
 from smsstream.worker.process import WorkerProcess
-from worker_scenario import end_offsets, log_digest, prepared, worker_env
+from worker_scenario import log_digest, prepared, worker_env
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -79,7 +77,6 @@ def scraped(broker_url, bootstrap, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("monitoring")
     prepared(broker_url, bootstrap, tmp)
     env = worker_env(broker_url, tmp)
-    asyncio.run(end_offsets(bootstrap, ALERTS))
     worker = WorkerProcess(env, free_port(), tmp / "worker.log").start()
     prometheus = PrometheusServer({names.WORKER_JOB: [f"127.0.0.1:{env['SMSSTREAM_METRICS_PORT']}"]},
                                   [DEPLOY / "prometheus" / RULES_FILE])
@@ -112,7 +109,6 @@ def test_every_dashboard_query_returns_data_from_a_running_worker(scraped, uid, 
     assert has_data(scraped.query_range(filled(expr))), f"{uid}: {title} ({ref_id}) returned no data:\n{filled(expr)}"
 
 
-@pytest.mark.broker
 def test_the_expected_missing_list_names_only_existing_panel_queries():
     queries = {q[:3] for q in dashboard_queries()}
     assert set(EXPECTED_MISSING) <= queries

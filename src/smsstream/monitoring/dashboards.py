@@ -23,7 +23,17 @@ def _sender_rate(metric: str, **labels: str) -> str:
 
 
 def detection() -> DashboardSpec:
-    input_row = RowSpec("Input", (
+    return DashboardSpec(
+        DETECTION_UID,
+        "smsstream — detection",
+        "What smsstream reads and what it finds: input by topic and category, alerts by kind, and the top "
+        f"senders' figures behind each alert kind. Runbooks: {RUNBOOKS}/.",
+        (_input_row(), _alerts_row(), _senders_row()),
+    )
+
+
+def _input_row() -> RowSpec:
+    return RowSpec("Input", (
         PanelSpec(
             "Input records by topic",
             "Records read per second from each input topic, all workers together. sms.sends and "
@@ -45,7 +55,10 @@ def detection() -> DashboardSpec:
             style="stacked",
         ),
     ))
-    alerts_row = RowSpec("Alerts", (
+
+
+def _alerts_row() -> RowSpec:
+    return RowSpec("Alerts", (
         PanelSpec(
             "Alerts firing by kind and severity",
             "Alert episodes open now, summed over workers. A few is normal; a sudden climb in one kind is either "
@@ -68,7 +81,10 @@ def detection() -> DashboardSpec:
             width=24,
         ),
     ))
-    senders_row = RowSpec(f"Top {n.TOP_K} senders", (
+
+
+def _senders_row() -> RowSpec:
+    return RowSpec(f"Top {n.TOP_K} senders", (
         PanelSpec(
             "Non-borrower share, busiest senders",
             f"For the {n.TOP_K} senders with the most loan-obligation sends: the share of them sent to numbers "
@@ -119,13 +135,6 @@ def detection() -> DashboardSpec:
             width=24,
         ),
     ))
-    return DashboardSpec(
-        DETECTION_UID,
-        "smsstream — detection",
-        "What smsstream reads and what it finds: input by topic and category, alerts by kind, and the top "
-        f"senders' figures behind each alert kind. Runbooks: {RUNBOOKS}/.",
-        (input_row, alerts_row, senders_row),
-    )
 
 
 def worker_health() -> DashboardSpec:

@@ -107,16 +107,16 @@ def _up(values: str, instance: str = "w0") -> dict[str, str]:
     return {f'up{{{W}, instance="{instance}"}}': values}
 
 
-def _alerts() -> tuple[Alert, ...]:
-    job = {"job": n.WORKER_JOB}
-    sends = f'{n.EVENTS_IN}{{{W}, instance="w0", topic="{SENDS}"}}'
+# Series of one worker (instance "w0") the rule tests feed.
+_JOB = {"job": n.WORKER_JOB}
+_SENDS_IN = f'{n.EVENTS_IN}{{{W}, instance="w0", topic="{SENDS}"}}'
+
+
+def _availability_alerts() -> tuple[Alert, ...]:
+    """Workers gone, input gone, or the workers falling behind."""
+    job, sends = _JOB, _SENDS_IN
     lag = f'{n.CONSUMER_LAG}{{{W}, instance="w0", topic="{SENDS}"}}'
     ev_lag = f'{n.EVENT_TIME_LAG}{{{W}, instance="w0", part="sender-share"}}'
-    dead = f'{n.DEAD_LETTERS}{{{W}, instance="w0", topic="{SENDS}", reason="invalid_json"}}'
-    checkpoints = f'{n.CHECKPOINT_FAILURES}{{{W}, instance="w0", part="template-watch"}}'
-    overflow = f'{n.MERGE_OVERFLOW}{{{W}, instance="w0", part="template-watch"}}'
-    storm = f'{n.ALERTS}{{{W}, instance="w0", kind="non_borrower_spike", status="firing"}}'
-    beats = f'{n.HEARTBEAT_FAILURES}{{{W}, instance="w0"}}'
     return (
         Alert(
             "SmsstreamWorkerDown", f"up{{{W}}} == 0", "warning",
@@ -172,6 +172,18 @@ def _alerts() -> tuple[Alert, ...]:
             quiet=Case({ev_lag: "300+60x60", sends: "0+600x5 3000x55"}, "50m"),
             for_="15m",
         ),
+    )
+
+
+def _processing_alerts() -> tuple[Alert, ...]:
+    """Input the workers cannot use, output they cannot deliver, and floods of alerts."""
+    job, sends = _JOB, _SENDS_IN
+    dead = f'{n.DEAD_LETTERS}{{{W}, instance="w0", topic="{SENDS}", reason="invalid_json"}}'
+    checkpoints = f'{n.CHECKPOINT_FAILURES}{{{W}, instance="w0", part="template-watch"}}'
+    overflow = f'{n.MERGE_OVERFLOW}{{{W}, instance="w0", part="template-watch"}}'
+    storm = f'{n.ALERTS}{{{W}, instance="w0", kind="non_borrower_spike", status="firing"}}'
+    beats = f'{n.HEARTBEAT_FAILURES}{{{W}, instance="w0"}}'
+    return (
         Alert(
             "SmsstreamDeadLetterRate",
             f"smsstream:dead_letters:rate10m / on (job, {n.TOPIC}) group_left smsstream:events_in:rate10m "
@@ -234,7 +246,7 @@ def _alerts() -> tuple[Alert, ...]:
     )
 
 
-ALERTS = _alerts()
+ALERTS = _availability_alerts() + _processing_alerts()
 
 
 def rule_groups() -> dict:
