@@ -286,3 +286,10 @@ def test_the_image_is_built_in_two_stages_and_installs_the_wheel_with_rocksdb_an
     assert "pip wheel" in build and "'.[rocksdb]'" in build and "build-essential" in build
     assert "--no-index" in final and "'smsstream[rocksdb]'" in final
     assert not re.search(r"build-essential|gcc|apt-get install", final)
+
+
+def test_the_chart_runs_the_version_of_the_package_by_default():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
+    assert chart["kubeVersion"] == f">={KUBERNETES[0]}-0"
