@@ -381,12 +381,16 @@ def latencies(produced: Produced, alerts: list[tuple[float, dict]], lateness_s: 
         if record.get("status") == "firing":
             first.setdefault(record["alert_id"], (wall, record))
     rows, unmatched = [], []
-    for wall, record in first.values():
+    for read_at, record in first.values():
         explicit = record.get("sufficient_at")
         sufficient = explicit if explicit is not None else record["window_end"]
         evidence = record.get("evidence") or {}
         ids = [i for key in ("message_ids", "event_ids") for i in evidence.get(key) or () if isinstance(i, str)]
-        triggers = [produced.by_id[i][0] for i in ids if i in produced.by_id and produced.by_id[i][1] == sufficient]
+        known = [produced.by_id[i] for i in ids if i in produced.by_id]
+        if explicit is None and sufficient % MINUTE_MS:
+            # no sufficient_at: the trigger is taken to be the latest evidence record up to window_end
+            sufficient = max((ts for _, ts in known if ts <= sufficient), default=sufficient)
+        triggers = [produced_at for produced_at, ts in known if ts == sufficient]
         row = {"alert_id": record["alert_id"], "kind": record["kind"], "reason": record.get("reason"),
                "sufficient_at": sufficient, "sufficient_at_given": explicit is not None,
                "window_end": record["window_end"]}
@@ -395,11 +399,11 @@ def latencies(produced: Produced, alerts: list[tuple[float, dict]], lateness_s: 
             if reached is None:
                 unmatched.append({**row, "why": "event time never reached window_end + lateness"})
                 continue
-            delay = wall - reached
+            delay = read_at - reached
             rows.append({**row, "class": "count-based", "processing_delay_s": delay,
                          "latency_s": 60 + lateness_s + delay})
         elif triggers:
-            rows.append({**row, "class": "per-record", "latency_s": wall - max(triggers)})
+            rows.append({**row, "class": "per-record", "latency_s": read_at - max(triggers)})
         else:
             unmatched.append({**row, "why": "no produced send or binding in its evidence has ts == sufficient_at"})
 
@@ -407,10 +411,14 @@ def latencies(produced: Produced, alerts: list[tuple[float, dict]], lateness_s: 
         values = [r["latency_s"] for r in group]
         return {"alerts": len(values), "p50_s": nearest_rank(values, 50), "p99_s": nearest_rank(values, 99)}
 
-    keys = sorted({(r["kind"], r["class"]) for r in rows})
+    def grouped(field: str) -> list[dict]:
+        keys = sorted({(r[field] or "", r["class"]) for r in rows})
+        return [{field: k, "class": c, **summary([r for r in rows if ((r[field] or ""), r["class"]) == (k, c)])}
+                for k, c in keys]
+
     return {
-        "per_kind": [{"kind": k, "class": c, **summary([r for r in rows if (r["kind"], r["class"]) == (k, c)])}
-                     for k, c in keys],
+        "per_kind": grouped("kind"),
+        "per_reason": grouped("reason"),
         "per_class": {c: summary([r for r in rows if r["class"] == c])
                       for c in ("per-record", "count-based") if any(r["class"] == c for r in rows)},
         "alerts": rows,
@@ -526,14 +534,19 @@ def chart(result: dict, path: Path) -> None:
     ax.set_title("backlog throughput\n(a) aiokafka  (b) bare Faust  (c) worker  (d) replay", fontsize=9)
     for ax, cls, goal in ((axes[1], "per-record", 5), (axes[2], "count-based", 90)):
         rows = [r for r in live["per_kind"] if r["class"] == cls]
-        xs = range(len(rows))
-        ax.bar([x - 0.2 for x in xs], [r["p50_s"] for r in rows], width=0.4, label="p50")
-        ax.bar([x + 0.2 for x in xs], [r["p99_s"] for r in rows], width=0.4, label="p99")
-        ax.set_xticks(list(xs), [f"{r['kind']}\n({r['alerts']})" for r in rows], fontsize=7)
+        xs = list(range(len(rows)))
+        ax.bar([x - 0.2 for x in xs], [r["p50_s"] for r in rows], width=0.4, color="#4c72b0", label="p50")
+        ax.bar([x + 0.2 for x in xs], [r["p99_s"] for r in rows], width=0.4, color="#dd8452", label="p99")
+        ax.set_xticks(xs, [f"{r['kind']} ({r['alerts']})" for r in rows], fontsize=7, rotation=15, ha="right")
         ax.axhline(goal, color="red", linestyle="--", linewidth=1, label=f"goal: p99 <= {goal} s")
-        ax.set_ylabel("seconds" + (" after the bucket's start" if cls == "count-based" else " from produce"))
-        ax.set_title(f"live latency, {cls} evidence" + ("" if rows else " (no alerts)"), fontsize=9)
-        ax.legend(fontsize=7)
+        if cls == "count-based" and live.get("allowed_lateness_s") is not None:
+            ax.axhline(60 + live["allowed_lateness_s"], color="grey", linestyle=":", linewidth=1,
+                       label="bucket + allowed lateness")
+        top = max([goal, *(r["p99_s"] for r in rows)])
+        ax.set_ylim(0, top * 1.4)
+        ax.set_ylabel("seconds after the bucket's start" if cls == "count-based" else "seconds from produce")
+        ax.set_title(f"live latency, {cls} evidence" + ("" if rows else ": no alerts"), fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", ncol=2)
     m = result["machine"]
     fig.suptitle(f"smsstream throughput.py {result['date']}: {result['scenario']['records']:,} records; "
                  f"{m['cpu']}, {m['cores']} cores; uvloop {'on' if result['uvloop'] else 'off'}", fontsize=10)
