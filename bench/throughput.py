@@ -442,11 +442,12 @@ def live_latency(lines: list[bytes], rate: float, workdir: Path, uvloop: bool, s
             say(f"  (e) worker ready; producing {len(lines):,} records at {rate:,.0f}/s")
             produced, alerts, produce_s = asyncio.run(
                 live_run(broker.bootstrap, lines, rate, worker, metrics_port, settle, deadline))
+            on_uvloop = uses_uvloop(worker.pid)
         finally:
             worker.stop()
     span_s = (produced.high_ts[-1] - produced.high_ts[0]) / 1000 if produced.high_ts else 0.0
     return {"offered_rate": rate, "produce_s": produce_s, "event_time_speedup": span_s / produce_s,
-            "allowed_lateness_s": lateness_s, "alert_records": len(alerts),
+            "allowed_lateness_s": lateness_s, "alert_records": len(alerts), "uvloop": on_uvloop,
             **latencies(produced, alerts, lateness_s)}
 
 
@@ -480,9 +481,11 @@ STAGE_NAMES = {
 def table(result: dict) -> str:
     out = []
     scenario = result["scenario"]
+    loaded = [f"({k})" for k, stage in (*result["throughput"].items(), ("e", result.get("latency") or {}))
+              if stage.get("uvloop")]
     out.append(f"scenario: {scenario['records']:,} records, {scenario['days']} day(s), {scenario['senders']} senders, "
-               f"rate {scenario['rate']}, seed {scenario['seed']}; uvloop for (b), (c), (e): "
-               f"{'on' if result['uvloop'] else 'off'}")
+               f"rate {scenario['rate']}, seed {scenario['seed']}; uvloop "
+               + (f"asked for, loaded in {', '.join(loaded) or 'none'}" if result["uvloop"] else "off"))
     out.append("")
     out.append(f"{'reader':<42} {'records/s':>11} {'seconds':>9} {'peak RSS':>10}")
     for key, name in STAGE_NAMES.items():
@@ -652,6 +655,10 @@ def main() -> int:
     except StageFailed as exc:
         print(f"throughput.py: error: {exc}\n(scenario and logs kept in {workdir})", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, SystemExit) as exc:
+        print(f"throughput.py: interrupted; every broker and worker it started is stopped "
+              f"(scenario and logs kept in {workdir})", file=sys.stderr)
+        return exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130
     except BaseException:
         print(f"(scenario and logs kept in {workdir})", file=sys.stderr)
         raise
