@@ -152,7 +152,7 @@ async def plain_consume(bootstrap: str, total: int, deadline: Deadline) -> dict:
                 last_report = now
                 say(f"  (a) read {read:,}/{total:,}")
             deadline.check(f"the plain consumer had read {read:,} of {total:,} records")
-        seconds = time.monotonic() - started
+        seconds = max(time.monotonic() - started, 1e-6)
     finally:
         await consumer.stop()
     return {"records": read, "seconds": seconds, "rate": read / seconds, "undecodable": undecodable}
@@ -188,7 +188,7 @@ def bare_faust(broker_url: str, total: int, workdir: Path, uvloop: bool, deadlin
                 say(f"  (b) read {count:,}/{total:,}" if count else "  (b) starting, joining its consumer group")
             deadline.check(f"the bare Faust agents had counted {count:,} of {total:,} records", child.log_tail)
             time.sleep(0.5)
-        seconds = seen["last"] - seen["first"]
+        seconds = max(seen["last"] - seen["first"], 1e-6)
         return {"records": count, "seconds": seconds, "rate": count / seconds, "peak_rss_mib": peak_rss_mib(child.pid),
                 "uvloop": uses_uvloop(child.pid)}
     finally:
@@ -239,7 +239,7 @@ def worker_backlog(broker_url: str, total: int, workdir: Path, uvloop: bool, dea
                 deadline.check(f"the worker had read {read:,} of {total:,} input records; {present} of {expected} "
                                f"shards present, {idle} idle", worker.log_tail)
             time.sleep(0.2 if first is None or read_all is not None else 0.5)
-        seconds = done - first
+        seconds = max(done - first, 1e-6)
         return {"records": total, "seconds": seconds, "rate": total / seconds, "input_read_s": read_all - first,
                 "peak_rss_mib": peak_rss_mib(worker.pid), "uvloop": uses_uvloop(worker.pid)}
     finally:
