@@ -19,12 +19,10 @@ import argparse
 import asyncio
 import contextlib
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
@@ -32,64 +30,11 @@ import orjson
 from smsstream.broker import EmbeddedBroker, free_port
 from smsstream.records import ALERTS
 from smsstream.topics import apply_topics
-from smsstream.worker.app import INTERNAL_PARTITIONS
 from smsstream.worker.process import WorkerProcess
 
+from harness import DEAD_LETTERS, OVERFLOW, caught_up, events_read, produce, simulate, smsstream, summed_by_label
+
 KEY = "bench-worker-evaluate"
-EVENTS_IN = re.compile(r'^smsstream_events_in_total\{topic="[^"]+"\} ([0-9.e+]+)$', re.M)
-OVERFLOW = re.compile(r'^smsstream_merge_overflow_total\{part="([^"]+)"\} ([0-9.e+]+)$', re.M)
-DEAD_LETTERS = re.compile(r'^smsstream_dead_letters_total\{reason="([^"]+)",topic="[^"]+"\} ([0-9.e+]+)$', re.M)
-
-
-def smsstream(*args: str, env: dict) -> None:
-    subprocess.run([sys.executable, "-m", "smsstream", *args], check=True, env=env)
-
-
-async def produce(bootstrap: str, lines: list[bytes], pace: float = 0.0) -> None:
-    """Every line to its topic; at ``pace`` records a second if given (live traffic), else all at once (a backlog)."""
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024)
-    await producer.start()
-    started = time.monotonic()
-    try:
-        pending = []
-        for i, line in enumerate(lines):
-            if pace and not i % 500:
-                ahead = i / pace - (time.monotonic() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-            obj = orjson.loads(line)
-            value = obj["value"]
-            raw = None if value is None else value.encode() if isinstance(value, str) else orjson.dumps(value)
-            key = obj.get("key")
-            pending.append(await producer.send(obj["topic"], value=raw, key=key.encode() if key else None))
-            if len(pending) >= 5000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-
-
-def events_read(metrics_ports: list[int]) -> int:
-    total = 0.0
-    for port in metrics_ports:
-        with contextlib.suppress(OSError):
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
-            total += sum(float(v) for v in EVENTS_IN.findall(text))
-    return int(total)
-
-
-def summed_by_label(metrics_ports: list[int], pattern: re.Pattern) -> dict[str, int]:
-    """A labelled counter summed over the workers' metrics (a restarted worker's count starts again)."""
-    out: dict[str, int] = {}
-    for port in metrics_ports:
-        with contextlib.suppress(OSError):
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
-            for label, n in pattern.findall(text):
-                out[label] = out.get(label, 0) + int(float(n))
-    return dict(sorted(out.items()))
 
 
 def records_bar_detected_at(path: Path) -> set[bytes]:
@@ -99,15 +44,6 @@ def records_bar_detected_at(path: Path) -> set[bytes]:
         record.pop("detected_at", None)
         out.add(orjson.dumps(record, option=orjson.OPT_SORT_KEYS))
     return out
-
-
-def caught_up(workers: list[WorkerProcess]) -> bool:
-    """Every shard of every part exists on some live worker and has nothing left to process."""
-    health = [h for w in workers if w.running() and (h := w.health())]
-    shards = sum(h["shards"] for h in health)
-    parts = max((len(h["parts"]) for h in health), default=0)
-    return bool(health) and shards >= parts * INTERNAL_PARTITIONS and all(
-        h["idle_shards"] == h["shards"] for h in health)
 
 
 async def collect_alerts(bootstrap: str, total: int, metrics_ports: list[int], settle: float, timeout: float,
@@ -173,9 +109,7 @@ def main() -> int:
     events = workdir / "events.jsonl"
     labels = workdir / "events.labels.jsonl"
     print(f"simulating {args.days} day(s), {args.senders} senders, rate {args.rate}, seed {args.seed} -> {events}")
-    smsstream("simulate", "-o", str(events), "--days", str(args.days), "--senders", str(args.senders),
-              "--rate", str(args.rate), "--seed", str(args.seed), "-q", env=env)
-    lines = events.read_bytes().splitlines()
+    lines = simulate(events, args.days, args.senders, args.rate, args.seed, env)
     print(f"replaying {len(lines):,} records")
     smsstream("replay", str(events), "-o", str(workdir / "replay-alerts.jsonl"), "--quiet",
               "--dead-letter", str(workdir / "replay-dead.jsonl"), env=env)
