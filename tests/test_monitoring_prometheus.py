@@ -22,32 +22,14 @@ import pytest
 from prometheus_server import PrometheusServer
 from smsstream.broker import free_port
 from smsstream.monitoring import RULES_FILE, names
-from smsstream.monitoring.dashboards import DETECTION_UID, WORKER_HEALTH_UID
 from smsstream.worker.process import WorkerProcess
 from worker_scenario import log_digest, prepared, worker_env
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
-#: Panel queries (dashboard uid, panel title, refId) on metrics the worker does not export yet, or exports
-#: only once something went wrong (a labelled counter has no series before its first increment). The
-#: worker's own additions turn these into failures (strict xfail): remove each entry then. Empty at the end.
-EXPECTED_MISSING = {
-    (DETECTION_UID, "Sends by category", "A"): names.SENDS,
-    (DETECTION_UID, "Alerts firing by kind and severity", "A"): names.ALERTS_FIRING,
-    (DETECTION_UID, "Non-borrower share, busiest senders", "A"): names.SENDER_LOAN_SENDS,
-    (DETECTION_UID, "Template drift, busiest senders", "A"): names.TEMPLATE_READS,
-    (DETECTION_UID, "Rebinds per minute, busiest senders", "A"): names.REBINDS,
-    (DETECTION_UID, "Receipt outcomes by carrier (not delivered)", "A"): names.RECEIPTS,
-    (WORKER_HEALTH_UID, "Consumer lag per topic", "A"): names.CONSUMER_LAG,
-    (WORKER_HEALTH_UID, "Re-reads and heartbeat failures", "A"): f"{names.INPUT_REWINDS} at 0 from the start",
-    (WORKER_HEALTH_UID, "Re-reads and heartbeat failures", "B"): f"{names.SHARD_REWINDS} at 0 from the start",
-    (WORKER_HEALTH_UID, "Merge buffers and overflow", "B"): f"{names.MERGE_OVERFLOW} at 0 from the start",
-    (WORKER_HEALTH_UID, "Checkpoint failures per part", "A"): f"{names.CHECKPOINT_FAILURES} at 0 from the start",
-    (WORKER_HEALTH_UID, "Rebalances", "A"): names.REBALANCES,
-    (WORKER_HEALTH_UID, "Restarts in the last hour", "A"): names.PROCESS_START,
-    (WORKER_HEALTH_UID, "CPU per worker", "A"): names.PROCESS_CPU,
-    (WORKER_HEALTH_UID, "Memory per worker", "A"): names.PROCESS_MEMORY,
-}
+#: Panel queries (dashboard uid, panel title, refId) on metrics the worker does not export yet, as strict
+#: xfails naming what they wait for. Empty: every panel has its data.
+EXPECTED_MISSING: dict[tuple[str, str, str], str] = {}
 
 #: How Grafana would fill the variables for a 2-minute view scraped every second.
 VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$job": names.WORKER_JOB, "$instance": ".*"}

@@ -1,15 +1,22 @@
 """The worker's Prometheus metrics, in one typed container built by :func:`create`.
 
-Labels stay low in cardinality: topics, parts, alert kinds and statuses, and a
-fixed set of dead-letter reasons. Never a number, a sender or a message id.
+Labels stay low in cardinality: topics, parts, alert kinds, reasons and
+statuses, categories, a fixed set of dead-letter reasons, and, for the
+dashboards' busiest senders and carriers, at most ``MAX_SENDERS`` sender ids
+and ``MAX_CARRIERS`` carriers a worker (``BoundedLabel``; the rest count as
+``_other``). Never a number, an account or a message id.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 
+#: Distinct sender ids, and carriers, one worker names in labels; the rest are ``_other``.
+MAX_SENDERS = 500
+MAX_CARRIERS = 50
+OTHER = "_other"
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,15 @@ class Metrics:
     shard_rewinds: Counter
     input_rewinds: Counter
     checkpoint_failures: Counter
+    consumer_lag: Gauge
+    rebalances: Counter
+    alerts_firing: Gauge
+    sends: Counter
+    receipts: Counter
+    rebinds: Counter
+    sender_loan_sends: Counter
+    sender_non_borrower_sends: Counter
+    template_reads: Counter
 
 
 def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream") -> Metrics:
@@ -102,7 +118,67 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream")
             ["part"],
             registry=registry,
         ),
+        consumer_lag=Gauge(
+            f"{prefix}_consumer_lag_records",
+            "Records of this worker's input partitions not read yet (end offset minus the next to read), by topic.",
+            ["topic"],
+            registry=registry,
+        ),
+        rebalances=Counter(
+            f"{prefix}_rebalances", "Partition assignments this worker received (rebalances it took part in).",
+            registry=registry,
+        ),
+        alerts_firing=Gauge(
+            f"{prefix}_alerts_firing", "Alert episodes open in this worker's alert books.",
+            ["kind", "reason", "severity"], registry=registry,
+        ),
+        sends=Counter(f"{prefix}_sends", "Sends read from sms.sends, by category.", ["category"], registry=registry),
+        receipts=Counter(
+            f"{prefix}_receipts", "Delivery receipts read, by carrier and SMPP status word.", ["carrier", "status"],
+            registry=registry,
+        ),
+        rebinds=Counter(
+            f"{prefix}_rebinds", "Bindings that moved an account off an old number, by sender.", ["sender_id"],
+            registry=registry,
+        ),
+        sender_loan_sends=Counter(
+            f"{prefix}_sender_loan_sends", "Loan-obligation sends judged against the borrower book, by sender.",
+            ["sender_id"], registry=registry,
+        ),
+        sender_non_borrower_sends=Counter(
+            f"{prefix}_sender_non_borrower_sends",
+            "Of those, sends to numbers that are not borrowers of the sender, by sender.", ["sender_id"],
+            registry=registry,
+        ),
+        template_reads=Counter(
+            f"{prefix}_template_reads",
+            "Sends read against their template, by sender and outcome (fits, drifted).", ["sender_id", "outcome"],
+            registry=registry,
+        ),
     )
+
+
+class BoundedLabel:
+    """A label value from the input (a sender id, a carrier) kept to at most ``limit`` distinct values."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.named: set[str] = set()
+
+    def __call__(self, value: str | None) -> str:
+        if value is None:
+            return "unknown"
+        if value in self.named:
+            return value
+        if len(self.named) < self.limit:
+            self.named.add(value)
+            return value
+        return OTHER
+
+
+def register_process_metrics(registry: CollectorRegistry) -> None:
+    """CPU, memory and start time of this process (``process_*``) on ``registry``."""
+    ProcessCollector(registry=registry)
 
 
 def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> None:

@@ -15,7 +15,7 @@ logic that decides them is this one class.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 from smsstream.detection.base import BUCKET_MS, Part
 from smsstream.detection.facts import ADDED_UP, RoutineCount, RoutineTally, TemplateTally
@@ -87,6 +87,8 @@ class PartDriver:
         self.facts_sent = 0
         self.next_expiry = 0
         self.out = Outcome()
+        #: told each value the part took and the facts it made of it (the worker's dashboards count them)
+        self.watch: Callable[[Any, list | None], None] | None = None
 
     def take(self, item: Item) -> None:
         """Count one item in event-time order: close the buckets it has passed, gate it, run the part on it."""
@@ -114,7 +116,10 @@ class PartDriver:
                 return
         out.processed += 1
         if item.key:
-            for stream, fact in part.process(item.stream, item.key, value) or ():
+            made = part.process(item.stream, item.key, value)
+            if self.watch is not None:
+                self.watch(value, made)
+            for stream, fact in made or ():
                 if tally.take(stream, fact):
                     continue
                 self.facts_sent += 1

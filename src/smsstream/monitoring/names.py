@@ -4,9 +4,9 @@ A metric renamed in ``smsstream.metrics`` (or added for a panel) is a one-line
 change here; ``python -m smsstream.monitoring`` then rebuilds every dashboard,
 rule and rule test from these names.
 
-Metrics marked *not exported yet* are the ones the panels need and the worker
-does not serve today; ``tests/test_monitoring_prometheus.py`` lists the panel
-queries that wait for them.
+``tests/test_monitoring_prometheus.py`` runs every panel's query against a
+real Prometheus scraping a worker, so a name here that the worker does not
+export fails there.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ NOTIFIER_JOB = "smsstream-notify"
 #: Per-sender and per-carrier panels show at most this many series (``topk``).
 TOP_K = 10
 
-# --- exported by the worker today (src/smsstream/metrics.py) -----------------
+# --- the worker's own (src/smsstream/metrics.py) --------------------------------
 #: counter {topic}: input records read
 EVENTS_IN = "smsstream_events_in_total"
 #: counter {topic, reason}: input records written to sms.dead-letter
@@ -45,7 +45,6 @@ INPUT_REWINDS = "smsstream_input_rewinds_total"
 #: counter {part}: internal messages a shard read again
 SHARD_REWINDS = "smsstream_shard_rewinds_total"
 
-# --- not exported yet: the panels and rules are built against these names ----
 #: gauge {topic}: records of this worker's assigned input partitions not read yet (end offset minus position)
 CONSUMER_LAG = "smsstream_consumer_lag_records"
 #: counter: partition assignments this worker received (each one a rebalance it took part in)
@@ -65,7 +64,7 @@ REBINDS = "smsstream_rebinds_total"
 #: counter {carrier, status}: delivery receipts read, by carrier and SMPP status word
 RECEIPTS = "smsstream_receipts_total"
 
-# --- the process collector of prometheus_client (not registered on the worker's registry yet) ---
+# --- prometheus_client's process collector, on the worker's registry ---
 PROCESS_CPU = "process_cpu_seconds_total"
 PROCESS_MEMORY = "process_resident_memory_bytes"
 PROCESS_START = "process_start_time_seconds"

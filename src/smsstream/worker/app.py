@@ -32,6 +32,7 @@ re-sent alert record is the same record).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, Awaitable, Iterable, Sequence
@@ -42,19 +43,22 @@ from smsstream import kafka, records
 from smsstream.config import Settings
 from smsstream.detection.base import Part, PartContext
 from smsstream.errors import BrokerUnreachable, ConfigError, RecordError
-from smsstream.metrics import Metrics, create
+from smsstream.metrics import Metrics, create, register_process_metrics
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.worker.flow import HELD, MISSED, Item, Source, Topology, resume_step
 from smsstream.worker.transport import encode
 from smsstream.worker.router import InputRouter
 from smsstream.worker.shards import ShardHost, ShardOutput
 from smsstream.worker.snapshots import checkpoint, load_snapshot
+from smsstream.worker.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 #: Partitions of each part's internal topic and state table: the unit of scale-out.
 INTERNAL_PARTITIONS = 4
 HEARTBEAT_S = 1.0
+#: ``/health/live`` fails once no heartbeat round has started for this long (a stuck event loop or task).
+LIVENESS_S = 60.0
 
 
 def part_topic_name(app_id: str, part: type[Part]) -> str:
@@ -147,9 +151,13 @@ class Worker:
         self.part_of_topic = {t.get_topic_name(): name for name, t in self.part_topics.items()}
         self.tables = {p.name: app.Table(f"{p.name}-state", partitions=partitions, key_type=bytes, value_type=bytes)
                        for p in self.parts}
-        counted = {t: self.metrics.events_in.labels(t) for t in self.topology.input_topics}
-        self.router = InputRouter(self.topology, count_in=lambda topic: counted[topic].inc())
-        self.shards = ShardHost(self.topology, self.ctx, lambda name, i: load_snapshot(self.tables[name], i))
+        register_process_metrics(registry)
+        self.telemetry = Telemetry(self.metrics, self.topology)
+        self.router = InputRouter(self.topology, self.telemetry)
+        self.shards = ShardHost(self.topology, self.ctx, lambda name, i: load_snapshot(self.tables[name], i),
+                                self.telemetry.watch)
+        #: when the heartbeat loop last started a round (monotonic): the liveness probe's evidence
+        self.last_round = time.monotonic()
         #: topic -> the lock that keeps one route flush at a time (items of a partition must arrive in order)
         self.route_locks = {t: asyncio.Lock() for t in self.topology.input_topics}
         #: topic -> its route agent's stream, which acknowledges its records
@@ -326,6 +334,12 @@ class Worker:
     def _observe(self, name: str) -> None:
         mine = self.shards.of_part(name)
         metrics = self.metrics
+        if not mine:
+            # no shard of this part is this worker's any more: its figures are another worker's
+            for gauge in (metrics.state_entities, metrics.merge_buffered, metrics.lag_seconds):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name)
+            return
         metrics.state_entities.labels(name).set(sum(len(s.part.entities) for s in mine))
         metrics.merge_buffered.labels(name).set(sum(len(s.merge) for s in mine))
         max_ts = max((s.part.clock.max_ts or s.merge.released_until for s in mine), default=0)
@@ -351,6 +365,7 @@ class Worker:
             await app.sleep(HEARTBEAT_S)
             if app.should_stop:
                 return
+            self.last_round = time.monotonic()
             try:
                 await self.send_heartbeats()
             except NotReady:
@@ -368,9 +383,11 @@ class Worker:
         inputs = [tp for tp in consumer.assignment() if tp.topic in self.topology.input_topics]
         ends = await consumer.highwaters(*inputs) if inputs else {}
         committed = consumer._committed_offset
-        beats = self.router.heartbeats({(tp.topic, tp.partition): ends.get(tp) for tp in inputs},
-                                       {(tp.topic, tp.partition): committed.get(tp) for tp in inputs},
+        ends_of = {(tp.topic, tp.partition): ends.get(tp) for tp in inputs}
+        beats = self.router.heartbeats(ends_of, {(tp.topic, tp.partition): committed.get(tp) for tp in inputs},
                                        time.monotonic())
+        self.telemetry.consumer_lag(self.router.lag(ends_of))
+        self.telemetry.episodes(self.shards.shards.values())
         for name, more in self.shards.heartbeats().items():
             beats.setdefault(name, []).extend(more)
         for name, batch in beats.items():
@@ -380,27 +397,39 @@ class Worker:
 
     async def on_revoked(self, app_, revoked, **kwargs) -> None:
         self.router.revoked([(tp.topic, tp.partition) for tp in revoked])
+        gone = set()
         for tp in revoked:
             name = self.part_of_topic.get(tp.topic)
             if name is not None:
                 self.shards.revoked(name, tp.partition)
+                gone.add(name)
+        for name in gone:
+            self._observe(name)
 
     async def on_assigned(self, app_, assigned, **kwargs) -> None:
+        self.metrics.rebalances.inc()
         self.router.assigned([(tp.topic, tp.partition) for tp in assigned])
 
-    def health(self) -> dict:
+    def health(self) -> tuple[dict, bool]:
+        """What ``/health`` says, and whether the worker is ready (partitions assigned, not rebalancing)."""
         app = self.app
         assigned = app.consumer.assignment() if app.consumer else set()
         shards = self.shards.shards.values()
+        ready = bool(assigned) and not app.rebalancing
         return {
-            "status": "ok",
+            "status": "ok" if ready else "not ready",
             "assigned_partitions": len(assigned),
             "rebalancing": bool(app.rebalancing),
             "shards": len(shards),
             # a shard is idle once every upstream partition has caught up and its merge is empty
             "idle_shards": sum(shard.idle for shard in shards),
             "parts": [p.name for p in self.parts],
-        }
+        }, ready
+
+    def alive(self) -> tuple[dict, bool]:
+        """What ``/health/live`` says: the event loop answers, and the heartbeat loop ran a round lately."""
+        since = time.monotonic() - self.last_round
+        return {"last_heartbeat_round_s": round(since, 1)}, since < LIVENESS_S
 
     def wire(self) -> None:
         """Register the agents, the heartbeat task, the rebalance hooks and the health page with Faust."""
@@ -416,9 +445,15 @@ class Worker:
         app.on_partitions_assigned.connect(self.on_assigned)
 
         async def health(web, request):
-            return web.json(self.health())
+            body, ready = self.health()
+            return web.json(body, status=200 if ready else 503)
+
+        async def live(web, request):
+            body, alive = self.alive()
+            return web.json(body, status=200 if alive else 503)
 
         app.page("/health")(health)
+        app.page("/health/live")(live)
 
 
 def build(

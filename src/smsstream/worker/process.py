@@ -55,9 +55,15 @@ class WorkerProcess:
         return self.process is not None and self.process.poll() is None
 
     def health(self) -> dict | None:
+        """The worker's ``/health`` body (answered with 503 while it is not ready), or None if it does not answer."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/health", timeout=2) as response:
                 return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                return json.loads(exc.read())
+            except ValueError:
+                return None
         except (OSError, urllib.error.URLError, ValueError):
             return None
 

@@ -41,7 +41,7 @@ class RouteBatch:
 class InputRouter:
     """Decodes input records and fans them out to the parts, per topic; tracks each input partition's progress."""
 
-    def __init__(self, topology: Topology, count_in: Any = None):
+    def __init__(self, topology: Topology, telemetry: Any = None):
         self.topology = topology
         self.batches = {topic: RouteBatch(Outbox(topology.partitions)) for topic in topology.input_topics}
         #: input partition -> [max event time, last offset] of the records sent on to the parts
@@ -52,8 +52,8 @@ class InputRouter:
         self.routed_until: dict[Partition, int] = {}
         #: input partitions whose first record since their assignment has been checked against ``routed_until``
         self.resumed: set[Partition] = set()
-        #: topic -> a counter of records read (metrics), or None
-        self._count_in = count_in
+        #: told every record read and every record decoded (``telemetry.Telemetry``), or None
+        self.telemetry = telemetry
 
     def skipped_before(self, topic: str, partition: int, offset: int) -> int | None:
         """For the first record of a partition given back to this worker: the first offset its consumer skipped.
@@ -78,8 +78,9 @@ class InputRouter:
         """
         batch = self.batches[topic]
         tp = (topic, partition)
-        if self._count_in is not None:
-            self._count_in(topic)
+        telemetry = self.telemetry
+        if telemetry is not None:
+            telemetry.read(topic)
         state = self.progress.setdefault(tp, [0, -1])
         self.idle_since.pop(tp, None)
         ts, _ = batch.reached.get(tp, (state[0], 0))
@@ -91,6 +92,8 @@ class InputRouter:
             dead = (source, exc)
             record = None
         if record is not None:
+            if telemetry is not None:
+                telemetry.decoded(topic, record)
             ts = max(ts, record.ts or 0)
             origin = f"{topic}/{partition}"
             topology = self.topology
@@ -129,6 +132,19 @@ class InputRouter:
                 state[0] = max(state[0], ts)
                 state[1] = max(state[1], offset)
                 self.routed_until[tp] = max(self.routed_until.get(tp, -1), offset)
+
+    def lag(self, ends: dict[Partition, int | None]) -> dict[str, int]:
+        """Records of the given partitions not read yet, by topic (``ends``: each partition's end offset)."""
+        out: dict[str, int] = {}
+        for tp, end in ends.items():
+            if end is None:
+                continue
+            read = self.progress.get(tp, [0, -1])[1]
+            reached = self.batches[tp[0]].reached.get(tp)
+            if reached is not None:
+                read = max(read, reached[1])
+            out[tp[0]] = out.get(tp[0], 0) + max(0, end - read - 1)
+        return out
 
     def revoked(self, partitions: Iterable[Partition]) -> None:
         """Forget what was read but not sent of these partitions: their next owner reads and routes it again."""

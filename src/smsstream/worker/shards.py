@@ -68,10 +68,13 @@ class Slot:
 class ShardHost:
     """The shards of the part partitions assigned to this worker."""
 
-    def __init__(self, topology: Topology, ctx: PartContext, load: Callable[[str, int], bytes | None]):
+    def __init__(self, topology: Topology, ctx: PartContext, load: Callable[[str, int], bytes | None],
+                 watch: Callable[[str], Callable | None] | None = None):
         self.topology = topology
         self.ctx = ctx
         self._load = load
+        #: part name -> what its drivers tell what they take (``PartDriver.watch``), if anything
+        self._watch = watch
         self.slots: dict[ShardKey, Slot] = {}
         self._facts = Outbox(topology.partitions)
 
@@ -81,6 +84,8 @@ class ShardHost:
         if slot is None:
             snapshot = self._load(name, partition)
             shard = self.topology.new_shard(name, self.ctx, snapshot)
+            if self._watch is not None:
+                shard.driver.watch = self._watch(name)
             if snapshot:
                 log.info("part %s partition %d: state restored from its table; it holds messages up to offset %d",
                          name, partition, shard.covered)
