@@ -27,55 +27,22 @@ State rules for every part:
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, MutableMapping
 
+from smsstream.detection.alerts import AlertBook, Finding
 from smsstream.pseudonym import Pseudonymizer
+from smsstream.vocabulary import DAY_MS, HOUR_MS, MINUTE_MS
 
-BUCKET_MS = 60_000
+__all__ = ["BUCKET_MS", "DEFAULT_LATENESS_MS", "DEFAULT_IDLE_MS", "Finding", "Part", "PartContext", "partition_of"]
+
+BUCKET_MS = MINUTE_MS
 #: How far behind the latest event time a send or binding may arrive and still count.
-DEFAULT_LATENESS_MS = 5 * 60_000
+DEFAULT_LATENESS_MS = 5 * MINUTE_MS
 #: How long an entity with no events keeps its state (baselines included).
-DEFAULT_IDLE_MS = 14 * 24 * 3_600_000
-
-KINDS = ("non_borrower_spike", "template_hijack", "rebind_anomaly", "delivery_failure_spike")
-SEVERITIES = ("info", "warning", "critical")
-ENTITY_TYPES = ("sender", "template", "number", "account", "device", "carrier")
+DEFAULT_IDLE_MS = 14 * DAY_MS
 
 KeyFn = Callable[[Any], "str | tuple[str, ...] | None"]
-
-
-@dataclass(slots=True)
-class Finding:
-    """One detector's verdict that an entity is abnormal over an event-time window.
-
-    ``observed`` and ``expected`` are in the same unit (a count, a rate, a
-    share); ``score`` is comparable across entities: larger is worse.
-    ``firing=False`` marks a weaker finding, above the release threshold but
-    below the firing one: it keeps an alert that is already firing alive
-    (hysteresis) and never starts one.
-    """
-
-    kind: str
-    reason: str
-    severity: str
-    entity_type: str
-    entity_id: str
-    window_start: int
-    window_end: int
-    observed: float
-    expected: float
-    score: float
-    summary: str
-    evidence: dict = field(default_factory=dict)
-    sender_id: str | None = None
-    template_id: str | None = None
-    last_seen: int | None = None
-    firing: bool = True
-
-    @property
-    def dedup_key(self) -> str:
-        return f"{self.kind}/{self.entity_type}/{self.entity_id}"
 
 
 @dataclass(slots=True)
@@ -83,7 +50,7 @@ class PartContext:
     """What every part is built with; the same for all parts of one engine or worker."""
 
     pseudonymizer: Pseudonymizer
-    alert_repeat_ms: int = 3_600_000
+    alert_repeat_ms: int = HOUR_MS
     lateness_ms: int = DEFAULT_LATENESS_MS
     idle_ms: int = DEFAULT_IDLE_MS
 
@@ -133,8 +100,6 @@ class Part:
     emits: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: PartContext):
-        from smsstream.detection.alerts import AlertBook
-
         self.ctx = ctx
         self.entities: MutableMapping[str, Any] = {}
         self.book = AlertBook(repeat_ms=ctx.alert_repeat_ms)

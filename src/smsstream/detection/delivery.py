@@ -30,8 +30,9 @@ from smsstream.detection.base import BUCKET_MS, Part
 from smsstream.detection.facts import BLOCKED, DELIVERED, DELIVERY_OUTCOMES, FAILED, DeliveryOutcome, RoutineCount
 from smsstream.detection.share import Share, SharePart, ShareState
 from smsstream.records import RECEIPTS, SENDS
-
-KIND = "delivery_failure_spike"
+from smsstream.vocabulary import (
+    BLOCKED_RATE, CARRIER, DELIVERY_FAILURE_SPIKE, FAILURE_RATE, HOUR_MS, SENDER, TEMPLATE,
+)
 
 OUTCOME = {
     "DELIVRD": DELIVERED,
@@ -44,12 +45,11 @@ OUTCOME = {
 }
 
 #: How long a send waits for its receipt (and a receipt for its send), event time.
-JOIN_HORIZON_MS = 24 * 3_600_000
+JOIN_HORIZON_MS = 24 * HOUR_MS
 #: Outcomes reported later than this after their send are counted, not judged.
-PROMPT_MS = 3_600_000
+PROMPT_MS = HOUR_MS
 #: Most messages waiting in the join at once; the oldest hour goes first beyond it.
 MAX_PENDING = 2_000_000
-_HOUR = 3_600_000
 
 
 def _message_id(record) -> str:
@@ -81,7 +81,7 @@ class ReceiptJoin(Part):
         }
 
     def _remember(self, key: str, ts: int) -> None:
-        hour = ts - ts % _HOUR
+        hour = ts - ts % HOUR_MS
         ids = self._by_hour.get(hour)
         if ids is None:
             self._by_hour[hour] = [key]
@@ -148,7 +148,7 @@ class ReceiptJoin(Part):
 
     def expire(self, now: int) -> int:
         before = len(self.entities)
-        for hour in [h for h in self._by_hour if h + _HOUR <= now - JOIN_HORIZON_MS]:
+        for hour in [h for h in self._by_hour if h + HOUR_MS <= now - JOIN_HORIZON_MS]:
             self._drop_hour(hour)
         return before - len(self.entities)
 
@@ -164,7 +164,7 @@ _HIT = {DELIVERED: 0, BLOCKED: 1, FAILED: 2}
 
 
 class _DeliveryShare(SharePart):
-    kind = KIND
+    kind = DELIVERY_FAILURE_SPIKE
     trials_word = "final delivery receipts"
     # A carrier that starts blocking a sender's reminders between campaigns shows as 3 blocked of
     # 3 or 4 receipts where a fraction of a percent is usual: three hits are evidence here, scored
@@ -172,8 +172,8 @@ class _DeliveryShare(SharePart):
     MIN_EXCESS = 2.5
     EXACT_MAX_HITS = 10
     shares = (
-        Share("blocked_rate", prior=0.005, prior_weight=400.0, hits_word="BLOCKED by the carrier or handset"),
-        Share("failure_rate", prior=0.03, prior_weight=400.0,
+        Share(BLOCKED_RATE, prior=0.005, prior_weight=400.0, hits_word="BLOCKED by the carrier or handset"),
+        Share(FAILURE_RATE, prior=0.03, prior_weight=400.0,
               hits_word="undelivered (UNDELIV/REJECTD/EXPIRED/DELETED/UNKNOWN)"),
     )
 
@@ -197,7 +197,7 @@ class _DeliveryShare(SharePart):
         return "carriers"
 
     def why(self, share: Share) -> str:
-        if share.reason == "blocked_rate":
+        if share.reason == BLOCKED_RATE:
             return "A carrier or handset filter has started blocking this traffic."
         return "Messages are failing to deliver far more than usual."
 
@@ -218,7 +218,7 @@ class SenderDelivery(_DeliveryShare):
     """Per sender, and per sender on each carrier: a carrier blocking one sender shows there first."""
 
     name = "delivery_sender"
-    entity_type = "sender"
+    entity_type = SENDER
     inputs: ClassVar = {DELIVERY_OUTCOMES: _outcome_sender}
     MAX_SUBS = 8
 
@@ -231,7 +231,7 @@ class SenderDelivery(_DeliveryShare):
 
 class TemplateDelivery(_DeliveryShare):
     name = "delivery_template"
-    entity_type = "template"
+    entity_type = TEMPLATE
     inputs: ClassVar = {DELIVERY_OUTCOMES: _outcome_template}
 
 
@@ -249,7 +249,7 @@ class CarrierDelivery(_DeliveryShare):
     """
 
     name = "delivery_carrier"
-    entity_type = "carrier"
+    entity_type = CARRIER
     inputs: ClassVar = {DELIVERY_OUTCOMES: _outcome_carrier}
     MAX_SUBS = 64
     JUDGE_SUBS = False

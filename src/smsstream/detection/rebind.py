@@ -48,11 +48,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Iterable
 
 from smsstream.detection.base import BUCKET_MS, Finding, Part
-from smsstream.detection.stats import HOUR_MS, DAY_MS, BucketWindow, DecayedCount, poisson_tail_score
+from smsstream.detection.stats import BucketWindow, DecayedCount, poisson_tail_score
 from smsstream.records import BINDINGS, LOAN_OBLIGATION, SENDS
+from smsstream.vocabulary import DAY_MS, HOUR_MS, MINUTE_MS
 
 KIND = "rebind_anomaly"
-MINUTE = 60_000
 
 #: Fact stream: an account arrived at / left a number (account-keyed -> number-keyed).
 NUMBER_BINDINGS = "fact.number-bindings"
@@ -64,7 +64,7 @@ FAN_IN_MIN = 3
 MAX_ARRIVALS = 32
 STALE_HORIZON_MS = 30 * DAY_MS
 #: Sends in the first minutes after a move may have been queued before it: they never count.
-STALE_GRACE_MS = 5 * MINUTE
+STALE_GRACE_MS = 5 * MINUTE_MS
 #: Within the first hour a single send is a stray; two make a pattern. After it, one is enough.
 STALE_SINGLE_AFTER_MS = HOUR_MS
 MAX_DEPARTURES = 16
@@ -72,7 +72,7 @@ DEVICE_WINDOW_MS = 6 * HOUR_MS
 MAX_DEVICE_ROWS = 64
 DEVICE_FAN_OUT_MIN = 3
 MAX_SENDER_ROWS = 200
-SENDER_WINDOWS_MS = (10 * MINUTE, 30 * MINUTE, HOUR_MS, 6 * HOUR_MS)
+SENDER_WINDOWS_MS = (10 * MINUTE_MS, 30 * MINUTE_MS, HOUR_MS, 6 * HOUR_MS)
 MASS_REBIND_MIN = 5
 #: Rebinds happen in business hours: a day's rate is spent in about half the day, so a window
 #: expects twice its share of the daily rate (a large lender's or a branch device's busy
@@ -596,7 +596,7 @@ class SenderRebinds(Part):
             expected=round(lam, 4),
             score=score,
             summary=(
-                f"{key}: {int(n)} accounts changed number in the last {w // MINUTE} min, against about "
+                f"{key}: {int(n)} accounts changed number in the last {w // MINUTE_MS} min, against about "
                 f"{lam:.2f} usual ({per_day:.1f} a day){concentrated}"
                 + ("; rebinds first seen at this lender less than a day ago" if young else "")
             ),

@@ -26,9 +26,7 @@ from typing import Any, ClassVar, Iterable
 from smsstream.detection.base import BUCKET_MS, Finding, Part
 from smsstream.detection.facts import RoutineCount
 from smsstream.detection.stats import BucketRing, ShareBaseline, binomial_exact_tail_score, binomial_tail_score
-
-MINUTE = 60_000
-HOUR = 60 * MINUTE
+from smsstream.vocabulary import CARRIER, CRITICAL, HOUR_MS, MINUTE_MS, TEMPLATE, WARNING
 
 #: Recent hits kept per entity as evidence.
 SAMPLES = 20
@@ -115,9 +113,9 @@ class SharePart(Part):
     shares: ClassVar[tuple[Share, ...]] = ()
     trials_word: ClassVar[str] = "events"
 
-    WINDOWS_MS: ClassVar[tuple[int, ...]] = (1 * MINUTE, 5 * MINUTE, 15 * MINUTE, 60 * MINUTE)
-    HALF_LIFE_MS: ClassVar[int] = 72 * HOUR
-    ACCEPT_AFTER_MS: ClassVar[int] = 6 * HOUR
+    WINDOWS_MS: ClassVar[tuple[int, ...]] = (1 * MINUTE_MS, 5 * MINUTE_MS, 15 * MINUTE_MS, 60 * MINUTE_MS)
+    HALF_LIFE_MS: ClassVar[int] = 72 * HOUR_MS
+    ACCEPT_AFTER_MS: ClassVar[int] = 6 * HOUR_MS
     RATIO: ClassVar[float] = 1.5
     MARGIN: ClassVar[float] = 0.005
     MIN_EXCESS: ClassVar[float] = 3.0
@@ -125,7 +123,7 @@ class SharePart(Part):
     EXACT_MAX_HITS: ClassVar[int] = 0
     FIRE_SCORE: ClassVar[float] = 5.0
     HOLD_SCORE: ClassVar[float] = 3.0
-    COLD_MS: ClassVar[int] = 3 * HOUR
+    COLD_MS: ClassVar[int] = 3 * HOUR_MS
     COLD_FIRE_SCORE: ClassVar[float] = 30.0
     #: Most slices (``count(sub=...)``) kept per entity; 0 for none.
     MAX_SUBS: ClassVar[int] = 0
@@ -222,9 +220,9 @@ class SharePart(Part):
         if not firing and not self.book.is_firing(dedup_key):
             return ()
         observed = k / n
-        severity = "warning"
+        severity = WARNING
         if not cold and score >= 2 * threshold and observed >= max(5 * expected, expected + 0.2):
-            severity = "critical"
+            severity = CRITICAL
         share = self.shares[column]
         evidence = self.evidence(state, column, end - window_ms, int(k), int(n), end)
         if sub is not None:
@@ -242,8 +240,8 @@ class SharePart(Part):
             score=score,
             summary=self.summary(key, state, share, int(k), int(n), observed, expected, end, window_ms, cold, sub),
             evidence=evidence,
-            sender_id=state.sender_id if self.entity_type != "carrier" else None,
-            template_id=state.template_id if self.entity_type == "template" else None,
+            sender_id=state.sender_id if self.entity_type != CARRIER else None,
+            template_id=state.template_id if self.entity_type == TEMPLATE else None,
             # bounded by the window, so data already read beyond it (arrival timing) does not show
             last_seen=min(state.last_ts, end),
             firing=firing,
@@ -312,15 +310,15 @@ class SharePart(Part):
     def summary(self, key: str, state: ShareState, share: Share, k: int, n: int, observed: float,
                 expected: float, end: int, window_ms: int, cold: bool, sub: str | None = None) -> str:
         who = f"{self.entity_type} {self.entity_id(key)}"
-        if self.entity_type == "template" and state.sender_id:
+        if self.entity_type == TEMPLATE and state.sender_id:
             who += f" (sender {state.sender_id})"
         if sub is not None:
             who += f" on {self.sub_name()} {sub}"
-        seen_for = (min(state.last_ts, end) - state.first_ts) // MINUTE
+        seen_for = (min(state.last_ts, end) - state.first_ts) // MINUTE_MS
         new = f"; new {self.entity_type}, first seen {seen_for} min ago" if cold else ""
         return (
             f"{self.kind} {share.reason}: {who}: {k} of {n} {self.trials_word} in the last "
-            f"{window_ms // MINUTE} min were {share.hits_word} ({observed:.1%}), "
+            f"{window_ms // MINUTE_MS} min were {share.hits_word} ({observed:.1%}), "
             f"usual {expected:.1%}{new}. {self.why(share)}"
         )
 

@@ -24,12 +24,12 @@ import hashlib
 import math
 from typing import ClassVar
 
+from smsstream.vocabulary import HOUR_MS
+
 LN10 = math.log(10.0)
 _MINUS_LN2 = -math.log(2.0)
 #: Score given when a count is impossible under the baseline (p = 0).
 MAX_SCORE = 300.0
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
 
 
 # --- tail scores -------------------------------------------------------------

@@ -55,9 +55,10 @@ from typing import Any, ClassVar, Iterable
 from smsstream.detection.alerts import MAX_EVIDENCE
 from smsstream.detection.base import BUCKET_MS, Finding, Part, partition_of
 from smsstream.detection.facts import MAX_SAMPLES, TemplateRead, TemplateTally, rank_of
-from smsstream.detection.stats import DAY_MS, HOUR_MS, BucketWindow, DailyProfile, poisson_tail_score
+from smsstream.detection.stats import BucketWindow, DailyProfile, poisson_tail_score
 from smsstream.detection.textshape import Markers, TemplateText, diff_words, signature
 from smsstream.records import SENDS, TEMPLATES
+from smsstream.vocabulary import DAY_MS, HOUR_MS, MINUTE_MS
 
 KIND = "template_hijack"
 

@@ -21,9 +21,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from smsstream.simulate.traffic import Simulation, customer_ip
-from smsstream.simulate.world import DAY_MS, HOUR_MS, LOAN_CATEGORIES, REMINDER_CATEGORIES, Account, Sender, Template
+from smsstream.simulate.world import LOAN_CATEGORIES, REMINDER_CATEGORIES, Account, Sender, Template
+from smsstream.vocabulary import (
+    DAY_MS, DELIVERY_FAILURE_SPIKE, HOUR_MS, MINUTE_MS, NON_BORROWER_SPIKE, REBIND_ANOMALY, TEMPLATE_HIJACK,
+)
 
-MIN_MS = 60_000
 INTENSITIES = ("low", "medium", "high")
 LEVEL = {"low": 0, "medium": 1, "high": 2}
 
@@ -254,7 +256,7 @@ def _loan_recipient(plan: Planner, sender: Sender, category: str) -> tuple[str, 
 def purchased_list(plan: Planner, intensity: str) -> Episode | None:
     """A lender sends loan reminders to a bought list of numbers that never borrowed from it."""
     rng, sim = plan.rng, plan.sim
-    duration = rng.randrange(30, 181) * MIN_MS
+    duration = rng.randrange(30, 181) * MINUTE_MS
     start = plan.window(duration)
     sender = plan.pick(plan.senders(start, start + duration, min_book=20), prefer_small=True)
     if sender is None:
@@ -264,7 +266,7 @@ def purchased_list(plan: Planner, intensity: str) -> Episode | None:
     per_hour = (max(24, 0.05 * loan_hourly), max(80, 0.2 * loan_hourly), max(400, loan_hourly))[LEVEL[intensity]]
     count = max(20, int(per_hour * duration / HOUR_MS))
     numbers = plan.world.numbers.block(count) if rng.random() < 0.5 else [plan.world.numbers.fresh() for _ in range(count)]
-    episode = plan.new("non_borrower_spike", "purchased_list", intensity, sender_id=sender.sender_id, sends=len(numbers))
+    episode = plan.new(NON_BORROWER_SPIKE, "purchased_list", intensity, sender_id=sender.sender_id, sends=len(numbers))
     episode.add("sender", sender.sender_id)
     categories = ("repayment_reminder", "repayment_reminder", "overdue_notice", "collection")
     templates = {c: [t for t in sender.templates.get(c, ()) if t.start_ts <= start] for c in categories}
@@ -300,7 +302,7 @@ def book_mixup(plan: Planner, intensity: str) -> Episode | None:
     if not others:
         return None
     other = rng.choice(others)
-    duration = rng.randrange(60, 121) * MIN_MS
+    duration = rng.randrange(60, 121) * MINUTE_MS
     if not plan.free(sender, start, start + duration):
         return None
     plan.claim(sender, start, start + duration)
@@ -309,7 +311,7 @@ def book_mixup(plan: Planner, intensity: str) -> Episode | None:
     fraction = min(1.0, max(fraction, 25 / max(campaign * sender.weekend_factor, 1)))
     pool = [n for n in rng.sample(list(other.by_number), min(len(other.by_number), 5000)) if n not in sender.by_number]
     recipients = [(n, other.by_number[n].account_id) for n in pool]
-    episode = plan.new("non_borrower_spike", "book_mixup", intensity, sender_id=sender.sender_id,
+    episode = plan.new(NON_BORROWER_SPIKE, "book_mixup", intensity, sender_id=sender.sender_id,
                        other_sender_id=other.sender_id, fraction=round(fraction, 3))
     episode.add("sender", sender.sender_id)
     for category in ("repayment_reminder", "overdue_notice"):
@@ -331,7 +333,7 @@ def _malicious_url(rng: random.Random, sender: Sender) -> str:
 
 def _tamper(plan: Planner, intensity: str, reason: str) -> Episode | None:
     rng, sim = plan.rng, plan.sim
-    duration = rng.randrange(45, 241) * MIN_MS
+    duration = rng.randrange(45, 241) * MINUTE_MS
     start = plan.window(duration)
     sender = plan.pick(plan.senders(start, start + duration, lender=None, min_daily=100))
     if sender is None:
@@ -367,7 +369,7 @@ def _tamper(plan: Planner, intensity: str, reason: str) -> Episode | None:
 
     fraction = (0.05, 0.3, 1.0)[LEVEL[intensity]]
     extra = (15, 60, 300)[LEVEL[intensity]]
-    episode = plan.new("template_hijack", reason, intensity, sender_id=sender.sender_id,
+    episode = plan.new(TEMPLATE_HIJACK, reason, intensity, sender_id=sender.sender_id,
                        template_id=template.template_id, marker=marker, fraction=fraction)
     episode.add("template", template.template_id)
     episode.add("sender", sender.sender_id)
@@ -403,7 +405,7 @@ def signature_changed(plan, intensity):
 def foreign_sender(plan: Planner, intensity: str) -> Episode | None:
     """A sender uses a registered template that belongs to another sender."""
     rng, sim = plan.rng, plan.sim
-    duration = rng.randrange(20, 121) * MIN_MS
+    duration = rng.randrange(20, 121) * MINUTE_MS
     start = plan.window(duration)
     owners = [s for s in plan.world.senders if s.start_ts <= start - 6 * HOUR_MS]
     intruders = plan.senders(start, start + duration, lender=None)
@@ -417,7 +419,7 @@ def foreign_sender(plan: Planner, intensity: str) -> Episode | None:
         return None
     plan.claim(intruder, start, start + duration)
     count = (15, 80, 600)[LEVEL[intensity]]
-    episode = plan.new("template_hijack", "foreign_sender", intensity, sender_id=intruder.sender_id,
+    episode = plan.new(TEMPLATE_HIJACK, "foreign_sender", intensity, sender_id=intruder.sender_id,
                        owner_sender_id=owner.sender_id, template_id=template.template_id, sends=count)
     episode.add("template", template.template_id)
     episode.add("sender", intruder.sender_id)
@@ -436,7 +438,7 @@ def foreign_sender(plan: Planner, intensity: str) -> Episode | None:
 def new_source_burst(plan: Planner, intensity: str) -> Episode | None:
     """A stolen API key: one template bursts from a key and IP the sender never used, mostly with a bad link."""
     rng, sim = plan.rng, plan.sim
-    duration = (rng.randrange(20, 41), rng.randrange(20, 61), rng.randrange(30, 91))[LEVEL[intensity]] * MIN_MS
+    duration = (rng.randrange(20, 41), rng.randrange(20, 61), rng.randrange(30, 91))[LEVEL[intensity]] * MINUTE_MS
     start = plan.window(duration)
     sender = plan.pick(plan.senders(start, start + duration, lender=None), prefer_small=True)
     if sender is None:
@@ -448,7 +450,7 @@ def new_source_burst(plan: Planner, intensity: str) -> Episode | None:
     count = (30, 300, 3000)[LEVEL[intensity]]
     source = {"api_key_id": f"ak_{rng.getrandbits(40):010x}", "source_ip": customer_ip(rng), "channel": "http"}
     url = _malicious_url(rng, sender)
-    episode = plan.new("template_hijack", "new_source_burst", intensity, sender_id=sender.sender_id,
+    episode = plan.new(TEMPLATE_HIJACK, "new_source_burst", intensity, sender_id=sender.sender_id,
                        template_id=template.template_id, api_key_id=source["api_key_id"], sends=count)
     episode.add("template", template.template_id)
     episode.add("sender", sender.sender_id)
@@ -480,7 +482,7 @@ def _rebind_step(plan: Planner, episode: Episode, sender: Sender, account: Accou
 def mass_rebind(plan: Planner, intensity: str) -> Episode | None:
     """Many accounts of one lender move to new numbers within minutes, from a few devices or IPs."""
     rng, sim = plan.rng, plan.sim
-    duration = (rng.randrange(60, 121), rng.randrange(30, 91), rng.randrange(20, 41))[LEVEL[intensity]] * MIN_MS
+    duration = (rng.randrange(60, 121), rng.randrange(30, 91), rng.randrange(20, 41))[LEVEL[intensity]] * MINUTE_MS
     start = plan.window(duration)
     sender = plan.pick(plan.senders(start, start + duration, min_book=60))
     if sender is None:
@@ -491,7 +493,7 @@ def mass_rebind(plan: Planner, intensity: str) -> Episode | None:
     devices = [plan.world.new_device() for _ in range(rng.randint(1, 3))]
     ips = [customer_ip(rng) for _ in range(rng.randint(1, 2))]
     channel = rng.choice(("app", "api"))
-    episode = plan.new("rebind_anomaly", "mass_rebind", intensity, sender_id=sender.sender_id, devices=devices,
+    episode = plan.new(REBIND_ANOMALY, "mass_rebind", intensity, sender_id=sender.sender_id, devices=devices,
                        rebinds=len(accounts))
     episode.add("sender", sender.sender_id)
     for device in devices:
@@ -505,7 +507,7 @@ def mass_rebind(plan: Planner, intensity: str) -> Episode | None:
 def number_fan_in(plan: Planner, intensity: str) -> Episode | None:
     """One number collects accounts at several lenders."""
     rng, sim = plan.rng, plan.sim
-    duration = (rng.randrange(240, 481), rng.randrange(60, 181), rng.randrange(20, 61))[LEVEL[intensity]] * MIN_MS
+    duration = (rng.randrange(240, 481), rng.randrange(60, 181), rng.randrange(20, 61))[LEVEL[intensity]] * MINUTE_MS
     start = plan.window(duration)
     lenders = [s for s in plan.world.senders if s.lender and s.start_ts < start and len(s.by_number) > 10]
     want = (3, 6, 12)[LEVEL[intensity]]
@@ -519,7 +521,7 @@ def number_fan_in(plan: Planner, intensity: str) -> Episode | None:
         return None
     number = plan.fresh_number()
     shared_device = plan.world.new_device() if rng.random() < 0.5 else None
-    episode = plan.new("rebind_anomaly", "number_fan_in", intensity, number=number, lenders=len(pairs))
+    episode = plan.new(REBIND_ANOMALY, "number_fan_in", intensity, number=number, lenders=len(pairs))
     episode.add("number", number)
     if shared_device:
         episode.add("device", shared_device)
@@ -533,7 +535,7 @@ def number_fan_in(plan: Planner, intensity: str) -> Episode | None:
 def device_fan_out(plan: Planner, intensity: str) -> Episode | None:
     """One device rebinds many accounts, at one lender or several."""
     rng, sim = plan.rng, plan.sim
-    duration = (rng.randrange(120, 241), rng.randrange(60, 121), rng.randrange(20, 61))[LEVEL[intensity]] * MIN_MS
+    duration = (rng.randrange(120, 241), rng.randrange(60, 121), rng.randrange(20, 61))[LEVEL[intensity]] * MINUTE_MS
     start = plan.window(duration)
     lenders = [s for s in plan.world.senders if s.lender and s.start_ts < start and len(s.by_number) > 30]
     if not lenders:
@@ -548,7 +550,7 @@ def device_fan_out(plan: Planner, intensity: str) -> Episode | None:
     rng.shuffle(pairs)
     device = plan.world.new_device()
     ip = customer_ip(rng)
-    episode = plan.new("rebind_anomaly", "device_fan_out", intensity, device=device, rebinds=len(pairs))
+    episode = plan.new(REBIND_ANOMALY, "device_fan_out", intensity, device=device, rebinds=len(pairs))
     episode.add("device", device)
     for when, (lender, account) in zip(_spread(rng, start, start + duration, len(pairs)), pairs):
         sim.at(when, _rebind_step(plan, episode, lender, account, plan.fresh_number(), "app", device, ip))
@@ -561,7 +563,7 @@ def device_fan_out(plan: Planner, intensity: str) -> Episode | None:
 def _flapping(plan: Planner, intensity: str, slow: bool) -> Episode | None:
     rng, sim = plan.rng, plan.sim
     flips = ((4, 6, 9) if slow else (4, 8, 20))[LEVEL[intensity]]
-    gaps = [int((rng.uniform(100, 140) if slow else rng.uniform(5, 25)) * MIN_MS) for _ in range(flips)]
+    gaps = [int((rng.uniform(100, 140) if slow else rng.uniform(5, 25)) * MINUTE_MS) for _ in range(flips)]
     duration = sum(gaps)
     start = plan.window(duration)
     lenders = [s for s in plan.world.senders if s.lender and s.start_ts < start and len(s.by_number) > 5]
@@ -576,7 +578,7 @@ def _flapping(plan: Planner, intensity: str, slow: bool) -> Episode | None:
     owner_number, other = account.number, plan.fresh_number()
     sim.protected_numbers.add(owner_number)
     attacker_device = plan.world.new_device()
-    episode = plan.new("rebind_anomaly", "account_flapping_slow" if slow else "account_flapping", intensity,
+    episode = plan.new(REBIND_ANOMALY, "account_flapping_slow" if slow else "account_flapping", intensity,
                        sender_id=sender.sender_id, account_id=account.account_id, flips=flips)
     episode.add("account", f"{sender.sender_id}|{account.account_id}")
     episode.add("number", other)
@@ -616,7 +618,7 @@ def stale_binding_send(plan: Planner, intensity: str) -> Episode | None:
     end = start + duration
     old_numbers = [a.number for a in accounts]
     sim.protected_numbers.update(old_numbers)
-    episode = plan.new("rebind_anomaly", "stale_binding_send", intensity, sender_id=sender.sender_id,
+    episode = plan.new(REBIND_ANOMALY, "stale_binding_send", intensity, sender_id=sender.sender_id,
                        numbers=old_numbers)
     episode.add("sender", sender.sender_id)
     for account in accounts:
@@ -649,8 +651,8 @@ def stale_binding_send(plan: Planner, intensity: str) -> Episode | None:
 
         sim.at(moved, move)
         if rng.random() < 0.6 and moved + 4 * HOUR_MS < end:
-            sim.at(moved + rng.randrange(30 * MIN_MS, 4 * HOUR_MS), reissue)
-        for when in _spread(rng, moved + 10 * MIN_MS, end, per_account):
+            sim.at(moved + rng.randrange(30 * MINUTE_MS, 4 * HOUR_MS), reissue)
+        for when in _spread(rng, moved + 10 * MINUTE_MS, end, per_account):
             sim.at(when, remind)
     return episode
 
@@ -681,7 +683,7 @@ def carrier_blocking(plan: Planner, intensity: str) -> Episode | None:
     if not plan.free(sender, start, end):
         return None
     plan.claim(sender, start, end)
-    episode = plan.new("delivery_failure_spike", "carrier_blocking", intensity, sender_id=sender.sender_id,
+    episode = plan.new(DELIVERY_FAILURE_SPIKE, "carrier_blocking", intensity, sender_id=sender.sender_id,
                        carrier=carrier.name, fraction=round(fraction, 3))
     episode.add("sender", sender.sender_id)
     episode.add("carrier", carrier.name)
@@ -716,7 +718,7 @@ def failure_rate_jump(plan: Planner, intensity: str) -> Episode | None:
     # even "low" adds four times the sender's usual failure share, with a few dozen failures to see
     fraction = max((0.08, 0.3, 0.7)[LEVEL[intensity]], (4, 6, 9)[LEVEL[intensity]] * usual)
     fraction = min(1.0, max(fraction, 30 / max(expected, 1)))
-    episode = plan.new("delivery_failure_spike", "failure_rate_jump", intensity, sender_id=sender.sender_id,
+    episode = plan.new(DELIVERY_FAILURE_SPIKE, "failure_rate_jump", intensity, sender_id=sender.sender_id,
                        fraction=round(fraction, 3))
     episode.add("sender", sender.sender_id)
     for templates in sender.templates.values():
@@ -729,11 +731,11 @@ def failure_rate_jump(plan: Planner, intensity: str) -> Episode | None:
 
 
 SCENARIOS: dict[str, tuple[Callable[[Planner, str], Episode | None], ...]] = {
-    "non_borrower_spike": (purchased_list, book_mixup),
-    "template_hijack": (url_injected, callback_injected, signature_changed, foreign_sender, new_source_burst),
-    "rebind_anomaly": (mass_rebind, number_fan_in, device_fan_out, account_flapping, account_flapping_slow,
+    NON_BORROWER_SPIKE: (purchased_list, book_mixup),
+    TEMPLATE_HIJACK: (url_injected, callback_injected, signature_changed, foreign_sender, new_source_burst),
+    REBIND_ANOMALY: (mass_rebind, number_fan_in, device_fan_out, account_flapping, account_flapping_slow,
                        stale_binding_send),
-    "delivery_failure_spike": (carrier_blocking, failure_rate_jump),
+    DELIVERY_FAILURE_SPIKE: (carrier_blocking, failure_rate_jump),
 }
 KINDS = tuple(SCENARIOS)
 #: scenario name (the manifest's ``reason``) -> (kind, scenario)
