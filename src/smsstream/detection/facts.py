@@ -1,7 +1,7 @@
 """Facts: what one part tells another part keyed differently.
 
-Facts are small, slotted and JSON-serialisable (``to_dict``), each with an
-event time ``ts``. They are additive per bucket: a *routine* fact (a loan
+Facts are small, slotted and picklable (the worker's internal topics carry
+them pickled), each with an event time ``ts``. They are additive per bucket: a *routine* fact (a loan
 send to a borrower, a delivered receipt) carries nothing but its count, so a
 producer adds routine facts up per bucket (``RoutineTally``) and forwards one
 ``RoutineCount`` per sender, template and carrier instead of one fact per
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import zlib
 from bisect import insort
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 from smsstream.detection.base import BUCKET_MS
 
@@ -30,8 +30,6 @@ from smsstream.detection.base import BUCKET_MS
 LOAN_SENDS = "fact.loan-sends"
 #: Sends joined to their final receipt (message-keyed -> sender/template/carrier-keyed).
 DELIVERY_OUTCOMES = "fact.delivery-outcomes"
-
-FACT_STREAMS = (LOAN_SENDS, DELIVERY_OUTCOMES)
 
 
 @dataclass(slots=True)
@@ -45,15 +43,10 @@ class LoanSend:
     non_borrower: bool
     #: pseudonymised recipient, only for sends to non-borrowers (evidence)
     number_pn: str | None = None
-    #: the recipient owes another lender (a sender's reminders pointed at another book)
-    other_lender: bool = False
 
     @property
     def routine(self) -> bool:
         return not self.non_borrower
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 #: Outcome classes of a final delivery receipt.
@@ -76,9 +69,6 @@ class DeliveryOutcome:
     @property
     def routine(self) -> bool:
         return self.outcome == DELIVERED
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(slots=True)
@@ -115,9 +105,6 @@ class RoutineCount:
 
     def copy(self) -> "RoutineCount":
         return replace(self)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 #: Samples kept per row of a template tally.
@@ -157,9 +144,6 @@ class TemplateRead:
     fitting: bool
     #: for a body that does not fit: what changed (redacted), else None
     diff: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _keep(samples: list, rank: int, *rest) -> None:
@@ -335,9 +319,6 @@ class TemplateTally:
         twin = TemplateTally(self.template_id, self.reader)
         twin.merge(self)
         return twin
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 #: What a producer forwards added up per bucket, cumulatively.

@@ -5,8 +5,7 @@ Two steps, each keyed by one entity:
 - ``BorrowerBook`` (keyed by recipient number) holds the lenders each number
   owes (from ``sms.borrowers``, tombstones included) and turns every
   loan-obligation send into a ``LoanSend`` fact: borrower of this sender or
-  not, and if not, whether it owes another lender (a sender's reminders
-  pointed at another lender's book);
+  not;
 - ``SenderShare`` and ``TemplateShare`` judge, per sender and per template,
   the share of those sends to non-borrowers against the entity's own
   baseline (reason ``non_borrower_share``).
@@ -75,25 +74,23 @@ class BorrowerBook(Part):
             clock.max_ts = value.ts
         if topic == SENDS:
             sender = value.sender_id
-            former = other = False
+            former = False
             if lenders is None:
-                borrower = other = False
+                borrower = False
             elif lenders.__class__ is str:
                 borrower = lenders == sender
-                other = not borrower
             else:
                 borrower = sender in lenders
                 if not borrower:
                     horizon = clock.max_ts - FORMER_MS
                     former = any(item.__class__ is tuple and item[0] == sender and item[1] >= horizon
                                  for item in lenders)
-                    other = any(item.__class__ is str for item in lenders)
             if former:
                 self.counters["loan_sends_to_former_borrowers"] += 1
             non_borrower = not borrower and not former
             fact = LoanSend(
                 value.ts, sender, value.template_id, value.message_id, non_borrower,
-                self.ctx.pseudonym(key) if non_borrower else None, other and non_borrower,
+                self.ctx.pseudonym(key) if non_borrower else None,
             )
             return [(LOAN_SENDS, fact)]
         sender = value.sender_id

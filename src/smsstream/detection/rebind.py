@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
 
 from smsstream.detection.base import BUCKET_MS, Finding, Part
@@ -114,9 +114,6 @@ class NumberBinding:
     event_id: str
     channel: str | None = None
     device_id: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def rate_per_day(count: DecayedCount, first_ts: int, now: int, prior_per_day: float,

@@ -344,17 +344,6 @@ class SharePart(Part):
     def sub_name(self) -> str:
         return "slice"
 
-    def top_label_share(self, state: ShareState, column: int) -> tuple[str | None, float]:
-        """The most frequent label among recent hits of one share, and its fraction."""
-        hits = window_samples(state.samples[column], 0)
-        if not hits:
-            return None, 0.0
-        counts: dict[str, int] = {}
-        for s in hits:
-            counts[s[2]] = counts.get(s[2], 0) + 1
-        label = max(counts, key=lambda lab: (counts[lab], str(lab)))
-        return label, counts[label] / len(hits)
-
     def idle_since(self, state: Any) -> int:
         return state.last_ts
 

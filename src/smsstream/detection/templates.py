@@ -49,7 +49,7 @@ learned traffic state is dropped after ``ctx.idle_ms`` without sends.
 from __future__ import annotations
 
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
 
 from smsstream.detection.alerts import MAX_EVIDENCE
@@ -126,9 +126,6 @@ class TemplateLink:
     #: sent by a sender that does not own the (registered) template: news for its book, not its own link
     foreign: bool = False
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(slots=True)
 class TemplateSources:
@@ -147,9 +144,6 @@ class TemplateSources:
     sources: dict
     #: some of these sends came from other senders (``foreign_sender``): the sources are not all the owner's
     foreign: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _link_sender(fact: TemplateLink | TemplateSources) -> str:
@@ -235,7 +229,6 @@ class TemplateState:
     template_id: str
     registered: TemplateText | None = None
     owner: str | None = None
-    category: str | None = None
     first_ts: int = 0
     last_ts: int = 0
     sends: int = 0
@@ -505,12 +498,11 @@ class TemplateWatch(Part):
         state = self.entities.get(key)
         if state is None or (state.last_ts and value.ts - state.last_ts > self.ctx.idle_ms):
             # New, or idle so long that its learned traffic says nothing any more.
-            state = TemplateState(key, *(() if state is None else (state.registered, state.owner, state.category)))
+            state = TemplateState(key, *(() if state is None else (state.registered, state.owner)))
         facts = None
         if topic == TEMPLATES:
             state.registered = TemplateText(value.text)
             state.owner = value.sender_id
-            state.category = value.category
             facts = self._links(state, state.registered.markers.domains, value.sender_id, value.ts, None)
             if facts is None:
                 # No link in the text: still tells the link book when the sender began.
