@@ -608,7 +608,7 @@ def test_a_stolen_key_blasting_a_template_its_lender_barely_used_without_any_lin
 
 def test_a_template_beyond_the_senders_book_is_left_to_its_own_judgement(monkeypatch):
     # the book holds T1 and T2 only: the stolen key's burst on T2 is the book's, the larger one on T3 is not
-    monkeypatch.setattr("smsstream.detection.templates.MAX_SENDER_TEMPLATES", 2)
+    monkeypatch.setattr("smsstream.detection.templates.sender_book.MAX_SENDER_TEMPLATES", 2)
     rng = random.Random(43)
     h = lender_with_a_barely_used_template(rng)
     h.template("T3", text=PLAIN)
@@ -763,7 +763,8 @@ def test_a_sender_book_from_a_snapshot_older_than_its_stray_links_still_reports_
 
 
 def test_a_sender_that_carried_many_other_lenders_links_still_reports_a_new_one_once():
-    from smsstream.detection.templates import MAX_SENDER_DOMAINS, TemplateLink
+    from smsstream.detection.templates import TemplateLink
+    from smsstream.detection.templates.sender_book import MAX_SENDER_DOMAINS
 
     book = _sender_book_with_its_own_link()
     for i in range(MAX_SENDER_DOMAINS + 5):  # more foreign links over the weeks than the book keeps

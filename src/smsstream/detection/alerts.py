@@ -69,6 +69,17 @@ class Finding:
         return f"{self.kind}/{self.entity_type}/{self.entity_id}"
 
 
+def one_alert(found: list[Finding]) -> list[Finding]:
+    """One finding per entity and bucket: the strongest reason speaks, the others ride along in its evidence."""
+    if not found:
+        return []
+    lead = max(found, key=lambda f: (_RANK[f.severity], f.score))
+    for other in found:
+        if other is not lead:
+            lead.evidence.setdefault("also", []).append(f"{other.reason}: {other.summary}")
+    return [lead]
+
+
 def alert_id(dedup_key: str, first_seen: int) -> str:
     return hashlib.sha256(f"{dedup_key}|{first_seen}".encode()).hexdigest()[:24]
 

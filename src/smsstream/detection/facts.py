@@ -146,6 +146,11 @@ class TemplateRead:
     diff: str | None = None
 
 
+def sample_ids(samples: list) -> list[str]:
+    """The message ids of a tally row's samples (``(rank, message id)``, lowest rank first)."""
+    return [entry[1] for entry in samples]
+
+
 def _keep(samples: list, rank: int, *rest) -> None:
     """Keep the ``MAX_SAMPLES`` entries of lowest rank (entries are tuples led by their rank)."""
     if len(samples) < MAX_SAMPLES:
@@ -314,6 +319,11 @@ class TemplateTally:
                 if k != OTHER and k not in mine_table and not _make_room(mine_table, k, cap, spill=True):
                     k = OTHER
                 _add_row(mine_table, k, row)
+
+    def top_stranger(self) -> str | None:
+        """The stranger that sent the most of these sends (the first by name of equals)."""
+        senders = self.senders
+        return min(senders, key=lambda k: (-senders[k][0], k)) if senders else None
 
     def copy(self) -> "TemplateTally":
         twin = TemplateTally(self.template_id, self.reader)
