@@ -1,0 +1,221 @@
+"""``number_fan_in`` and ``stale_binding_send``: what happens to one recipient number.
+
+Keyed by number (from ``NumberBinding`` facts and loan-obligation sends).
+``number_fan_in``: accounts rebound *to* one number from ``FAN_IN_MIN`` or
+more different numbers within ``FAN_IN_HORIZON_MS``, across lenders too (one
+customer moving all their loans to a new number comes from one number; a
+family sharing a phone is two). ``stale_binding_send``: a lender still
+sending loan-obligation SMS about an account to the number that account
+moved away from, more than ``STALE_GRACE_MS`` after the move (the number may
+now belong to someone else: a debt disclosed to a stranger).
+
+A number keeps at most ``MAX_ARRIVALS`` arrivals within ``FAN_IN_HORIZON_MS``
+and ``MAX_DEPARTURES`` departures within ``STALE_HORIZON_MS``; a number with
+neither is forgotten, so state grows with numbers *rebound* in the last
+month, not with all numbers. Numbers in state are pseudonyms except the
+number a state is keyed by, which is the routing key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable
+
+from smsstream.detection.alerts import Finding
+from smsstream.detection.base import BUCKET_MS, Part
+from smsstream.detection.rebind.evidence import SAMPLES, keep_in_time_order, shown_account
+from smsstream.detection.rebind.facts import NUMBER_BINDINGS, NumberBinding
+from smsstream.records import LOAN_OBLIGATION, SENDS
+from smsstream.vocabulary import (
+    CRITICAL, DAY_MS, HOUR_MS, INFO, MINUTE_MS, NUMBER, NUMBER_FAN_IN, REBIND_ANOMALY, STALE_BINDING_SEND, WARNING,
+)
+
+FAN_IN_HORIZON_MS = 3 * DAY_MS
+FAN_IN_MIN = 3
+MAX_ARRIVALS = 32
+STALE_HORIZON_MS = 30 * DAY_MS
+#: Sends in the first minutes after a move may have been queued before it: they never count.
+STALE_GRACE_MS = 5 * MINUTE_MS
+#: Within the first hour a single send is a stray; two make a pattern. After it, one is enough.
+STALE_SINGLE_AFTER_MS = HOUR_MS
+MAX_DEPARTURES = 16
+
+
+def _fact_number(f: NumberBinding) -> str:
+    return f.number
+
+
+def _loan_send_number(s) -> str | None:
+    return s.number if s.category in LOAN_OBLIGATION else None
+
+
+@dataclass(slots=True)
+class NumberState:
+    #: accounts rebound to this number: (ts, sender_id, account_id, origin pn, event_id, device)
+    arrivals: list = field(default_factory=list)
+    #: "<sender>|<account>" -> [ts it left, pn it moved to, loan sends about it here since]
+    departures: dict = field(default_factory=dict)
+    #: bucket start -> [sends after a move, message ids, accounts]
+    stale: dict = field(default_factory=dict)
+    fan_in_due: dict = field(default_factory=dict)  # bucket start -> True when arrivals changed
+    last_ts: int = 0
+
+
+class NumberRebinds(Part):
+    """Per number: accounts that arrived (fan-in) and left it (stale sends after the move)."""
+
+    name = "rebind_number"
+    inputs: ClassVar = {NUMBER_BINDINGS: _fact_number, SENDS: _loan_send_number}
+
+    def process(self, topic: str, key: str, value: Any):
+        state = self.entities.get(key)
+        if topic == SENDS:
+            if state is None or not state.departures:
+                return None
+            self._stale_send(state, key, value)
+            return None
+        f: NumberBinding = value
+        if state is None:
+            if f.arrived and f.other_pn is None:
+                return None  # a first binding to a number with no history: nothing to remember
+            state = NumberState()
+        acct = f"{f.sender_id}|{f.account_id}"
+        state.last_ts = max(state.last_ts, f.ts)
+        if f.arrived:
+            state.departures.pop(acct, None)
+            # The number is this lender's customer's again: sends to it are no longer stale.
+            for other in [a for a in state.departures if a.partition("|")[0] == f.sender_id]:
+                if state.departures[other][0] <= f.ts:
+                    del state.departures[other]
+            if f.other_pn is not None:
+                state.arrivals.append((f.ts, f.sender_id, f.account_id, f.other_pn, f.event_id, f.device_id))
+                keep_in_time_order(state.arrivals)
+                state.arrivals = [a for a in state.arrivals if a[0] >= f.ts - FAN_IN_HORIZON_MS][-MAX_ARRIVALS:]
+                start = self.mark(key, f.ts)
+                state.fan_in_due[start] = True
+        else:
+            state.arrivals = [a for a in state.arrivals if f"{a[1]}|{a[2]}" != acct or a[0] > f.ts]
+            state.departures[acct] = [f.ts, f.other_pn, 0]
+            if len(state.departures) > MAX_DEPARTURES:
+                oldest = min(state.departures, key=lambda a: state.departures[a][0])
+                del state.departures[oldest]
+        self.save(key, state)
+        return None
+
+    def _stale_send(self, state: NumberState, key: str, send) -> None:
+        acct = f"{send.sender_id}|{send.account_id}" if send.account_id else None
+        left = state.departures.get(acct) if acct else None
+        if left is None or send.ts < left[0] + STALE_GRACE_MS or send.ts > left[0] + STALE_HORIZON_MS:
+            return
+        start = self.mark(key, send.ts)
+        row = state.stale.get(start)
+        if row is None:
+            row = state.stale[start] = [0, [], acct, send.ts]
+        row[0] += 1
+        row[3] = max(row[3], send.ts)
+        if len(row[1]) < SAMPLES:
+            row[1].append(send.message_id)
+        left[2] += 1
+        state.last_ts = max(state.last_ts, send.ts)
+        self.save(key, state)
+
+    def close(self, key: str, start: int, end: int) -> Iterable[Finding]:
+        state = self.entities.get(key)
+        if state is None:
+            return ()
+        out = []
+        row = state.stale.pop(start, None)
+        if row is not None:
+            left = state.departures.get(row[2])
+            if left is not None and (left[2] >= 2 or row[3] - left[0] >= STALE_SINGLE_AFTER_MS):
+                out.append(self._stale_finding(state, key, start, end, row))
+        if state.fan_in_due.pop(start, None):
+            fan = self._fan_in_finding(state, key, end)
+            if fan is not None:
+                out.append(fan)
+        self.save(key, state)
+        # One dedup key per number: the stronger finding speaks.
+        if len(out) > 1:
+            out = [max(out, key=lambda f: f.score)]
+        return out
+
+    def _stale_finding(self, state: NumberState, key: str, start: int, end: int, row) -> Finding:
+        count, samples, acct, last = row
+        moved_at, moved_to, since_move = state.departures[acct]
+        sender_id, _, account_id = shown_account(self.ctx, acct).partition("|")
+        since_h = (last - moved_at) / HOUR_MS
+        severity = CRITICAL if since_move >= 3 else WARNING
+        return Finding(
+            kind=REBIND_ANOMALY,
+            reason=STALE_BINDING_SEND,
+            severity=severity,
+            entity_type=NUMBER,
+            entity_id=self.ctx.pseudonym(key),
+            window_start=start,
+            window_end=end,
+            observed=since_move,
+            expected=0.0,
+            score=min(8.0 + 4.0 * since_move + min(since_h, 24.0) / 4.0, 300.0),
+            summary=(
+                f"{sender_id} sent {since_move} loan SMS about account {account_id} to a number that account "
+                f"left {since_h:.1f} h earlier (the number may belong to someone else now)"
+            ),
+            evidence={
+                "message_ids": samples,
+                "accounts": [shown_account(self.ctx, acct)],
+                "moved_to": [moved_to] if moved_to else [],
+                "moved_at": moved_at,
+            },
+            sender_id=sender_id,
+            last_seen=last,
+        )
+
+    def _fan_in_finding(self, state: NumberState, key: str, end: int) -> Finding | None:
+        recent = [a for a in state.arrivals if a[0] >= end - FAN_IN_HORIZON_MS and a[0] < end]
+        origins: dict[str, tuple] = {}
+        for a in recent:
+            origins.setdefault(a[3], a)
+        n = len(origins)
+        senders = sorted({a[1] for a in recent})
+        # Two accounts from two numbers: a family sharing a phone looks the same, so only across lenders
+        # and only as info; from FAN_IN_MIN numbers on, no household explains it.
+        if n < FAN_IN_MIN and not (n == 2 and len(senders) >= 2):
+            return None
+        accounts = [shown_account(self.ctx, f"{a[1]}|{a[2]}") for a in recent]
+        span_h = (recent[-1][0] - recent[0][0]) / HOUR_MS
+        if n < FAN_IN_MIN:
+            severity = INFO
+        else:
+            severity = CRITICAL if n >= 5 or len(senders) >= 2 else WARNING
+        return Finding(
+            kind=REBIND_ANOMALY,
+            reason=NUMBER_FAN_IN,
+            severity=severity,
+            entity_type=NUMBER,
+            entity_id=self.ctx.pseudonym(key),
+            window_start=recent[0][0] - recent[0][0] % BUCKET_MS,
+            window_end=end,
+            observed=n,
+            expected=1.0,
+            score=min(4.0 * n + 4.0 * (len(senders) - 1), 300.0),
+            summary=(
+                f"{len(accounts)} accounts at {len(senders)} lender(s) ({', '.join(senders[:3])}) were moved to one "
+                f"number from {n} different numbers within {span_h:.1f} h (a customer's change comes from one)"
+            ),
+            evidence={
+                "accounts": accounts,
+                "senders": senders,
+                "numbers": list(origins),
+                "event_ids": [a[4] for a in recent],
+                "devices": sorted({a[5] for a in recent if a[5]}),
+            },
+            sender_id=senders[0] if len(senders) == 1 else None,
+            last_seen=recent[-1][0],
+        )
+
+    def idle_since(self, state: NumberState) -> int:
+        # Departures matter for STALE_HORIZON_MS, arrivals for FAN_IN_HORIZON_MS; then the number is forgotten.
+        if state.departures:
+            newest = max(d[0] for d in state.departures.values())
+            return max(newest + STALE_HORIZON_MS, state.last_ts + FAN_IN_HORIZON_MS) - self.ctx.idle_ms
+        return state.last_ts + FAN_IN_HORIZON_MS - self.ctx.idle_ms
