@@ -24,7 +24,7 @@ receipt for a message already joined is ignored.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from smsstream.detection.base import BUCKET_MS, Part
 from smsstream.detection.facts import BLOCKED, DELIVERED, DELIVERY_OUTCOMES, FAILED, DeliveryOutcome, RoutineCount
@@ -56,11 +56,28 @@ def _message_id(record) -> str:
     return record.message_id
 
 
+class WaitingSend(NamedTuple):
+    """A send waiting for its final receipt."""
+
+    ts: int
+    sender_id: str
+    template_id: str | None
+    carrier: str | None
+
+
+class WaitingReceipt(NamedTuple):
+    """A final receipt waiting for its send."""
+
+    ts: int
+    status: str
+    error_code: str | None
+    carrier: str | None
+
+
 class ReceiptJoin(Part):
     """Per message id: the send waiting for its receipt, or a receipt waiting for its send.
 
-    State is a tuple: ``("s", ts, sender_id, template_id, carrier)`` or
-    ``("r", ts, status, error_code, carrier)``; it is deleted once joined.
+    State is a ``WaitingSend`` or a ``WaitingReceipt``; it is deleted once joined.
     """
 
     name = "receipt_join"
@@ -98,12 +115,12 @@ class ReceiptJoin(Part):
         if ts > clock.max_ts:
             clock.max_ts = ts
         if topic == SENDS:
-            if waiting is not None and waiting[0] == "r":
+            if waiting.__class__ is WaitingReceipt:
                 del entities[key]
-                _, received, status, error_code, carrier = waiting
+                received, status, error_code, carrier = waiting
                 return self._joined(key, received, ts, value.sender_id, value.template_id,
                                     carrier or value.carrier, status, error_code)
-            entities[key] = ("s", ts, value.sender_id, value.template_id, value.carrier)
+            entities[key] = WaitingSend(ts, value.sender_id, value.template_id, value.carrier)
             self._remember(key, ts)
             return None
         status = value.status
@@ -112,14 +129,14 @@ class ReceiptJoin(Part):
             self.counters["receipts_not_final"] += 1
             return None
         if waiting is None:
-            entities[key] = ("r", ts, status, value.error_code, value.carrier)
+            entities[key] = WaitingReceipt(ts, status, value.error_code, value.carrier)
             self._remember(key, ts)
             return None
-        if waiting[0] == "r":
+        if waiting.__class__ is WaitingReceipt:
             self.counters["receipts_after_join"] += 1
             return None
         del entities[key]
-        _, sent, sender_id, template_id, carrier = waiting
+        sent, sender_id, template_id, carrier = waiting
         counters = self.counters
         counters["joined_outcomes"] += 1
         if ts - sent > PROMPT_MS:
@@ -141,7 +158,7 @@ class ReceiptJoin(Part):
             waiting = self.entities.pop(key, None)
             if waiting is None:
                 continue
-            if waiting[0] == "r":
+            if waiting.__class__ is WaitingReceipt:
                 self.counters["unmatched_receipts"] += 1
             else:
                 self.counters["sends_without_receipt"] += 1
@@ -155,7 +172,7 @@ class ReceiptJoin(Part):
     def flush(self) -> list[dict]:
         """End of input: receipts still waiting will never be joined; count them."""
         self.counters["unmatched_receipts_at_end"] = sum(
-            1 for w in self.entities.values() if w[0] == "r")
+            1 for w in self.entities.values() if w.__class__ is WaitingReceipt)
         return []
 
 

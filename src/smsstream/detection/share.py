@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, NamedTuple
 
 from smsstream.detection.base import BUCKET_MS, Finding, Part
 from smsstream.detection.facts import RoutineCount
@@ -78,6 +78,29 @@ class Share:
     hits_word: str
 
 
+class Verdict(NamedTuple):
+    """The most surprising window of one share in a closed bucket."""
+
+    score: float
+    #: index of the share in ``SharePart.shares``
+    column: int
+    window_ms: int
+    #: the baseline share the window was tested against
+    expected: float
+    #: trials and hits in the window
+    n: float
+    k: float
+    #: the slice of the entity it was found in (``count(sub=...)``), None for the whole entity
+    sub: str | None = None
+
+
+class Slice(NamedTuple):
+    """A slice of an entity counted on its own (a sender's traffic on one carrier)."""
+
+    ring: BucketRing
+    baselines: list
+
+
 @dataclass(slots=True)
 class ShareState:
     """Everything one entity keeps: recent buckets, a baseline per share, evidence."""
@@ -91,7 +114,7 @@ class ShareState:
     samples: list = field(default_factory=list)  # per share: {bucket start: [[ts, message_id, label], ...]}
     sender_id: str | None = None
     template_id: str | None = None
-    #: slices judged on their own: name -> [BucketRing, baselines]
+    #: slices counted on their own: name -> Slice
     subs: dict | None = None
 
 
@@ -169,9 +192,9 @@ class SharePart(Part):
                 subs = state.subs = {}
             slice_ = subs.get(sub)
             if slice_ is None and len(subs) < self.MAX_SUBS:
-                slice_ = subs[sub] = [BucketRing(1 + len(self.shares)), [ShareBaseline() for _ in self.shares]]
+                slice_ = subs[sub] = Slice(BucketRing(1 + len(self.shares)), [ShareBaseline() for _ in self.shares])
             if slice_ is not None:
-                _count(slice_[0], idx, hit, trials)
+                _count(slice_.ring, idx, hit, trials)
         if hit:
             keep_sample(state.samples[hit - 1], ts, message_id, label)
         if ts >= state.last_ts:
@@ -205,8 +228,8 @@ class SharePart(Part):
                 if idx > ring.head or not ring.cols[0][idx % ring.SIZE]:
                     continue  # no new data in this slice: nothing new to judge or learn
                 verdict = self._judge(ring, baselines, start, end)
-                if verdict is not None and (best is None or verdict[0] > best[0]):
-                    best = (*verdict[:-1], sub)
+                if verdict is not None and (best is None or verdict.score > best.score):
+                    best = verdict._replace(sub=sub)
         self.save(key, state)
         if best is None:
             return ()
@@ -247,11 +270,10 @@ class SharePart(Part):
             firing=firing,
         ),)
 
-    def _judge(self, ring: BucketRing, baselines: list, start: int, end: int) -> tuple | None:
+    def _judge(self, ring: BucketRing, baselines: list, start: int, end: int) -> Verdict | None:
         """Test every share over every window; train the baselines with the closed bucket.
 
-        Returns ``(score, column, window_ms, expected, n, k, None)`` for the
-        most surprising share if it reaches ``HOLD_SCORE``.
+        Returns the most surprising share's ``Verdict`` if it reaches ``HOLD_SCORE``.
         """
         idx = start // BUCKET_MS
         if ring.most_hits(idx + 1, self._widths[-1]) < self.MIN_EXCESS:
@@ -267,7 +289,7 @@ class SharePart(Part):
             return None
         current = ring.get(idx)
         sums = ring.sums(end // BUCKET_MS, self._widths)
-        best = None
+        best: Verdict | None = None
         for column, share in enumerate(self.shares):
             baseline = baselines[column]
             expected = baseline.get(share.prior, share.prior_weight)
@@ -292,9 +314,9 @@ class SharePart(Part):
                         continue
                 else:
                     baseline.learn(end, current[0], current[column + 1], self.HALF_LIFE_MS)
-            if abnormal and (best is None or top_score > best[0]):
+            if abnormal and (best is None or top_score > best.score):
                 n, k = sums[top_window][0], sums[top_window][column + 1]
-                best = (top_score, column, self.WINDOWS_MS[top_window], expected, n, k, None)
+                best = Verdict(top_score, column, self.WINDOWS_MS[top_window], expected, n, k)
         return best
 
     # --- hooks ---------------------------------------------------------------------

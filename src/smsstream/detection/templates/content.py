@@ -57,7 +57,7 @@ def judge_markers(ctx: PartContext, state: TemplateState, tally: TemplateTally, 
                     state.known[k] = s.sends
             state.held = {}
     for k, row in sorted(tally.markers.items()):
-        count, samples, recipients = row[0], sample_ids(row[1]), row[2]
+        count, samples, recipients = row.sends, sample_ids(row.samples), row.recipients
         if k in state.known:
             state.known[k] += count
             continue
@@ -158,8 +158,8 @@ def _drift_finding(ctx: PartContext, state: TemplateState, tally: TemplateTally,
         sends = max(sends, s.sends)
         samples.extend(m for m in s.samples if m not in samples)
         row = tally.markers.get(k)
-        if row is not None and row[3] is not None:
-            diffs.append(row[3][1])
+        if row is not None and row.drift is not None:
+            diffs.append(row.drift[1])
     usual_sigs = [redact(k[2:]) or "(none)" for k in state.known if k.startswith("s:")]
     if registration is not None and registration.markers.signature:
         usual_sigs = [redact(registration.markers.signature)]

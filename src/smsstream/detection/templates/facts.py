@@ -10,6 +10,7 @@ template's sends came from (``TEMPLATE_SOURCES``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 #: Fact stream: a template shows a link domain for the first time (template-keyed -> sender-keyed).
 TEMPLATE_LINKS = "fact.template-links"
@@ -36,13 +37,21 @@ class TemplateLink:
     foreign: bool = False
 
 
+class SourceCount(NamedTuple):
+    """A source's sends in one reader's bucket of a template, and the lowest-ranked few as samples."""
+
+    sends: int
+    #: ``(rank, message id)``, lowest rank first
+    samples: tuple
+
+
 @dataclass(slots=True)
 class TemplateSources:
     """The sources of one reader's sends of a registered template in one bucket, so far (``ts``: the bucket).
 
     Cumulative like the tally it comes from: a larger ``count`` from the same
     reader and bucket replaces the one before. ``sources`` maps
-    (api key, source ip) to (sends, lowest-ranked samples).
+    (api key, source ip) to its ``SourceCount``.
     """
 
     ts: int

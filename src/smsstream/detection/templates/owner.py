@@ -38,7 +38,7 @@ def judge_owner(state: TemplateState, tally: TemplateTally, start: int, end: int
         for s, row in senders_seen:
             if s in state.senders or len(state.senders) < 8:
                 if s == owner or owner is None or learning:
-                    state.senders[s] = state.senders.get(s, 0) + row[0]
+                    state.senders[s] = state.senders.get(s, 0) + row.sends
     if not registered:
         for s in [s for s, (_, last) in state.strangers.items() if last < end - WINDOW_MS]:
             del state.strangers[s]
@@ -46,14 +46,14 @@ def judge_owner(state: TemplateState, tally: TemplateTally, start: int, end: int
             seen = state.strangers.get(s)
             if seen is None and len(state.strangers) >= 8:
                 continue
-            state.strangers[s] = [(seen[0] if seen else 0) + row[0], end]
+            state.strangers[s] = [(seen[0] if seen else 0) + row.sends, end]
     if not foreign:
         return None
-    sends = sum(row[0] for row in foreign.values())
+    sends = sum(row.sends for row in foreign.values())
     if not registered and (learning or sum(state.strangers.get(s, (0,))[0] for s in foreign) < 2):
         return None
-    samples = [m for row in foreign.values() for m in sample_ids(row[1])]
-    senders = sorted(foreign, key=lambda s: (-foreign[s][0], s))
+    samples = [m for row in foreign.values() for m in sample_ids(row.samples)]
+    senders = sorted(foreign, key=lambda s: (-foreign[s].sends, s))
     how = "registered to" if registered else "normally sent only by"
     return Finding(
         kind=TEMPLATE_HIJACK,

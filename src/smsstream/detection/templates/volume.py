@@ -92,7 +92,8 @@ def classify_sources(state: TemplateState, tally: TemplateTally, start: int,
         now_used = {p for raw, parts in parts_by_raw.items() if raw != "other" for p in parts}
         for prefix, (main, main_at) in _main_sources(state, start).items():
             main_last[prefix] = start if main in now_used else main_at
-    for raw, (count, samples) in sorted(tally.sources.items(), key=source_order):
+    for raw, sent in sorted(tally.sources.items(), key=source_order):
+        count = sent.sends
         parts = parts_by_raw[raw]
         fresh: dict[str, bool] = {}
         for p in parts:
@@ -119,7 +120,7 @@ def classify_sources(state: TemplateState, tally: TemplateTally, start: int,
                 fresh[p] = row[0] <= last or start - row[0] < SUCCESSOR_MS
         if is_new_source(fresh):
             new_sends += count
-            new_samples.extend(sample_ids(samples))
+            new_samples.extend(sample_ids(sent.samples))
             new_sources.append("|".join(parts))
     state.recent_sources.append([start, used])
     while state.recent_sources and state.recent_sources[0][0] < start + BUCKET_MS - WINDOW_MS:

@@ -15,10 +15,10 @@ from typing import Any, ClassVar, Iterable
 
 from smsstream.detection.alerts import Finding, one_alert
 from smsstream.detection.base import Part
-from smsstream.detection.facts import TemplateRead, TemplateTally
+from smsstream.detection.facts import OTHER, TemplateRead, TemplateTally
 from smsstream.detection.templates.content import judge_markers
 from smsstream.detection.templates.facts import (
-    MAX_LINKS, TEMPLATE_LINKS, TEMPLATE_READS, TEMPLATE_SOURCES, TemplateLink, TemplateSources,
+    MAX_LINKS, TEMPLATE_LINKS, TEMPLATE_READS, TEMPLATE_SOURCES, SourceCount, TemplateLink, TemplateSources,
 )
 from smsstream.detection.templates.owner import judge_owner
 from smsstream.detection.templates.sources import knows_its_sources
@@ -113,7 +113,7 @@ class TemplateWatch(Part):
         if not tally.sources or state.registered is None or state.owner is None:
             # an unregistered template's sources are not split by sender, so no one sender can be told them
             return None
-        sources = {raw: (row[0], tuple(row[1])) for raw, row in tally.sources.items() if raw != "other"}
+        sources = {raw: SourceCount(row.sends, tuple(row.samples)) for raw, row in tally.sources.items() if raw != OTHER}
         return [(TEMPLATE_SOURCES, TemplateSources(start, state.owner, state.template_id, tally.reader, tally.count,
                                                    sources, bool(tally.senders)))]
 
