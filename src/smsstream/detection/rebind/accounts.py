@@ -9,7 +9,7 @@ and which left each number.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, NamedTuple
 
 from smsstream.detection.alerts import Finding
 from smsstream.detection.base import BUCKET_MS, Part
@@ -26,9 +26,21 @@ def _account_key(b) -> str:
     return f"{b.sender_id}|{b.account_id}"
 
 
+class Move(NamedTuple):
+    """An account's change of number, numbers as pseudonyms."""
+
+    ts: int
+    #: None for a first binding
+    old_pn: str | None
+    new_pn: str
+    event_id: str
+    channel: str | None
+    device_id: str | None
+
+
 @dataclass(slots=True)
 class AccountState:
-    #: moves, oldest first: (ts, old number pn or None, new number pn, event_id, channel, device)
+    #: moves, oldest first
     moves: list = field(default_factory=list)
     pending: dict = field(default_factory=dict)  # bucket start -> latest binding ts in it
     last_ts: int = 0
@@ -46,10 +58,10 @@ class AccountRebinds(Part):
         pn = self.ctx.pseudonym
         old_pn = pn(b.old_number) if b.old_number is not None else None
         new_pn = pn(b.new_number)
-        move = (b.ts, old_pn, new_pn, b.event_id, b.channel, b.device_id)
+        move = Move(b.ts, old_pn, new_pn, b.event_id, b.channel, b.device_id)
         state.moves.append(move)
         keep_in_time_order(state.moves)
-        state.moves = [m for m in state.moves if m[0] >= b.ts - FLAP_HORIZON_MS][-MAX_MOVES:]
+        state.moves = [m for m in state.moves if m.ts >= b.ts - FLAP_HORIZON_MS][-MAX_MOVES:]
         state.last_ts = max(state.last_ts, b.ts)
         if b.old_number is not None:
             start = self.mark(key, b.ts)
@@ -66,13 +78,14 @@ class AccountRebinds(Part):
         state = self.entities.get(key)
         if state is None or state.pending.pop(start, None) is None:
             return ()
-        moves = [m for m in state.moves if end - FLAP_HORIZON_MS <= m[0] < end]
-        changes = [m for m in moves if m[1] is not None]
+        moves = [m for m in state.moves if end - FLAP_HORIZON_MS <= m.ts < end]
+        changes = [m for m in moves if m.old_pn is not None]
         if len(changes) < 2:
             return ()
         held: list[str] = []
         returns = 0
-        for _, old, new, *_ in moves:
+        for m in moves:
+            old, new = m.old_pn, m.new_pn
             if old is not None and old not in held:
                 held.append(old)
             if new in held:
@@ -83,10 +96,10 @@ class AccountRebinds(Part):
             return ()
         shown = shown_account(self.ctx, key)
         sender_id, _, account_id = shown.partition("|")
-        span_h = (changes[-1][0] - changes[0][0]) / HOUR_MS
+        span_h = (changes[-1].ts - changes[0].ts) / HOUR_MS
         numbers = []
         for m in changes:
-            for n in (m[1], m[2]):
+            for n in (m.old_pn, m.new_pn):
                 if n not in numbers:
                     numbers.append(n)
         score = min(3.0 * len(changes) + 4.0 * returns, 300.0)
@@ -98,7 +111,7 @@ class AccountRebinds(Part):
             severity=severity,
             entity_type=ACCOUNT,
             entity_id=shown,
-            window_start=changes[0][0] - changes[0][0] % BUCKET_MS,
+            window_start=changes[0].ts - changes[0].ts % BUCKET_MS,
             window_end=end,
             observed=len(changes),
             expected=1.0,
@@ -109,12 +122,12 @@ class AccountRebinds(Part):
             ),
             evidence={
                 "numbers": numbers,
-                "event_ids": [m[3] for m in changes],
-                "channels": sorted({m[4] for m in changes if m[4]}),
-                "devices": sorted({m[5] for m in changes if m[5]}),
+                "event_ids": [m.event_id for m in changes],
+                "channels": sorted({m.channel for m in changes if m.channel}),
+                "devices": sorted({m.device_id for m in changes if m.device_id}),
             },
             sender_id=sender_id,
-            last_seen=changes[-1][0],
+            last_seen=changes[-1].ts,
         )]
 
     def idle_since(self, state: AccountState) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, NamedTuple
 
 from smsstream.detection.alerts import Finding
 from smsstream.detection.base import Part
@@ -33,9 +33,20 @@ def _rebind_device(b) -> str | None:
     return b.device_id if b.old_number is not None and b.device_id else None
 
 
+class DeviceRebind(NamedTuple):
+    """An account this device moved from one number to another (numbers as pseudonyms)."""
+
+    ts: int
+    #: "<sender>|<account>"
+    account: str
+    old_pn: str
+    new_pn: str
+    channel: str | None
+
+
 @dataclass(slots=True)
 class DeviceState:
-    #: rebinds: (ts, "<sender>|<account>", old pn, new pn, channel)
+    #: rebinds (DeviceRebind), oldest first
     rows: list = field(default_factory=list)
     rate: DelayedRate = field(default_factory=DelayedRate)
     staff: bool = False
@@ -55,9 +66,10 @@ class DeviceRebinds(Part):
         state.last_ts = max(state.last_ts, b.ts)
         state.staff = state.staff or b.channel in STAFF_CHANNELS
         pn = self.ctx.pseudonym
-        state.rows.append((b.ts, f"{b.sender_id}|{b.account_id}", pn(b.old_number), pn(b.new_number), b.channel))
+        state.rows.append(DeviceRebind(b.ts, f"{b.sender_id}|{b.account_id}", pn(b.old_number), pn(b.new_number),
+                                      b.channel))
         keep_in_time_order(state.rows)
-        state.rows = [r for r in state.rows if r[0] >= b.ts - DEVICE_WINDOW_MS][-MAX_DEVICE_ROWS:]
+        state.rows = [r for r in state.rows if r.ts >= b.ts - DEVICE_WINDOW_MS][-MAX_DEVICE_ROWS:]
         start = self.mark(key, b.ts)
         state.pending[start] = state.pending.get(start, 0) + 1
         self.save(key, state)
@@ -68,9 +80,9 @@ class DeviceRebinds(Part):
         if state is None:
             return ()
         count = state.pending.pop(start, 0)
-        rows = [r for r in state.rows if end - DEVICE_WINDOW_MS <= r[0] < end]
+        rows = [r for r in state.rows if end - DEVICE_WINDOW_MS <= r.ts < end]
         # Distinct numbers the accounts left: one customer moving all their loans counts once.
-        origins = {r[2] for r in rows}
+        origins = {r.old_pn for r in rows}
         n = len(origins)
         state.rate.settle(start, DEVICE_WINDOW_MS, self.ACCEPT_AFTER_MS)
         if state.staff:
@@ -82,7 +94,7 @@ class DeviceRebinds(Part):
         # a branch or call-centre device works business hours; a customer's phone has no such rhythm
         lam = per_day * DEVICE_WINDOW_MS / DAY_MS * (BUSINESS_HOURS_FACTOR if state.staff else 1.0)
         score = poisson_tail_score(n, lam) if n >= DEVICE_FAN_OUT_MIN else 0.0
-        accounts = [r[1] for r in rows]
+        accounts = [r.account for r in rows]
         senders = sorted({a.partition("|")[0] for a in accounts})
         # Two people's accounts at two lenders moved from one customer phone: a helpful relative, or the
         # start of a fan-out. Worth an info, never more, until a third account follows.
@@ -96,7 +108,7 @@ class DeviceRebinds(Part):
             return ()
         if early and not abnormal:
             score = poisson_tail_score(n, lam)
-        new_numbers = {r[3] for r in rows}
+        new_numbers = {r.new_pn for r in rows}
         return [Finding(
             kind=REBIND_ANOMALY,
             reason=DEVICE_FAN_OUT,
@@ -117,9 +129,9 @@ class DeviceRebinds(Part):
                 "accounts": [shown_account(self.ctx, a) for a in accounts[-SAMPLES:]],
                 "numbers": sorted(new_numbers)[:SAMPLES],
                 "senders": senders,
-                "channels": top_counts(Counter(r[4] for r in rows)),
+                "channels": top_counts(Counter(r.channel for r in rows)),
             },
             sender_id=senders[0] if len(senders) == 1 else None,
-            last_seen=rows[-1][0] if rows else end,
+            last_seen=rows[-1].ts if rows else end,
             firing=early or score >= DEVICE_FIRE_SCORE,
         )]

@@ -19,7 +19,7 @@ number a state is keyed by, which is the routing key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, NamedTuple
 
 from smsstream.detection.alerts import Finding
 from smsstream.detection.base import BUCKET_MS, Part
@@ -49,13 +49,47 @@ def _loan_send_number(s) -> str | None:
     return s.number if s.category in LOAN_OBLIGATION else None
 
 
+class Arrival(NamedTuple):
+    """An account rebound to this number from another one."""
+
+    ts: int
+    sender_id: str
+    account_id: str
+    #: pseudonym of the number the account came from
+    origin_pn: str
+    event_id: str
+    device_id: str | None
+
+
+@dataclass(slots=True)
+class Departure:
+    """An account that left this number."""
+
+    left_at: int
+    #: pseudonym of the number it moved to
+    moved_to: str | None
+    #: loan-obligation sends about it to this number since it left
+    sends_since: int = 0
+
+
+@dataclass(slots=True)
+class StaleSends:
+    """One bucket's loan-obligation sends to this number about an account that had left it."""
+
+    #: "<sender>|<account>" of the first such send in the bucket
+    account: str
+    last_ts: int
+    sends: int = 0
+    message_ids: list = field(default_factory=list)
+
+
 @dataclass(slots=True)
 class NumberState:
-    #: accounts rebound to this number: (ts, sender_id, account_id, origin pn, event_id, device)
+    #: accounts rebound to this number (Arrival), oldest first
     arrivals: list = field(default_factory=list)
-    #: "<sender>|<account>" -> [ts it left, pn it moved to, loan sends about it here since]
+    #: "<sender>|<account>" -> Departure
     departures: dict = field(default_factory=dict)
-    #: bucket start -> [sends after a move, message ids, accounts]
+    #: bucket start -> StaleSends
     stale: dict = field(default_factory=dict)
     fan_in_due: dict = field(default_factory=dict)  # bucket start -> True when arrivals changed
     last_ts: int = 0
@@ -85,37 +119,39 @@ class NumberRebinds(Part):
             state.departures.pop(acct, None)
             # The number is this lender's customer's again: sends to it are no longer stale.
             for other in [a for a in state.departures if a.partition("|")[0] == f.sender_id]:
-                if state.departures[other][0] <= f.ts:
+                if state.departures[other].left_at <= f.ts:
                     del state.departures[other]
             if f.other_pn is not None:
-                state.arrivals.append((f.ts, f.sender_id, f.account_id, f.other_pn, f.event_id, f.device_id))
+                state.arrivals.append(Arrival(f.ts, f.sender_id, f.account_id, f.other_pn, f.event_id, f.device_id))
                 keep_in_time_order(state.arrivals)
-                state.arrivals = [a for a in state.arrivals if a[0] >= f.ts - FAN_IN_HORIZON_MS][-MAX_ARRIVALS:]
+                state.arrivals = [a for a in state.arrivals if a.ts >= f.ts - FAN_IN_HORIZON_MS][-MAX_ARRIVALS:]
                 start = self.mark(key, f.ts)
                 state.fan_in_due[start] = True
         else:
-            state.arrivals = [a for a in state.arrivals if f"{a[1]}|{a[2]}" != acct or a[0] > f.ts]
-            state.departures[acct] = [f.ts, f.other_pn, 0]
+            state.arrivals = [a for a in state.arrivals if f"{a.sender_id}|{a.account_id}" != acct or a.ts > f.ts]
+            state.departures[acct] = Departure(f.ts, f.other_pn)
             if len(state.departures) > MAX_DEPARTURES:
-                oldest = min(state.departures, key=lambda a: state.departures[a][0])
+                oldest = min(state.departures, key=lambda a: state.departures[a].left_at)
                 del state.departures[oldest]
         self.save(key, state)
         return None
 
     def _stale_send(self, state: NumberState, key: str, send) -> None:
-        acct = f"{send.sender_id}|{send.account_id}" if send.account_id else None
-        left = state.departures.get(acct) if acct else None
-        if left is None or send.ts < left[0] + STALE_GRACE_MS or send.ts > left[0] + STALE_HORIZON_MS:
+        if not send.account_id:
+            return
+        acct = f"{send.sender_id}|{send.account_id}"
+        left = state.departures.get(acct)
+        if left is None or send.ts < left.left_at + STALE_GRACE_MS or send.ts > left.left_at + STALE_HORIZON_MS:
             return
         start = self.mark(key, send.ts)
         row = state.stale.get(start)
         if row is None:
-            row = state.stale[start] = [0, [], acct, send.ts]
-        row[0] += 1
-        row[3] = max(row[3], send.ts)
-        if len(row[1]) < SAMPLES:
-            row[1].append(send.message_id)
-        left[2] += 1
+            row = state.stale[start] = StaleSends(acct, send.ts)
+        row.sends += 1
+        row.last_ts = max(row.last_ts, send.ts)
+        if len(row.message_ids) < SAMPLES:
+            row.message_ids.append(send.message_id)
+        left.sends_since += 1
         state.last_ts = max(state.last_ts, send.ts)
         self.save(key, state)
 
@@ -126,8 +162,8 @@ class NumberRebinds(Part):
         out = []
         row = state.stale.pop(start, None)
         if row is not None:
-            left = state.departures.get(row[2])
-            if left is not None and (left[2] >= 2 or row[3] - left[0] >= STALE_SINGLE_AFTER_MS):
+            left = state.departures.get(row.account)
+            if left is not None and (left.sends_since >= 2 or row.last_ts - left.left_at >= STALE_SINGLE_AFTER_MS):
                 out.append(self._stale_finding(state, key, start, end, row))
         if state.fan_in_due.pop(start, None):
             fan = self._fan_in_finding(state, key, end)
@@ -139,9 +175,10 @@ class NumberRebinds(Part):
             out = [max(out, key=lambda f: f.score)]
         return out
 
-    def _stale_finding(self, state: NumberState, key: str, start: int, end: int, row) -> Finding:
-        count, samples, acct, last = row
-        moved_at, moved_to, since_move = state.departures[acct]
+    def _stale_finding(self, state: NumberState, key: str, start: int, end: int, row: StaleSends) -> Finding:
+        acct, last, samples = row.account, row.last_ts, row.message_ids
+        left = state.departures[acct]
+        moved_at, moved_to, since_move = left.left_at, left.moved_to, left.sends_since
         sender_id, _, account_id = shown_account(self.ctx, acct).partition("|")
         since_h = (last - moved_at) / HOUR_MS
         severity = CRITICAL if since_move >= 3 else WARNING
@@ -171,18 +208,18 @@ class NumberRebinds(Part):
         )
 
     def _fan_in_finding(self, state: NumberState, key: str, end: int) -> Finding | None:
-        recent = [a for a in state.arrivals if a[0] >= end - FAN_IN_HORIZON_MS and a[0] < end]
+        recent = [a for a in state.arrivals if end - FAN_IN_HORIZON_MS <= a.ts < end]
         origins: dict[str, tuple] = {}
         for a in recent:
-            origins.setdefault(a[3], a)
+            origins.setdefault(a.origin_pn, a)
         n = len(origins)
-        senders = sorted({a[1] for a in recent})
+        senders = sorted({a.sender_id for a in recent})
         # Two accounts from two numbers: a family sharing a phone looks the same, so only across lenders
         # and only as info; from FAN_IN_MIN numbers on, no household explains it.
         if n < FAN_IN_MIN and not (n == 2 and len(senders) >= 2):
             return None
-        accounts = [shown_account(self.ctx, f"{a[1]}|{a[2]}") for a in recent]
-        span_h = (recent[-1][0] - recent[0][0]) / HOUR_MS
+        accounts = [shown_account(self.ctx, f"{a.sender_id}|{a.account_id}") for a in recent]
+        span_h = (recent[-1].ts - recent[0].ts) / HOUR_MS
         if n < FAN_IN_MIN:
             severity = INFO
         else:
@@ -193,7 +230,7 @@ class NumberRebinds(Part):
             severity=severity,
             entity_type=NUMBER,
             entity_id=self.ctx.pseudonym(key),
-            window_start=recent[0][0] - recent[0][0] % BUCKET_MS,
+            window_start=recent[0].ts - recent[0].ts % BUCKET_MS,
             window_end=end,
             observed=n,
             expected=1.0,
@@ -206,16 +243,16 @@ class NumberRebinds(Part):
                 "accounts": accounts,
                 "senders": senders,
                 "numbers": list(origins),
-                "event_ids": [a[4] for a in recent],
-                "devices": sorted({a[5] for a in recent if a[5]}),
+                "event_ids": [a.event_id for a in recent],
+                "devices": sorted({a.device_id for a in recent if a.device_id}),
             },
             sender_id=senders[0] if len(senders) == 1 else None,
-            last_seen=recent[-1][0],
+            last_seen=recent[-1].ts,
         )
 
     def idle_since(self, state: NumberState) -> int:
         # Departures matter for STALE_HORIZON_MS, arrivals for FAN_IN_HORIZON_MS; then the number is forgotten.
         if state.departures:
-            newest = max(d[0] for d in state.departures.values())
+            newest = max(d.left_at for d in state.departures.values())
             return max(newest + STALE_HORIZON_MS, state.last_ts + FAN_IN_HORIZON_MS) - self.ctx.idle_ms
         return state.last_ts + FAN_IN_HORIZON_MS - self.ctx.idle_ms

@@ -9,6 +9,7 @@ baseline while it is judged (``DelayedRate``).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from smsstream.detection.stats import DecayedCount
 from smsstream.vocabulary import DAY_MS
@@ -43,6 +44,15 @@ def rate_per_day(count: DecayedCount, first_ts: int, now: int, prior_per_day: fl
     return (count.get(now, RATE_HALF_LIFE_MS) + prior_per_day * prior_days) / (observed_ms / DAY_MS + prior_days)
 
 
+class ClosedBucket(NamedTuple):
+    """A closed bucket's rebinds, waiting until it is older than the judging window."""
+
+    start: int
+    rebinds: float
+    #: judged abnormal: learned only if the level lasts
+    abnormal: bool
+
+
 class DelayedRate:
     """An entity's rebind rate, learned only from buckets older than its judging window.
 
@@ -56,7 +66,7 @@ class DelayedRate:
     def __init__(self) -> None:
         self.count = DecayedCount()
         self.first_ts = 0
-        self.queue: list[list] = []  # [bucket start, rebinds, judged abnormal]
+        self.queue: list[ClosedBucket] = []
         self.held = 0.0
         self.held_since = 0
         #: the count covers time up to here (buckets older than the judging window)
@@ -65,13 +75,13 @@ class DelayedRate:
     def observe(self, start: int, count: float, abnormal: bool) -> None:
         if not self.first_ts:
             self.first_ts = start
-        self.queue.append([start, count, abnormal])
+        self.queue.append(ClosedBucket(start, count, abnormal))
 
     def settle(self, now: int, delay_ms: int, accept_ms: int) -> None:
         self.counted_until = now - delay_ms
         queue = self.queue
         i = 0
-        while i < len(queue) and queue[i][0] < now - delay_ms:
+        while i < len(queue) and queue[i].start < now - delay_ms:
             start, count, abnormal = queue[i]
             if abnormal:
                 if not self.held_since:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, NamedTuple
 
 from smsstream.detection.alerts import Finding
 from smsstream.detection.base import Part
@@ -34,13 +34,35 @@ def _rebind_sender(b) -> str | None:
     return b.sender_id if b.old_number is not None else None
 
 
+class Rebind(NamedTuple):
+    """One of a lender's accounts moved to a new number (the old one as a pseudonym)."""
+
+    ts: int
+    account_id: str
+    old_pn: str
+    device_id: str | None
+    source_ip: str | None
+    channel: str | None
+
+
+class WindowScore(NamedTuple):
+    """How surprising the accounts rebound in one trailing window are against the lender's rate."""
+
+    score: float
+    accounts: int
+    #: rebinds the window would hold at the lender's rate
+    expected: float
+    window_ms: int
+    per_day: float
+
+
 @dataclass(slots=True)
 class SenderState:
     window: BucketWindow = field(default_factory=BucketWindow)  # [start, rebinds]
     rate: DelayedRate = field(default_factory=DelayedRate)
     #: rebinds in the buckets closed so far (for a young sender's rate)
     total: int = 0
-    #: recent rebinds for evidence: (ts, account_id, old pn, device, ip, channel)
+    #: recent rebinds for evidence (Rebind), oldest first
     recent: list = field(default_factory=list)
     last_ts: int = 0
 
@@ -57,8 +79,8 @@ class SenderRebinds(Part):
         state.last_ts = max(state.last_ts, b.ts)
         start = self.mark(key, b.ts)
         state.window.add(start, 1)
-        state.recent.append((b.ts, b.account_id, self.ctx.pseudonym(b.old_number), b.device_id, b.source_ip,
-                             b.channel))
+        state.recent.append(Rebind(b.ts, b.account_id, self.ctx.pseudonym(b.old_number), b.device_id, b.source_ip,
+                                   b.channel))
         keep_in_time_order(state.recent)
         if len(state.recent) > MAX_SENDER_ROWS:
             del state.recent[: len(state.recent) - MAX_SENDER_ROWS]
@@ -76,10 +98,10 @@ class SenderRebinds(Part):
         state.total += count
         young = state.rate.young(end)
         first_ts = state.rate.first_ts or start
-        best: tuple = (0.0, 0, 0.0, SENDER_WINDOWS_MS[0], per_day)
+        best = WindowScore(0.0, 0, 0.0, SENDER_WINDOWS_MS[0], per_day)
         for w in SENDER_WINDOWS_MS:
             # Accounts, not rebinds: one account flapping is account_flapping's business.
-            n = len({r[1] for r in state.recent if end - w <= r[0] < end})
+            n = len({r.account_id for r in state.recent if end - w <= r.ts < end})
             expected_per_day = per_day
             if young:
                 # The learned rate lags a window behind: judge against what came before this window.
@@ -90,8 +112,8 @@ class SenderRebinds(Part):
                 expected_per_day = max(per_day, before * DAY_MS / history)
             lam = expected_per_day * w / DAY_MS * BUSINESS_HOURS_FACTOR
             score = poisson_tail_score(n, lam) if n >= MASS_REBIND_MIN else 0.0
-            if score > best[0]:
-                best = (score, n, lam, w, expected_per_day)
+            if score > best.score:
+                best = WindowScore(score, n, lam, w, expected_per_day)
         score, n, lam, w, per_day = best
         abnormal = score >= HOLD_SCORE
         # A young sender's rate is still mostly the prior: learn all of it, or a large lender's
@@ -101,10 +123,10 @@ class SenderRebinds(Part):
         if not abnormal:
             return ()
         fire_score = SENDER_COLD_FIRE_SCORE if young else FIRE_SCORE
-        rows = [r for r in state.recent if end - w <= r[0] < end]
-        devices = Counter(r[3] for r in rows)
-        ips = Counter(r[4] for r in rows)
-        channels = Counter(r[5] for r in rows)
+        rows = [r for r in state.recent if end - w <= r.ts < end]
+        devices = Counter(r.device_id for r in rows)
+        ips = Counter(r.source_ip for r in rows)
+        channels = Counter(r.channel for r in rows)
         top_device = devices.most_common(1)[0] if devices else (None, 0)
         concentrated = (
             f"; {top_device[1]} from device {top_device[0]}" if top_device[0] and top_device[1] >= 2 else ""
@@ -126,13 +148,13 @@ class SenderRebinds(Part):
                 + ("; rebinds first seen at this lender less than a day ago" if young else "")
             ),
             evidence={
-                "accounts": [shown_account(self.ctx, r[1]) for r in rows][-SAMPLES:],
-                "numbers": [r[2] for r in rows][-SAMPLES:],
+                "accounts": [shown_account(self.ctx, r.account_id) for r in rows][-SAMPLES:],
+                "numbers": [r.old_pn for r in rows][-SAMPLES:],
                 "devices": top_counts(devices),
                 "source_ips": top_counts(ips),
                 "channels": top_counts(channels),
             },
             sender_id=key,
-            last_seen=rows[-1][0] if rows else end,
+            last_seen=rows[-1].ts if rows else end,
             firing=score >= fire_score,
         )]
