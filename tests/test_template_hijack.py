@@ -752,16 +752,6 @@ def _reported_when_two_readers_tell(book, template_id: str, domain: str) -> list
     return [f.evidence["message_ids"] for f in found]
 
 
-def test_a_sender_book_from_a_snapshot_older_than_its_stray_links_still_reports_another_lenders_link():
-    from smsstream.detection.templates import SenderBookState
-
-    book = _sender_book_with_its_own_link()
-    old = book.entities["lender-b"]
-    del old.strays  # as unpickled from a snapshot written before the field existed
-    assert isinstance(old, SenderBookState)
-    assert _reported_when_two_readers_tell(book, "tpl-a", "pay.lender-a.example") == [["m1"]]
-
-
 def test_a_sender_that_carried_many_other_lenders_links_still_reports_a_new_one_once():
     from smsstream.detection.templates import TemplateLink
     from smsstream.detection.templates.sender_book import MAX_SENDER_DOMAINS

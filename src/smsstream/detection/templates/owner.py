@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from smsstream.detection.alerts import Finding
 from smsstream.detection.facts import TemplateTally, sample_ids
-from smsstream.detection.templates.state import WINDOW_MS, TemplateState
+from smsstream.detection.templates.state import WINDOW_MS, StrangerSends, TemplateState
 from smsstream.vocabulary import CRITICAL, FOREIGN_SENDER, TEMPLATE, TEMPLATE_HIJACK
 
 #: An unregistered template's owner is learned once one sender sent this many and this share of it.
@@ -40,17 +40,17 @@ def judge_owner(state: TemplateState, tally: TemplateTally, start: int, end: int
                 if s == owner or owner is None or learning:
                     state.senders[s] = state.senders.get(s, 0) + row.sends
     if not registered:
-        for s in [s for s, (_, last) in state.strangers.items() if last < end - WINDOW_MS]:
+        for s in [s for s, seen in state.strangers.items() if seen.last_seen < end - WINDOW_MS]:
             del state.strangers[s]
         for s, row in foreign.items():
             seen = state.strangers.get(s)
             if seen is None and len(state.strangers) >= 8:
                 continue
-            state.strangers[s] = [(seen[0] if seen else 0) + row.sends, end]
+            state.strangers[s] = StrangerSends((seen.sends if seen else 0) + row.sends, end)
     if not foreign:
         return None
     sends = sum(row.sends for row in foreign.values())
-    if not registered and (learning or sum(state.strangers.get(s, (0,))[0] for s in foreign) < 2):
+    if not registered and (learning or sum(state.strangers[s].sends for s in foreign if s in state.strangers) < 2):
         return None
     samples = [m for row in foreign.values() for m in sample_ids(row.samples)]
     senders = sorted(foreign, key=lambda s: (-foreign[s].sends, s))

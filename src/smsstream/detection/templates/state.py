@@ -12,6 +12,7 @@ state is dropped after ``ctx.idle_ms`` without sends.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from smsstream.detection.alerts import MAX_EVIDENCE
 from smsstream.detection.stats import BucketWindow, DailyProfile
@@ -50,6 +51,32 @@ class Suspect:
 
 
 @dataclass(slots=True)
+class SourceUse:
+    """A source part (``k:`` key or ``n:`` network) the template's sends came from."""
+
+    #: bucket it was first used in; 0: one of the template's first sources, its own
+    first_seen: int
+    sends: int = 0
+    #: bucket it last sent in
+    last_seen: int = 0
+
+
+class StrangerSends(NamedTuple):
+    """A stranger's sends of an unregistered template, while it keeps sending."""
+
+    sends: int
+    #: end of the bucket it last sent in
+    last_seen: int
+
+
+class BucketSources(NamedTuple):
+    """The template's sends per source part in one bucket."""
+
+    start: int
+    used: dict
+
+
+@dataclass(slots=True)
 class TemplateState:
     template_id: str
     registered: TemplateText | None = None
@@ -67,10 +94,10 @@ class TemplateState:
     #: current, so they are tampering), and are learned if none fits while the template learns (stale registration)
     held: dict = field(default_factory=dict)
     senders: dict = field(default_factory=dict)  # sender -> sends (bounded, learned owner)
-    strangers: dict = field(default_factory=dict)
+    strangers: dict = field(default_factory=dict)  # sender -> StrangerSends (unregistered templates)
     links: list = field(default_factory=list)  # registered domains already told to the sender's link book
-    sources: dict = field(default_factory=dict)  # source part ("k:.." / "n:..") -> [first seen, sends, last seen]
-    recent_sources: list = field(default_factory=list)  # [bucket start, {source part: sends}] of the last hour
+    sources: dict = field(default_factory=dict)  # source part ("k:.." / "n:..") -> SourceUse
+    recent_sources: list = field(default_factory=list)  # BucketSources of the last hour
     profile: DailyProfile = field(default_factory=DailyProfile)
     #: per bucket: [start, sends, new-source sends, word-drifted sends]
     window: BucketWindow = field(default_factory=BucketWindow)

@@ -13,7 +13,7 @@ for the hour-by-hour check).
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from smsstream.detection.alerts import Finding
 from smsstream.detection.base import BUCKET_MS
@@ -22,7 +22,7 @@ from smsstream.detection.stats import DailyProfile, poisson_tail_score
 from smsstream.detection.templates.sources import (
     NEW_SOURCE_MS, is_new_source, parts_of, show_source, source_order,
 )
-from smsstream.detection.templates.state import MAX_SOURCES, WINDOW_MS, TemplateState
+from smsstream.detection.templates.state import MAX_SOURCES, WINDOW_MS, BucketSources, SourceUse, TemplateState
 from smsstream.vocabulary import CRITICAL, HOUR_MS, TEMPLATE, TEMPLATE_HIJACK, VOLUME_BURST, WARNING
 
 #: A new source that has stood in for the silent main key this long before a burst is its successor.
@@ -33,6 +33,15 @@ BURST_MIN_SENDS = 20
 BURST_MIN_SCORE = 4.0
 #: ... and this score makes a burst clear whatever the template's busiest hour was.
 BURST_CLEAR_SCORE = 30.0
+
+
+class NewSources(NamedTuple):
+    """A bucket's sends from sources new to the template."""
+
+    sends: int
+    samples: list[str]
+    #: the new sources, parts joined by ``|``
+    sources: list[str]
 
 
 def usual_hour(profile: DailyProfile, start: int, end: int) -> float | None:
@@ -49,14 +58,14 @@ def _main_sources(state: TemplateState, now: int) -> dict[str, tuple[str, int]]:
 
     The main one is the established source of that kind with the most sends (the first of equals).
     """
-    top: dict[str, tuple[str, list]] = {}
+    top: dict[str, tuple[str, SourceUse]] = {}
     for p, row in state.sources.items():
         prefix = p[:2]
-        if (prefix == "k:" or prefix == "n:") and not (row[0] and now - row[0] < NEW_SOURCE_MS):
+        if (prefix == "k:" or prefix == "n:") and not (row.first_seen and now - row.first_seen < NEW_SOURCE_MS):
             best = top.get(prefix)
-            if best is None or row[1] > best[1][1]:
+            if best is None or row.sends > best[1].sends:
                 top[prefix] = (p, row)
-    return {prefix: (p, row[2] if len(row) > 2 else now) for prefix, (p, row) in top.items()}
+    return {prefix: (p, row.last_seen) for prefix, (p, row) in top.items()}
 
 
 def _may_be_new(state: TemplateState, parts_lists: Iterable[tuple[str, ...]], start: int, established: bool) -> bool:
@@ -72,14 +81,13 @@ def _may_be_new(state: TemplateState, parts_lists: Iterable[tuple[str, ...]], st
             if row is None:
                 if established:
                     return True
-            elif row[0] and start - row[0] < NEW_SOURCE_MS:
+            elif row.first_seen and start - row.first_seen < NEW_SOURCE_MS:
                 return True
     return False
 
 
-def classify_sources(state: TemplateState, tally: TemplateTally, start: int,
-                     established: bool) -> tuple[int, list[str], list[str]]:
-    """Sends in this bucket from sources new to the template: (count, sample ids, sources)."""
+def classify_sources(state: TemplateState, tally: TemplateTally, start: int, established: bool) -> NewSources:
+    """Learn the bucket's sources; what of it came from sources new to the template."""
     new_sends = 0
     new_samples: list[str] = []
     new_sources: list[str] = []
@@ -100,32 +108,30 @@ def classify_sources(state: TemplateState, tally: TemplateTally, start: int,
             row = state.sources.get(p)
             if row is None:
                 if len(state.sources) >= MAX_SOURCES:
-                    later = [k for k, v in state.sources.items() if v[0]]
+                    later = [k for k, v in state.sources.items() if v.first_seen]
                     if not later:
                         continue
-                    del state.sources[min(later, key=lambda k: state.sources[k][0])]
+                    del state.sources[min(later, key=lambda k: state.sources[k].first_seen)]
                 # Sources of a template's first sends are its own (0); later ones are new for a day.
-                row = state.sources[p] = [start if established else 0, 0, start]
-            row[1] += count
-            if len(row) < 3:
-                row.append(start)
-            row[2] = max(row[2], start)
+                row = state.sources[p] = SourceUse(start if established else 0, 0, start)
+            row.sends += count
+            row.last_seen = max(row.last_seen, start)
             used[p] = used.get(p, 0) + count
             if not maybe_new:
                 continue
-            fresh[p] = bool(row[0]) and start - row[0] < NEW_SOURCE_MS
+            fresh[p] = bool(row.first_seen) and start - row.first_seen < NEW_SOURCE_MS
             last = main_last.get(p[:2])
             if fresh[p] and last is not None:
                 # Sending since before the main one's last send, or not yet for long: not its successor.
-                fresh[p] = row[0] <= last or start - row[0] < SUCCESSOR_MS
+                fresh[p] = row.first_seen <= last or start - row.first_seen < SUCCESSOR_MS
         if is_new_source(fresh):
             new_sends += count
             new_samples.extend(sample_ids(sent.samples))
             new_sources.append("|".join(parts))
-    state.recent_sources.append([start, used])
-    while state.recent_sources and state.recent_sources[0][0] < start + BUCKET_MS - WINDOW_MS:
+    state.recent_sources.append(BucketSources(start, used))
+    while state.recent_sources and state.recent_sources[0].start < start + BUCKET_MS - WINDOW_MS:
         del state.recent_sources[0]
-    return new_sends, new_samples, new_sources
+    return NewSources(new_sends, new_samples, new_sources)
 
 
 def _main_source_silent(state: TemplateState, expected: float, now: int) -> bool:
@@ -138,9 +144,9 @@ def _main_source_silent(state: TemplateState, expected: float, now: int) -> bool
     """
     for prefix in ("k:", "n:"):
         rows = {p: row for p, row in state.sources.items() if p.startswith(prefix)}
-        fresh_rows = {p: row for p, row in rows.items() if row[0] and now - row[0] < NEW_SOURCE_MS}
-        known = {p: row[1] for p, row in rows.items() if p not in fresh_rows}
-        fresh = [row[0] for row in fresh_rows.values()]
+        fresh_rows = {p: row for p, row in rows.items() if row.first_seen and now - row.first_seen < NEW_SOURCE_MS}
+        known = {p: row.sends for p, row in rows.items() if p not in fresh_rows}
+        fresh = [row.first_seen for row in fresh_rows.values()]
         if not known or not fresh:
             continue
         since = min(fresh)
@@ -158,7 +164,7 @@ def _main_source_silent(state: TemplateState, expected: float, now: int) -> bool
     return False
 
 
-def judge_burst(state: TemplateState, tally: TemplateTally, end: int, new: tuple[int, list[str], list[str]],
+def judge_burst(state: TemplateState, tally: TemplateTally, end: int, new: NewSources,
                 expected_hour: float | None) -> Finding | None:
     """``volume_burst`` when this bucket's sends from new sources make the trailing hour a burst."""
     new_sends, new_samples, new_sources = new

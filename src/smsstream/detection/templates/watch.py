@@ -133,11 +133,11 @@ class TemplateWatch(Part):
         learning = state.learning(end)
         sources_known = knows_its_sources(state.sends, state.first_ts, end)
         new = classify_sources(state, tally, start, sources_known)
-        state.window.add(start, tally.count, new[0], tally.words_drift)
+        state.window.add(start, tally.count, new.sends, tally.words_drift)
         state.window.prune(end - WINDOW_MS)
         # Only a bucket with sends from a new source can make a burst; the usual hour is read before
         # this bucket updates the profile.
-        burst_possible = sources_known and new[0] > 0
+        burst_possible = sources_known and new.sends > 0
         expected_hour = usual_hour(state.profile, start, end) if burst_possible else None
         state.profile.update(start, tally.count)
 
