@@ -11,6 +11,7 @@ from smsstream.detection.engine import Engine
 from smsstream.detection.rebind import REBIND_PARTS
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import BINDINGS, SENDS, Binding, Send
+from traffic import detector_parts
 
 PN = Pseudonymizer("test-key")
 MIN = 60_000
@@ -37,7 +38,7 @@ class World:
                                                     "Your repayment is due.", account)))
 
     def run(self) -> list[dict]:
-        engine = Engine(PN, parts=REBIND_PARTS)
+        engine = Engine(PN, parts=detector_parts(*REBIND_PARTS))
         self.engine = engine
         alerts = []
         for _, _, topic, record in sorted(self.events, key=lambda e: (e[0], e[1])):
@@ -132,7 +133,7 @@ def test_a_mass_rebinds_evidence_does_not_depend_on_the_order_events_arrive_in()
     shuffled = in_order[:-12] + [e for pair in zip(in_order[-11::2], in_order[-12::2]) for e in pair]
 
     def fired(events):
-        engine = Engine(PN, parts=REBIND_PARTS)
+        engine = Engine(PN, parts=detector_parts(*REBIND_PARTS))
         alerts = [a for _, _, topic, record in events for a in engine.ingest(topic, record)] + engine.flush()
         return sorted((a["dedup_key"], a["window_end"], a["last_seen"], json.dumps(a["evidence"]))
                       for a in alerts if a["status"] == "firing")

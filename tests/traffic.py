@@ -9,7 +9,8 @@ from __future__ import annotations
 import random
 from typing import Callable, Iterable
 
-from smsstream.detection.engine import Engine
+from smsstream.detection.base import Part
+from smsstream.detection.engine import DETECTOR_PARTS, Engine
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import BORROWERS, RECEIPTS, SENDS, Borrower, Receipt, Send, Source
 
@@ -25,6 +26,15 @@ Event = tuple[str, object]
 
 def engine(**kwargs) -> Engine:
     return Engine(Pseudonymizer(KEY), **kwargs)
+
+
+def detector_parts(*wanted: type[Part]) -> list[type[Part]]:
+    """Those of ``wanted`` that are in ``DETECTOR_PARTS``, in its order.
+
+    Tests that run only some parts pick them through this, so a part taken off
+    the detector list (``tests/part_removal.py``) is gone from their engines too.
+    """
+    return [part for part in DETECTOR_PARTS if part in wanted]
 
 
 def numbers(rng: random.Random, count: int, prefix: str = "+86138") -> list[str]:
