@@ -105,12 +105,26 @@ def test_bucket_ring_sums_trailing_windows_and_forgets_what_fell_out():
     assert r.get(299) == [0, 0] and r.get(300) == [1, 1]
 
 
+def _window() -> BucketWindow:
+    w = BucketWindow()
+    w.add(0, 3, 1)
+    w.add(60_000, 2, 0)
+    return w
+
+
+def _ring() -> BucketRing:
+    r = BucketRing(2)
+    r.add(5, 3, 1)
+    r.add(7, 2, 2)
+    return r
+
+
 EXAMPLES = [
     DecayedCount().update(5, 2.0),
     ShareBaseline().learn(60_000, 10, 1, HOUR),
     DailyProfile().update(HOUR, 4).update(2 * HOUR, 5),
-    BucketWindow(),
-    BucketRing(2),
+    _window(),
+    _ring(),
 ]
 
 
@@ -118,6 +132,7 @@ EXAMPLES = [
 def test_every_statistic_survives_pickling_and_copying(stat):
     assert pickle.loads(pickle.dumps(stat)) == stat
     assert copy.deepcopy(stat) == stat
+    assert stat != type(stat)(), "the example should hold data, or equality proves nothing"
 
 
 def test_every_statistic_class_is_covered_by_the_pickling_test():
