@@ -110,8 +110,8 @@ class ShareState:
     baselines: list = field(default_factory=list)
     first_ts: int = 0
     last_ts: int = 0
-    #: recent hits per share: [ts, message_id, label], newest last
-    samples: list = field(default_factory=list)  # per share: {bucket start: [[ts, message_id, label], ...]}
+    #: per share, the hits kept as evidence: {bucket start: [[ts, message_id, label], ...]} (``keep_sample``)
+    samples: list = field(default_factory=list)
     sender_id: str | None = None
     template_id: str | None = None
     #: slices counted on their own: name -> Slice
