@@ -7,7 +7,6 @@ from smsstream.records import RECEIPTS, SENDS, Receipt, Send
 from traffic import DAY, HOUR, MINUTE, T0, Sends, book, engine, firing, keys, numbers, run
 
 KIND = "delivery_failure_spike"
-NORMAL = {"DELIVRD": 0.96, "UNDELIV": 0.03, "BLOCKED": 0.01}
 
 
 def senders(seed: int):
