@@ -17,8 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from smsstream.evaluate import KINDS, pseudonymise_entities, read_alerts, read_episodes, score, simulated_days
+from smsstream.evaluate import pseudonymise_entities, read_alerts, read_episodes, score, simulated_days
 from smsstream.pseudonym import Pseudonymizer
+from smsstream.vocabulary import KINDS
 
 KEY = "bench-evaluate-key"
 

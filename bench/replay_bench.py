@@ -31,6 +31,7 @@ from smsstream.detection.facts import DeliveryOutcome, LoanSend
 from smsstream.detection.gate import EventGate
 from smsstream.detection.non_borrower import BorrowerBook, SenderShare, TemplateShare
 from smsstream.detection.templates import SenderBook, TemplateSources
+from smsstream.detection.templates.facts import SourceCount
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import BORROWERS, SENDS, Borrower, Send
 from smsstream.replay import replay_lines
@@ -152,12 +153,13 @@ def memory() -> None:
     def sender_book(n):
         part = SenderBook(ctx())
         keys = [(f"ak_{k}", f"10.{k}.0.5") for k in range(3)]
+        sent = SourceCount(4, ((1, "m1"), (2, "m2")))
         for minute in range(90):
             ts = T0 + minute * BUCKET_MS
             for i in range(n):
                 for t in range(10):
                     part.process("", f"s{i:06d}", TemplateSources(ts, f"s{i:06d}", f"t{i:06d}-{t}", f"t{t}#0", 4,
-                                                                  {keys[t % 3]: (4, ((1, "m1"), (2, "m2")))}))
+                                                                  {keys[t % 3]: sent}))
             part.advance(ts)
         return part
 

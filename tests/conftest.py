@@ -22,6 +22,23 @@ def pytest_report_header(config):
     return f"SMSSTREAM_TEST_BROKER: {describe(os.environ.get('SMSSTREAM_TEST_BROKER', 'tansu'))}"
 
 
+#: ``tests/part_removal.py`` sets this to a part's name to take that part off the detector list for a run.
+WITHOUT_PART = "SMSSTREAM_TEST_WITHOUT_PART"
+
+
+def pytest_configure(config):
+    """Before any test is collected: drop the part named in ``WITHOUT_PART`` from ``DETECTOR_PARTS``."""
+    name = os.environ.get(WITHOUT_PART)
+    if not name:
+        return
+    from smsstream.detection.engine import DETECTOR_PARTS
+
+    names = [part.name for part in DETECTOR_PARTS]
+    if name not in names:
+        raise pytest.UsageError(f"{WITHOUT_PART}={name!r} names no detector part; the parts are {', '.join(names)}")
+    DETECTOR_PARTS[:] = [part for part in DETECTOR_PARTS if part.name != name]
+
+
 @pytest.fixture(scope="session")
 def _broker():
     try:

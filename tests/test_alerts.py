@@ -53,9 +53,22 @@ def test_score_hovering_around_the_threshold_does_not_flap():
     assert [r["status"] for r in records].count("resolved") == 1
 
 
+def weak_findings(one_firing_at: int | None = None) -> dict[int, Finding]:
+    """Fifty minutes of findings below the firing threshold; maybe one at firing strength among them."""
+    minutes = {m: finding(m, score=4, firing=False) for m in range(50)}
+    if one_firing_at is not None:
+        minutes[one_firing_at] = finding(one_firing_at)
+    return minutes
+
+
 def test_weak_findings_alone_never_open_an_alert():
-    book = AlertBook()
-    assert drive(book, {m: finding(m, score=4, firing=False) for m in range(50)}, 100) == []
+    assert drive(AlertBook(), weak_findings(), 100) == []
+
+
+def test_one_firing_finding_among_them_opens_the_alert_and_the_weak_ones_keep_it_open():
+    records = drive(AlertBook(quiet_ms=15 * MIN), weak_findings(one_firing_at=10), 100)
+    assert [r["status"] for r in records] == ["firing", "resolved"]
+    assert records[1]["window_end"] == T0 + 50 * MIN + 15 * MIN
 
 
 def test_a_new_episode_after_resolution_gets_a_new_id():

@@ -29,7 +29,10 @@ def test_each_worker_metric_counts_in_its_own_registry():
         "smsstream_dead_letters_total", {"topic": "sms.sends", "reason": "invalid_json"}) == 1
     assert registry.get_sample_value(
         "smsstream_alerts_total", {"kind": "non_borrower_spike", "status": "firing"}) == 1
-    assert metrics.create().events_in is not m.events_in
+    other = CollectorRegistry()
+    metrics.create(other).events_in.labels("sms.sends").inc()
+    assert other.get_sample_value("smsstream_events_in_total", {"topic": "sms.sends"}) == 1
+    assert registry.get_sample_value("smsstream_events_in_total", {"topic": "sms.sends"}) == 3
 
 
 def test_every_refused_record_has_a_reason_from_the_fixed_set():

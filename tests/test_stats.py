@@ -1,16 +1,14 @@
-"""Online statistics: tail scores that mean the same at every size, baselines, rhythm, sketches."""
+"""Online statistics: tail scores that mean the same at every size, baselines, rhythm, bucket counts."""
 
 import copy
 import doctest
 import pickle
-import random
 
 import pytest
 
 from smsstream.detection import stats
 from smsstream.detection.stats import (
-    BloomFilter, BucketRing, BucketWindow, CountMinSketch, DailyProfile, DecayedCount, EWMeanVar, HyperLogLog,
-    ShareBaseline, binomial_tail_score, poisson_tail_score,
+    BucketRing, BucketWindow, DailyProfile, DecayedCount, ShareBaseline, binomial_tail_score, poisson_tail_score,
 )
 
 HOUR = 3_600_000
@@ -69,7 +67,7 @@ def test_daily_profile_makes_a_nine_oclock_campaign_normal_but_not_three_in_the_
     p.update(5 * DAY, 0)
     assert p.expected(5 * DAY + 9 * HOUR) == pytest.approx(3000, rel=0.05)
     assert p.expected(5 * DAY + 3 * HOUR) == pytest.approx(20, rel=0.05)
-    assert p.days_known() == 24
+    assert all(p.expected(5 * DAY + hour * HOUR) is not None for hour in range(24))
 
 
 def test_daily_profile_does_not_know_an_hour_it_has_never_seen():
@@ -107,46 +105,26 @@ def test_bucket_ring_sums_trailing_windows_and_forgets_what_fell_out():
     assert r.get(299) == [0, 0] and r.get(300) == [1, 1]
 
 
-def test_count_min_never_undercounts_and_stays_within_its_bound():
-    rng = random.Random(1)
-    cms = CountMinSketch(width=512, depth=4)
-    truth = {}
-    for _ in range(20000):
-        key = f"k{int(rng.paretovariate(1.2))}"
-        truth[key] = truth.get(key, 0) + 1
-        cms.update(key)
-    bound = 2.72 / 512 * 20000
-    errors = [cms.get(k) - v for k, v in truth.items()]
-    assert min(errors) >= 0
-    assert sum(e <= bound for e in errors) / len(errors) > 0.95
+def _window() -> BucketWindow:
+    w = BucketWindow()
+    w.add(0, 3, 1)
+    w.add(60_000, 2, 0)
+    return w
 
 
-def test_hyperloglog_is_within_a_few_standard_errors():
-    hll = HyperLogLog(precision=10)
-    for i in range(50000):
-        hll.update(f"+86138{i:08d}")
-    assert hll.get() == pytest.approx(50000, rel=4 * 0.0325)
-
-
-def test_bloom_filter_has_no_false_negatives_and_about_its_false_positive_rate():
-    bloom = BloomFilter(capacity=10000, fp_rate=0.01)
-    for i in range(10000):
-        bloom.add(f"lender|+86138{i:08d}")
-    assert all(f"lender|+86138{i:08d}" in bloom for i in range(10000))
-    fp = sum(f"lender|+86139{i:08d}" in bloom for i in range(10000)) / 10000
-    assert fp < 0.02
+def _ring() -> BucketRing:
+    r = BucketRing(2)
+    r.add(5, 3, 1)
+    r.add(7, 2, 2)
+    return r
 
 
 EXAMPLES = [
     DecayedCount().update(5, 2.0),
     ShareBaseline().learn(60_000, 10, 1, HOUR),
-    EWMeanVar().update(3, 0.1).update(5, 0.1),
     DailyProfile().update(HOUR, 4).update(2 * HOUR, 5),
-    BucketWindow(),
-    BucketRing(2),
-    CountMinSketch(64, 2).update("a"),
-    HyperLogLog(6).update("a"),
-    BloomFilter(100).add("a"),
+    _window(),
+    _ring(),
 ]
 
 
@@ -154,6 +132,7 @@ EXAMPLES = [
 def test_every_statistic_survives_pickling_and_copying(stat):
     assert pickle.loads(pickle.dumps(stat)) == stat
     assert copy.deepcopy(stat) == stat
+    assert stat != type(stat)(), "the example should hold data, or equality proves nothing"
 
 
 def test_every_statistic_class_is_covered_by_the_pickling_test():

@@ -14,6 +14,7 @@ from smsstream.detection.templates import TEMPLATE_PARTS, TemplateReader, Templa
 from smsstream.detection.textshape import Markers, TemplateText
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import SENDS, TEMPLATES, Send, Source, Template
+from traffic import detector_parts, differences
 
 KEY = "test-key"
 PN = Pseudonymizer(KEY)
@@ -39,7 +40,7 @@ class Harness:
     """A template's readers and its TemplateWatch, driven by the engine."""
 
     def __init__(self, parts=(TemplateWatch, TemplateReader)):
-        self.engine = Engine(PN, parts=parts)
+        self.engine = Engine(PN, parts=detector_parts(*parts))
         self.part = self.engine.parts[0]
         self.alerts: list[dict] = []
         self.n = 0
@@ -178,24 +179,51 @@ def test_reworded_text_in_most_sends_raises_content_drift_with_the_words_changed
     assert fired and "frozen" in fired[0]["summary"]
 
 
-def test_ordinary_sends_of_a_registered_template_stay_quiet():
+def thirty_ordinary_hours(injected_links: int) -> Harness:
+    """A registered template's ordinary sends for 30 hours; the last few may carry an injected link."""
     rng = random.Random(6)
     h = Harness()
     h.template()
     steady(h, rng, T0, 30, per_hour=20)
+    for i in range(injected_links):
+        h.send(T0 + 30 * HOUR + i * MIN, body(rng).replace("Pay in the app", "Pay at http://qk-loan.xyz/p"))
     h.flush()
-    assert h.firing() == []
+    return h
+
+
+def test_ordinary_sends_of_a_registered_template_stay_quiet():
+    assert thirty_ordinary_hours(injected_links=0).firing() == []
+
+
+def test_three_of_them_with_an_injected_link_raise_content_drift():
+    assert [a["reason"] for a in thirty_ordinary_hours(injected_links=3).firing()] == ["content_drift"]
+
+
+CASHBEE = "[CashBee] Hi {name}, loan {loan_id} of {amount} is due {date}. Details: https://cashbee.ph/app"
+
+
+def new_unregistered_template(relinked: int) -> Harness:
+    """An unregistered template's first four hours of ordinary sends; the last few may link elsewhere."""
+    rng = random.Random(7)
+    h = Harness()
+    steady_start = T0 + 9 * HOUR
+    for i in range(120):
+        h.send(steady_start + i * 2 * MIN, body(rng, CASHBEE), tid="U1", sender="cashbee", key="cb-key", ip="52.1.2.3")
+    tampered = CASHBEE.replace("https://cashbee.ph/app", "https://cashbee-ph.help/verify")
+    for i in range(relinked):
+        h.send(steady_start + 4 * HOUR + i * MIN, body(rng, tampered), tid="U1", sender="cashbee", key="cb-key",
+               ip="52.1.2.3")
+    h.flush()
+    return h
 
 
 def test_a_new_unregistered_template_with_ordinary_content_stays_quiet_in_its_first_hours():
-    rng = random.Random(7)
-    h = Harness()
-    text = "[CashBee] Hi {name}, loan {loan_id} of {amount} is due {date}. Details: https://cashbee.ph/app"
-    steady_start = T0 + 9 * HOUR
-    for i in range(120):
-        h.send(steady_start + i * 2 * MIN, body(rng, text), tid="U1", sender="cashbee", key="cb-key", ip="52.1.2.3")
-    h.flush()
-    assert h.firing() == []
+    assert new_unregistered_template(relinked=0).firing() == []
+
+
+def test_the_same_template_then_linking_elsewhere_raises_content_drift():
+    fired = new_unregistered_template(relinked=4).firing()
+    assert [a["reason"] for a in fired] == ["content_drift"] and fired[0]["evidence"]["urls"] == ["cashbee-ph.help"]
 
 
 def test_a_new_domain_in_an_unregistered_template_is_caught_once_it_repeats():
@@ -217,14 +245,21 @@ def test_a_new_domain_in_an_unregistered_template_is_caught_once_it_repeats():
 
 # --- foreign_sender ------------------------------------------------------------
 
-def test_a_registered_template_sent_by_another_sender_raises_foreign_sender():
+def registered_template_sent(stranger: bool) -> Harness:
+    """Five hours of a registered template's sends by its owner; maybe one by another sender among them."""
     rng = random.Random(9)
     h = Harness()
     h.template()
-    steady(h, rng, T0 + 8 * HOUR, 1)
-    h.send(T0 + 10 * HOUR, body(rng), sender="shadyLoans")
+    steady(h, rng, T0 + 8 * HOUR, 2)
+    if stranger:
+        h.send(T0 + 10 * HOUR, body(random.Random(90)), sender="shadyLoans")
+    steady(h, rng, T0 + 10 * HOUR + MIN, 3)
     h.flush()
-    fired = h.firing("foreign_sender")
+    return h
+
+
+def test_a_registered_template_sent_by_another_sender_raises_foreign_sender():
+    fired = registered_template_sent(stranger=True).firing("foreign_sender")
     assert fired and fired[0]["sender_id"] == "shadyLoans" and fired[0]["severity"] == "critical"
 
 
@@ -241,19 +276,14 @@ def test_an_unregistered_template_learns_its_owner_and_flags_another_sender():
 
 
 def test_the_owner_sending_its_own_template_is_not_foreign():
-    rng = random.Random(11)
-    h = Harness()
-    h.template()
-    steady(h, rng, T0 + 8 * HOUR, 5)
-    h.flush()
-    assert h.firing("foreign_sender") == []
+    assert registered_template_sent(stranger=False).firing() == []
 
 
 # --- volume_burst ----------------------------------------------------------------
 
-def campaign_days(h: Harness, rng, days, key="key-1", ip="10.0.0.5"):
+def campaign_days(h: Harness, rng, days, key="key-1", ip="10.0.0.5", first_day=0):
     """A reminder campaign every morning at nine, a trickle the rest of the day."""
-    for d in range(days):
+    for d in range(first_day, first_day + days):
         day = T0 + d * DAY
         for i in range(400):
             h.send(day + 9 * HOUR + i * 600, body(rng), key=key, ip=ip)
@@ -277,24 +307,47 @@ def test_a_burst_from_a_new_api_key_at_three_in_the_morning_raises_volume_burst(
     assert fired[0]["window_end"] - attack <= 5 * MIN
 
 
-def test_the_morning_campaign_from_its_usual_key_does_not_page():
+def four_campaign_days(night_burst: bool) -> Harness:
+    """Four days of the usual key's campaigns; maybe a burst from a stolen key on the fourth night."""
     rng = random.Random(13)
     h = Harness()
     h.template()
-    campaign_days(h, rng, 4)
+    campaign_days(h, rng, 3)
+    if night_burst:
+        for i in range(300):
+            h.send(T0 + 3 * DAY + 3 * HOUR + i * 2_000, body(rng), key="key-stolen", ip="185.220.101.7")
+    campaign_days(h, rng, 1, first_day=3)
     h.flush()
-    assert h.firing() == []
+    return h
 
 
-def test_a_bigger_than_usual_campaign_from_the_usual_key_does_not_page():
+def test_the_morning_campaign_from_its_usual_key_does_not_page():
+    assert four_campaign_days(night_burst=False).firing() == []
+
+
+def test_a_night_burst_from_a_stolen_key_among_those_campaigns_raises_volume_burst():
+    assert [a["reason"] for a in four_campaign_days(night_burst=True).firing()] == ["volume_burst"]
+
+
+def big_night_campaign(key: str, ip: str) -> Harness:
+    """Two days of campaigns, then 1,500 sends at three in the morning from the given key."""
     rng = random.Random(14)
     h = Harness()
     h.template()
     campaign_days(h, rng, 2)
     for i in range(1500):
-        h.send(T0 + 2 * DAY + 3 * HOUR + i * 1_000, body(rng))
+        h.send(T0 + 2 * DAY + 3 * HOUR + i * 1_000, body(rng), key=key, ip=ip)
     h.flush()
-    assert h.firing() == []
+    return h
+
+
+def test_a_bigger_than_usual_campaign_from_the_usual_key_does_not_page():
+    assert big_night_campaign("key-1", "10.0.0.5").firing() == []
+
+
+def test_the_same_campaign_from_a_never_seen_key_raises_volume_burst():
+    fired = big_night_campaign("key-stolen", "185.220.101.7").firing()
+    assert [a["reason"] for a in fired] == ["volume_burst"] and "key-stolen" in fired[0]["summary"]
 
 
 def _after_two_campaign_days(rng, day_three: list[tuple[int, str, str]]) -> Harness:
@@ -333,10 +386,8 @@ def test_template_state_survives_pickling_mid_stream():
     h.template()
     steady(h, rng, T0 + 8 * HOUR, 2)
     state = h.part.entities["T1"]
-    again = pickle.loads(pickle.dumps(state))
-    assert again.registered.text == state.registered.text
-    assert again.known == state.known and again.sources == state.sources
-    assert again.profile == state.profile
+    assert state.sources and state.tallies
+    assert differences(pickle.loads(pickle.dumps(state)), state) == []
 
 
 @pytest.mark.parametrize("n", [200])
@@ -371,7 +422,8 @@ def test_a_new_domain_in_a_link_variable_is_caught_against_the_links_the_templat
     assert fired[0]["window_end"] - attack <= 3 * MIN
 
 
-def test_links_that_vary_only_in_their_path_stay_quiet():
+def links_varying_in_their_path(other_domain: int) -> Harness:
+    """200 sends whose link variable varies only in its path; the last few may link to another domain."""
     rng = random.Random(19)
     h = Harness()
     text = "[PeakBee] Dear {name}, loan {loan_id} is overdue. Pay: {link}"
@@ -379,8 +431,20 @@ def test_links_that_vary_only_in_their_path_stay_quiet():
     for i in range(200):
         h.send(T0 + 8 * HOUR + i * MIN, body(rng, text).replace("{link}", f"https://peakbee.in/p/{rng.getrandbits(28):07x}"),
                tid="T9", sender="peakbee")
+    for i in range(other_domain):
+        h.send(T0 + 12 * HOUR + i * MIN, body(rng, text).replace("{link}", f"https://peakbee.verify-kyc.xyz/{i:04x}"),
+               tid="T9", sender="peakbee")
     h.flush()
-    assert h.firing() == []
+    return h
+
+
+def test_links_that_vary_only_in_their_path_stay_quiet():
+    assert links_varying_in_their_path(other_domain=0).firing() == []
+
+
+def test_three_of_them_linking_to_another_domain_raise_content_drift():
+    fired = links_varying_in_their_path(other_domain=3).firing()
+    assert [a["reason"] for a in fired] == ["content_drift"] and fired[0]["evidence"]["urls"] == ["peakbee.verify-kyc.xyz"]
 
 
 def test_loan_ids_with_a_dash_are_not_callback_numbers():
@@ -405,25 +469,36 @@ def test_a_busier_than_usual_afternoon_from_a_new_key_beside_the_usual_one_raise
     assert fired and "key-rotated" in fired[0]["summary"]
 
 
-def test_a_campaign_straddling_two_hours_of_day_is_judged_against_both():
-    rng = random.Random(21)
+def campaigns_straddling_two_hours(second_campaign_from_new_source: bool) -> Harness:
+    """Three days of a campaign from 9:30 to 10:00, a third of the last day's from a new key in the usual
+    network; a key and network never seen may send twice as much again beside it."""
+    rng, extra = random.Random(21), random.Random(121)
     h = Harness()
     h.template()
     for d in range(3):
         start = T0 + d * DAY + 9 * HOUR + 30 * MIN
         for i in range(300):
             h.send(start + i * 6_000, body(rng), key="key-1" if d < 2 or i % 3 else "key-new")
+            if d == 2 and second_campaign_from_new_source:
+                h.send(start + i * 6_000 + 1, body(extra), key="key-2", ip="172.16.4.9")
+                h.send(start + i * 6_000 + 2, body(extra), key="key-2", ip="172.16.4.9")
     h.flush()
-    assert h.firing() == []
+    return h
+
+
+def test_a_campaign_straddling_two_hours_of_day_is_judged_against_both():
+    assert campaigns_straddling_two_hours(second_campaign_from_new_source=False).firing() == []
+
+
+def test_a_new_source_sending_a_second_campaign_beside_it_raises_volume_burst():
+    fired = campaigns_straddling_two_hours(second_campaign_from_new_source=True).firing()
+    assert [a["reason"] for a in fired] == ["volume_burst"] and "key-2" in fired[0]["summary"]
 
 
 # --- the sender's link book --------------------------------------------------------
 
 def _engine_run(events):
-    from smsstream.detection.engine import Engine
-    from smsstream.detection.templates import TEMPLATE_PARTS
-
-    engine = Engine(PN, parts=TEMPLATE_PARTS)
+    engine = Engine(PN, parts=detector_parts(*TEMPLATE_PARTS))
     alerts = []
     for topic, record in sorted(events, key=lambda e: e[1].ts):
         alerts.extend(engine.ingest(topic, record))
@@ -441,34 +516,32 @@ def _lender_day(rng, start, n=0):
     return events
 
 
-def test_a_template_whose_first_sends_link_to_a_domain_its_sender_never_used_raises_content_drift():
+def lenders_new_template_linking_to(domain: str) -> list[dict]:
+    """A lender's day on its registered template, then a new unregistered template's first 30 sends linking to
+    ``domain``; the firing alerts."""
     rng = random.Random(22)
     events = _lender_day(rng, T0)
-    attack = T0 + 14 * HOUR
     text = "[CashBee] Hi {name}, your refund of {amount} is ready: {link}"
-    for i in range(5):
-        b = body(rng, text).replace("{link}", f"https://cashbee-refund.site/{i:06x}")
-        events.append((SENDS, Send(f"a{i}", attack + i * MIN, "cashbee", "U9", f"+6391800{i:05d}",
+    for i in range(30):
+        b = body(rng, text).replace("{link}", f"https://{domain}/{i:06x}")
+        events.append((SENDS, Send(f"a{i}", T0 + 14 * HOUR + i * MIN, "cashbee", "U9", f"+6391800{i:05d}",
                                    "notification", b, None, Source("cb-key", "52.1.2.3", "api"))))
-    fired = [a for a in _engine_run(events) if a["status"] == "firing"]
-    by_sender = [a for a in fired if a["entity_type"] == "sender"]
+    return [a for a in _engine_run(events) if a["status"] == "firing"]
+
+
+def test_a_template_whose_first_sends_link_to_a_domain_its_sender_never_used_raises_content_drift():
+    by_sender = [a for a in lenders_new_template_linking_to("cashbee-refund.site") if a["entity_type"] == "sender"]
     assert by_sender and by_sender[0]["evidence"]["urls"] == ["cashbee-refund.site"]
-    assert by_sender[0]["window_end"] - attack <= 2 * MIN
+    assert by_sender[0]["window_end"] - (T0 + 14 * HOUR) <= 2 * MIN
 
 
 def test_a_new_template_linking_to_the_senders_usual_domain_stays_quiet():
-    rng = random.Random(23)
-    events = _lender_day(rng, T0)
-    text = "[CashBee] Hi {name}, new offers await: https://cashbee.ph/offers"
-    for i in range(30):
-        events.append((SENDS, Send(f"n{i}", T0 + 14 * HOUR + i * MIN, "cashbee", "U10", f"+6391900{i:05d}",
-                                   "loan_marketing", body(rng, text), None, Source("cb-key", "52.1.2.3", "api"))))
-    assert [a for a in _engine_run(events) if a["status"] == "firing"] == []
+    assert lenders_new_template_linking_to("cashbee.ph") == []
 
 
-def test_a_sender_that_once_sent_another_lenders_template_does_not_take_its_link_for_its_own():
-    # Seen on simulated traffic: the foreign sender's own first link, days later, was called new against the
-    # other lender's domain it had carried.
+def sender_that_once_sent_another_lenders_template(later_new_link: bool) -> list[dict]:
+    """A sender sends another lender's template (with its link) three times, then days later its own
+    template linking to its own domain; maybe another template of its own a day after, linking elsewhere."""
     rng = random.Random(24)
     text = "[BlueCapital] Hi {name}, {amount} is due {date}. Pay: {link}"
     events = [(TEMPLATES, Template("R2", "bluecapital", "repayment_reminder", text, T0))]
@@ -480,9 +553,27 @@ def test_a_sender_that_once_sent_another_lenders_template_does_not_take_its_link
     for i in range(20):
         events.append((SENDS, Send(f"o{i}", T0 + 3 * DAY + i * MIN, "primewallet", "U20", f"+6392100{i:05d}",
                                    "repayment_reminder", body(rng, own), None, Source("pw-key", "61.2.3.4", "api"))))
-    fired = [a for a in _engine_run(events) if a["status"] == "firing"]
+    if later_new_link:
+        other = own.replace("https://primewallet.in/pay", "https://primewallet-bonus.top/claim")
+        for i in range(5):
+            events.append((SENDS, Send(f"x{i}", T0 + 4 * DAY + i * MIN, "primewallet", "U21", f"+6392200{i:05d}",
+                                       "notification", body(rng, other), None, Source("pw-key", "61.2.3.4", "api"))))
+    return [a for a in _engine_run(events) if a["status"] == "firing"]
+
+
+def test_a_sender_that_once_sent_another_lenders_template_does_not_take_its_link_for_its_own():
+    # Seen on simulated traffic: the foreign sender's own first link, days later, was called new against the
+    # other lender's domain it had carried.
+    fired = sender_that_once_sent_another_lenders_template(later_new_link=False)
     assert [a["reason"] for a in fired if a["entity_id"] == "R2"] == ["foreign_sender"]
     assert [a for a in fired if a["entity_type"] == "sender"] == []
+
+
+def test_that_senders_next_template_linking_to_a_domain_it_never_used_raises_content_drift_on_it():
+    fired = sender_that_once_sent_another_lenders_template(later_new_link=True)
+    by_sender = [a for a in fired if a["entity_type"] == "sender"]
+    assert [(a["entity_id"], a["reason"]) for a in by_sender] == [("primewallet", "content_drift")]
+    assert by_sender[0]["evidence"]["urls"] == ["primewallet-bonus.top"]
 
 
 KYC = "[BlueLend] Your KYC documents have been received and are under review."
@@ -518,14 +609,27 @@ def test_a_learned_signature_dropped_from_an_established_template_raises_content
     assert "(none)" in fired[0]["summary"] and "BlueLend" in fired[0]["summary"]
 
 
-def test_a_new_template_that_keeps_its_signature_or_never_signs_stays_quiet():
+def signed_and_unsigned_templates(signed_one_drops_its_signature: bool) -> Harness:
+    """Four hours of a template that always signs and one that never does; maybe the signed one then stops."""
     h = Harness()
     start = T0 + 8 * HOUR
     for i in range(60):
         h.send(start + i * 4 * MIN, KYC, tid="U9", sender="bluelend")
         h.send(start + i * 4 * MIN + 1, KYC.replace("[BlueLend] ", ""), tid="U8", sender="bluelend")
+    if signed_one_drops_its_signature:
+        for i in range(3):
+            h.send(start + 4 * HOUR + i * MIN, KYC.replace("[BlueLend] ", ""), tid="U9", sender="bluelend")
     h.flush()
-    assert h.firing() == []
+    return h
+
+
+def test_a_new_template_that_keeps_its_signature_or_never_signs_stays_quiet():
+    assert signed_and_unsigned_templates(signed_one_drops_its_signature=False).firing() == []
+
+
+def test_the_signed_one_dropping_its_signature_raises_content_drift_on_it():
+    fired = signed_and_unsigned_templates(signed_one_drops_its_signature=True).firing()
+    assert [(a["entity_id"], a["reason"]) for a in fired] == [("U9", "content_drift")]
 
 
 def _three_am_campaign_from_key_2(rng, rotated_the_day_before: bool) -> Harness:
@@ -550,7 +654,8 @@ def sparse_days(h: Harness, rng, start, days, key, ip):
         h.send(start + i * 2 * HOUR + rng.randint(0, 50) * MIN, body(rng), key=key, ip=ip)
 
 
-def test_a_rarely_used_template_blasted_from_the_key_and_network_that_replaced_its_old_ones_does_not_page():
+def rarely_used_template_after_a_rotation(blast_key: str, blast_ip: str) -> Harness:
+    """A template sent every two hours from key-1, then from key-2 (a rotation), then blasted from the given key."""
     rng = random.Random(22)
     h = Harness()
     h.template()
@@ -558,9 +663,18 @@ def test_a_rarely_used_template_blasted_from_the_key_and_network_that_replaced_i
     sparse_days(h, rng, T0 + 40 * HOUR, 0.75, key="key-2", ip="172.16.4.9")
     blast = T0 + 2 * DAY + 13 * HOUR
     for i in range(25):
-        h.send(blast + i * 2 * MIN, body(rng), key="key-2", ip="172.16.4.9")
+        h.send(blast + i * 2 * MIN, body(rng), key=blast_key, ip=blast_ip)
     h.flush()
-    assert h.firing() == []
+    return h
+
+
+def test_a_rarely_used_template_blasted_from_the_key_and_network_that_replaced_its_old_ones_does_not_page():
+    assert rarely_used_template_after_a_rotation("key-2", "172.16.4.9").firing() == []
+
+
+def test_the_same_template_blasted_after_the_rotation_from_a_never_seen_key_raises_volume_burst():
+    fired = rarely_used_template_after_a_rotation("key-stolen", "185.220.101.7").firing()
+    assert [a["reason"] for a in fired] == ["volume_burst"] and "key-stolen" in fired[0]["summary"]
 
 
 def test_a_rarely_used_template_blasted_from_a_never_seen_key_raises_volume_burst():
@@ -608,7 +722,7 @@ def test_a_stolen_key_blasting_a_template_its_lender_barely_used_without_any_lin
 
 def test_a_template_beyond_the_senders_book_is_left_to_its_own_judgement(monkeypatch):
     # the book holds T1 and T2 only: the stolen key's burst on T2 is the book's, the larger one on T3 is not
-    monkeypatch.setattr("smsstream.detection.templates.MAX_SENDER_TEMPLATES", 2)
+    monkeypatch.setattr("smsstream.detection.templates.sender_book.MAX_SENDER_TEMPLATES", 2)
     rng = random.Random(43)
     h = lender_with_a_barely_used_template(rng)
     h.template("T3", text=PLAIN)
@@ -621,42 +735,76 @@ def test_a_template_beyond_the_senders_book_is_left_to_its_own_judgement(monkeyp
     assert {a["template_id"] for a in h.firing("volume_burst")} == {"T2"}
 
 
-@pytest.mark.parametrize("key, ip", [("key-1", "10.0.0.5"), ("key-9", "10.0.0.77")],
-                         ids=["its usual key", "a new key from its own network"])
-def test_a_campaign_on_a_barely_used_template_through_the_lenders_own_network_stays_quiet(key, ip):
+def night_campaign_on_the_barely_used_template(key: str, ip: str) -> Harness:
+    """The lender's two days and five sends of T2, then 300 sends of T2 one night from the given key."""
     rng = random.Random(41)
     h = lender_with_a_barely_used_template(rng)
     for i in range(300):
         h.send(T0 + 2 * DAY + 3 * HOUR + i * 6_000, body(rng, PLAIN), tid="T2", key=key, ip=ip)
     h.flush()
-    assert h.firing() == []
+    return h
 
 
-def test_a_key_rotation_to_a_new_host_then_a_campaign_on_a_barely_used_template_stays_quiet():
-    # The new key and host carry the lender's everyday template first: they are the lender's own
+@pytest.mark.parametrize("key, ip", [("key-1", "10.0.0.5"), ("key-9", "10.0.0.77")],
+                         ids=["its usual key", "a new key from its own network"])
+def test_a_campaign_on_a_barely_used_template_through_the_lenders_own_network_stays_quiet(key, ip):
+    assert night_campaign_on_the_barely_used_template(key, ip).firing() == []
+
+
+def test_the_same_campaign_from_a_key_and_network_the_lender_never_used_raises_volume_burst():
+    fired = night_campaign_on_the_barely_used_template("key-stolen", "185.220.101.7").firing()
+    assert [(a["entity_id"], a["reason"]) for a in fired] == [("lenderA", "volume_burst")]
+
+
+def campaign_after_a_rotation_to_a_new_host(campaign_key: str, campaign_ip: str) -> Harness:
+    """The lender's two days, then two hours of its everyday template from key-2 on a new host; three hours
+    later a campaign on the barely used T2 from the given key."""
     rng = random.Random(42)
     h = lender_with_a_barely_used_template(rng)
     rotated = T0 + 2 * DAY + 9 * HOUR
     steady(h, rng, rotated, 2, per_hour=20, key="key-2", ip="172.16.4.9")
     for i in range(300):
-        h.send(rotated + 3 * HOUR + i * 6_000, body(rng, PLAIN), tid="T2", key="key-2", ip="172.16.4.9")
+        h.send(rotated + 3 * HOUR + i * 6_000, body(rng, PLAIN), tid="T2", key=campaign_key, ip=campaign_ip)
     h.flush()
-    assert h.firing() == []
+    return h
+
+
+def test_a_key_rotation_to_a_new_host_then_a_campaign_on_a_barely_used_template_stays_quiet():
+    # The new key and host carry the lender's everyday template first: they are the lender's own
+    assert campaign_after_a_rotation_to_a_new_host("key-2", "172.16.4.9").firing() == []
+
+
+def test_the_same_campaign_from_a_third_key_and_host_that_carried_nothing_else_raises_volume_burst():
+    fired = campaign_after_a_rotation_to_a_new_host("key-3", "192.168.7.9").firing()
+    assert [(a["entity_id"], a["reason"]) for a in fired] == [("lenderA", "volume_burst")]
+
+
+def campaign_on_a_template_with_history(history_sends: int) -> Harness:
+    """A registered template sent ``history_sends`` times from key-1 over its first day (while key-1 keeps
+    sending), then a campaign from key-7 on a network it never used."""
+    rng = random.Random(31)
+    h = Harness()
+    h.template()
+    for i in range(history_sends):
+        h.send(T0 + 10 * HOUR + i * (15 * HOUR // history_sends), body(rng), key="key-1", ip="10.0.0.5")
+    campaign = T0 + 2 * DAY + 10 * HOUR
+    for i in range(300):
+        h.send(campaign + i * 10_000, body(rng), key="key-7", ip="10.9.0.5")
+        if history_sends > 5 and i % 20 == 0:
+            h.send(campaign + i * 10_000 + 1, body(random.Random(i)), key="key-1", ip="10.0.0.5")
+    h.flush()
+    return h
 
 
 def test_a_template_sent_only_a_handful_of_times_has_no_sources_to_call_a_campaigns_key_new():
     # A lender's campaign on a template it had barely used, through another of its own keys: the
-    # template's five sends say nothing about which keys are the lender's (the twin above has 24).
-    rng = random.Random(31)
-    h = Harness()
-    h.template()
-    for i in range(5):
-        h.send(T0 + 10 * HOUR + i * 3 * HOUR, body(rng), key="key-1", ip="10.0.0.5")
-    campaign = T0 + 2 * DAY + 10 * HOUR
-    for i in range(300):
-        h.send(campaign + i * 10_000, body(rng), key="key-7", ip="10.9.0.5")
-    h.flush()
-    assert h.firing() == []
+    # template's five sends say nothing about which keys are the lender's.
+    assert campaign_on_a_template_with_history(5).firing() == []
+
+
+def test_the_same_campaign_on_a_template_with_a_days_history_from_its_key_raises_volume_burst():
+    fired = campaign_on_a_template_with_history(300).firing()
+    assert [a["reason"] for a in fired] == ["volume_burst"] and "key-7" in fired[0]["summary"]
 
 
 KASH = "[KashRide] Your KYC documents have been received and are under review."
@@ -681,15 +829,27 @@ def test_a_never_used_registered_template_whose_first_sends_already_carry_a_link
     assert fired[0]["window_end"] - attack <= 10 * MIN
 
 
-def test_a_registered_template_whose_every_send_carries_a_link_its_stale_registration_lacks_stays_quiet():
-    # The sender added its link to the text and never re-registered: nothing ever fits, the link is its normal.
+def kyc_notices_with_a_link(plain_ones: bool) -> Harness:
+    """Six hours of a registered template's sends carrying a link its text lacks; maybe every tenth one in
+    its first hour as registered, without the link."""
     h = Harness()
     h.template(tid="T7", sender="kashride", text=KASH)
     start = T0 + 30 * HOUR
     for i in range(120):
-        h.send(start + i * 3 * MIN, f"{KASH} https://kashride.in/kyc", tid="T7", sender="kashride")
+        plain = plain_ones and i < 20 and i % 10 == 9
+        h.send(start + i * 3 * MIN, KASH if plain else f"{KASH} https://kashride.in/kyc", tid="T7", sender="kashride")
     h.flush()
-    assert h.firing() == []
+    return h
+
+
+def test_a_registered_template_whose_every_send_carries_a_link_its_stale_registration_lacks_stays_quiet():
+    # The sender added its link to the text and never re-registered: nothing ever fits, the link is its normal.
+    assert kyc_notices_with_a_link(plain_ones=False).firing() == []
+
+
+def test_sends_that_fit_the_registration_among_them_make_the_link_tampering():
+    fired = kyc_notices_with_a_link(plain_ones=True).firing()
+    assert {a["reason"] for a in fired} == {"content_drift"} and fired[0]["evidence"]["urls"] == ["kashride.in"]
 
 
 # --- reading spread over several readers ---------------------------------------------
@@ -752,18 +912,9 @@ def _reported_when_two_readers_tell(book, template_id: str, domain: str) -> list
     return [f.evidence["message_ids"] for f in found]
 
 
-def test_a_sender_book_from_a_snapshot_older_than_its_stray_links_still_reports_another_lenders_link():
-    from smsstream.detection.templates import SenderBookState
-
-    book = _sender_book_with_its_own_link()
-    old = book.entities["lender-b"]
-    del old.strays  # as unpickled from a snapshot written before the field existed
-    assert isinstance(old, SenderBookState)
-    assert _reported_when_two_readers_tell(book, "tpl-a", "pay.lender-a.example") == [["m1"]]
-
-
 def test_a_sender_that_carried_many_other_lenders_links_still_reports_a_new_one_once():
-    from smsstream.detection.templates import MAX_SENDER_DOMAINS, TemplateLink
+    from smsstream.detection.templates import TemplateLink
+    from smsstream.detection.templates.sender_book import MAX_SENDER_DOMAINS
 
     book = _sender_book_with_its_own_link()
     for i in range(MAX_SENDER_DOMAINS + 5):  # more foreign links over the weeks than the book keeps

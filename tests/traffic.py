@@ -7,9 +7,10 @@ order a clean feed would deliver) and drives an ``Engine``.
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
-from smsstream.detection.engine import Engine
+from smsstream.detection.base import Part
+from smsstream.detection.engine import DETECTOR_PARTS, Engine
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import BORROWERS, RECEIPTS, SENDS, Borrower, Receipt, Send, Source
 
@@ -25,6 +26,15 @@ Event = tuple[str, object]
 
 def engine(**kwargs) -> Engine:
     return Engine(Pseudonymizer(KEY), **kwargs)
+
+
+def detector_parts(*wanted: type[Part]) -> list[type[Part]]:
+    """Those of ``wanted`` that are in ``DETECTOR_PARTS``, in its order.
+
+    Tests that run only some parts pick them through this, so a part taken off
+    the detector list (``tests/part_removal.py``) is gone from their engines too.
+    """
+    return [part for part in DETECTOR_PARTS if part in wanted]
 
 
 def numbers(rng: random.Random, count: int, prefix: str = "+86138") -> list[str]:
@@ -83,6 +93,31 @@ class Sends:
                 status = rng.choices(names, weights)[0]
                 out.append((RECEIPTS, Receipt(mid, ts + delay, status, None, carrier)))
         return out
+
+
+def differences(a: Any, b: Any, path: str = "state") -> list[str]:
+    """Where two states differ, field by field: dataclasses, slotted and plain objects, dicts, lists, tuples.
+
+    For checking that a state survives pickling: unlike comparing the two
+    pickles, it says which field was lost or changed, and it needs no
+    ``__eq__`` on the state's classes.
+    """
+    if type(a) is not type(b):
+        return [f"{path}: {type(a).__name__} != {type(b).__name__}"]
+    if isinstance(a, dict):
+        if list(a) != list(b):
+            return [f"{path}: keys {list(a)[:5]}... != {list(b)[:5]}..."]
+        return [d for k in a for d in differences(a[k], b[k], f"{path}[{k!r}]")]
+    if isinstance(a, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} items != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
+    names = [n for cls in type(a).__mro__ for n in getattr(cls, "__slots__", ())]
+    names += list(getattr(a, "__dict__", {}))
+    if names:
+        return [d for n in names if hasattr(a, n) or hasattr(b, n)
+                for d in differences(getattr(a, n, None), getattr(b, n, None), f"{path}.{n}")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
 def run(events: list[Event], eng: Engine | None = None, sort: bool = True) -> list[dict]:

@@ -27,11 +27,11 @@ import orjson
 
 from smsstream.broker import die_with_parent
 from smsstream.records import ALERTS
+from smsstream.vocabulary import KINDS
 
 #: A seed whose simulated day has all four attack kinds detected within 19 event-time hours.
 DEMO_SEED = 5
 DEMO_KEY = "smsstream-demo-only-key"
-KINDS = ("non_borrower_spike", "template_hijack", "rebind_anomaly", "delivery_failure_spike")
 COLUMNS = (("time", 9), ("kind", 22), ("reason", 18), ("severity", 8), ("entity", 34))
 
 

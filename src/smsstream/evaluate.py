@@ -19,11 +19,10 @@ from typing import Iterable
 
 from smsstream.errors import ConfigError, SmsstreamError
 from smsstream.pseudonym import Pseudonymizer
+from smsstream.vocabulary import DAY_MS, FIRING, KINDS, MINUTE_MS, NUMBER
 
-KINDS = ("non_borrower_spike", "template_hijack", "rebind_anomaly", "delivery_failure_spike")
 #: An alert may confirm an episode up to this long after the episode ends.
-GRACE_MS = 1_800_000
-DAY_MS = 86_400_000
+GRACE_MS = 30 * MINUTE_MS
 
 
 class EvaluateError(SmsstreamError):
@@ -114,14 +113,14 @@ def read_alerts(path: Path) -> list[dict]:
 def pseudonymise_entities(episodes: list[Episode], pseudonymizer: Pseudonymizer | None) -> None:
     """Labels name numbers in clear; alerts name them as ``pn:`` pseudonyms."""
     for episode in episodes:
-        if any(etype == "number" for etype, _ in episode.entities):
+        if any(etype == NUMBER for etype, _ in episode.entities):
             if pseudonymizer is None:
                 raise ConfigError(
                     "SMSSTREAM_PSEUDONYM_KEY is not set but the labels name phone numbers; "
                     "set it to the key the detectors used"
                 )
             episode.entities = frozenset(
-                (etype, pseudonymizer.pseudonym(eid) if etype == "number" else eid)
+                (etype, pseudonymizer.pseudonym(eid) if etype == NUMBER else eid)
                 for etype, eid in episode.entities
             )
 
@@ -139,7 +138,7 @@ def score(episodes: list[Episode], alerts: list[dict], days: float) -> dict:
     fired: dict[str, str] = {}  # dedup_key -> kind
     matched: set[str] = set()
     for alert in alerts:
-        if alert.get("status") != "firing":
+        if alert.get("status") != FIRING:
             continue
         key, kind = str(alert["dedup_key"]), str(alert["kind"])
         fired.setdefault(key, kind)

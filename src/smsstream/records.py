@@ -81,10 +81,6 @@ class Send:
     source: Source | None = None
     carrier: str | None = None
 
-    @property
-    def is_loan_obligation(self) -> bool:
-        return self.category in LOAN_OBLIGATION
-
 
 @dataclass(slots=True)
 class Receipt:

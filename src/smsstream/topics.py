@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from smsstream.errors import BrokerUnreachable, TopicSpecError
+from smsstream.vocabulary import DAY_MS
 
 CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
 ROLES = ("input", "output")
@@ -193,7 +194,7 @@ def _retention(ms: int | str) -> str:
     ms = int(ms)
     if ms < 0:
         return "kept forever"
-    days, rest = divmod(ms, 86_400_000)
+    days, rest = divmod(ms, DAY_MS)
     return f"kept {days} d" if not rest else f"kept {ms} ms"
 
 

@@ -23,17 +23,61 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, MutableMapping
 
-from smsstream.detection.base import SEVERITIES, Finding
+from smsstream.vocabulary import FIRING, HOUR_MS, MINUTE_MS, RESOLVED, SEVERITIES
 
 #: Quiet event time after the last finding before an episode resolves.
-DEFAULT_QUIET_MS = 15 * 60_000
+DEFAULT_QUIET_MS = 15 * MINUTE_MS
 #: At most this many items per evidence list (CONTRACT.md).
 MAX_EVIDENCE = 20
 
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
+
+
+@dataclass(slots=True)
+class Finding:
+    """One detector's verdict that an entity is abnormal over an event-time window.
+
+    ``observed`` and ``expected`` are in the same unit (a count, a rate, a
+    share); ``score`` is comparable across entities: larger is worse.
+    ``firing=False`` marks a weaker finding, above the release threshold but
+    below the firing one: it keeps an alert that is already firing alive
+    (hysteresis) and never starts one.
+    """
+
+    kind: str
+    reason: str
+    severity: str
+    entity_type: str
+    entity_id: str
+    window_start: int
+    window_end: int
+    observed: float
+    expected: float
+    score: float
+    summary: str
+    evidence: dict = field(default_factory=dict)
+    sender_id: str | None = None
+    template_id: str | None = None
+    last_seen: int | None = None
+    firing: bool = True
+
+    @property
+    def dedup_key(self) -> str:
+        return f"{self.kind}/{self.entity_type}/{self.entity_id}"
+
+
+def one_alert(found: list[Finding]) -> list[Finding]:
+    """One finding per entity and bucket: the strongest reason speaks, the others ride along in its evidence."""
+    if not found:
+        return []
+    lead = max(found, key=lambda f: (_RANK[f.severity], f.score))
+    for other in found:
+        if other is not lead:
+            lead.evidence.setdefault("also", []).append(f"{other.reason}: {other.summary}")
+    return [lead]
 
 
 def alert_id(dedup_key: str, first_seen: int) -> str:
@@ -78,12 +122,10 @@ class Episode:
 class AlertBook:
     """Turns one part's findings into alert records with dedup, repeat and hysteresis."""
 
-    def __init__(self, repeat_ms: int = 3_600_000, quiet_ms: int = DEFAULT_QUIET_MS):
+    def __init__(self, repeat_ms: int = HOUR_MS, quiet_ms: int = DEFAULT_QUIET_MS):
         self.repeat_ms = repeat_ms
         self.quiet_ms = quiet_ms
         self.episodes: MutableMapping[str, Episode] = {}
-        #: count of records written, by status
-        self.written = {"firing": 0, "resolved": 0}
 
     def is_firing(self, dedup_key: str) -> bool:
         return dedup_key in self.episodes
@@ -107,7 +149,7 @@ class AlertBook:
                 severity=finding.severity,
             )
             self.episodes[key] = episode
-            return [self._record(key, episode, "firing")]
+            return [self._record(key, episode, FIRING)]
         episode.last_hit = max(episode.last_hit, finding.window_end)
         if finding.firing or _RANK[finding.severity] >= _RANK[episode.latest.severity]:
             episode.latest = finding
@@ -116,7 +158,7 @@ class AlertBook:
         out = []
         if finding.firing and finding.window_end - episode.last_written >= self.repeat_ms:
             episode.last_written = finding.window_end
-            out.append(self._record(key, episode, "firing"))
+            out.append(self._record(key, episode, FIRING))
         self.episodes[key] = episode
         return out
 
@@ -128,14 +170,13 @@ class AlertBook:
         done = [k for k, e in self.episodes.items() if e.last_hit + self.quiet_ms <= watermark]
         for key in done:
             episode = self.episodes.pop(key)
-            out.append(self._record(key, episode, "resolved"))
+            out.append(self._record(key, episode, RESOLVED))
         return out
 
     def _record(self, key: str, episode: Episode, status: str) -> dict:
         f = episode.latest
-        self.written[status] += 1
-        if status == "resolved":
-            quiet_min = self.quiet_ms // 60_000
+        if status == RESOLVED:
+            quiet_min = self.quiet_ms // MINUTE_MS
             summary = f"RESOLVED after {quiet_min} min back within bounds. Last: {f.summary}"
             window_end = episode.last_hit + self.quiet_ms
             window_start = episode.first_seen

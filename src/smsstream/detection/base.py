@@ -4,9 +4,9 @@ The detection core is plain Python on event time, split into *parts*. A part
 is keyed by exactly one entity (a number, a sender, a message id, ...): it
 declares, per input topic or fact stream, the function that gives a record's
 key, keeps its state in ``entities[key]`` and may emit small *facts* to parts
-keyed differently. The streaming worker runs each part as an agent on a
-stream repartitioned by that key; ``Engine`` chains the same parts
-in-process for ``replay`` and the tests.
+keyed differently. A ``driver.PartDriver`` runs a part: the streaming worker
+one per partition of a stream repartitioned by the part's key, ``Engine``
+one per part in-process for ``replay`` and the tests.
 
 Time is event time only. A part marks the bucket (``BUCKET_MS``) each event
 falls in; once the watermark (latest event time minus the allowed lateness)
@@ -18,8 +18,7 @@ the lifecycle of the dedup keys of the entities this part is keyed by.
 
 State rules for every part:
 - ``entities`` values are plain picklable objects (slotted dataclasses,
-  dicts, tuples), so each can live in a Faust table under its key; a part
-  writes a state back with ``save`` after changing it;
+  dicts, tuples): the worker snapshots a whole part into its table;
 - bounded: idle entities go in ``expire``; per-number state is small;
 - no phone number in clear in a finding or a fact: ``ctx.pseudonym(number)``.
 """
@@ -27,58 +26,26 @@ State rules for every part:
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, MutableMapping
 
+from smsstream.detection.alerts import AlertBook, Finding
 from smsstream.pseudonym import Pseudonymizer
+from smsstream.vocabulary import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
 
-BUCKET_MS = 60_000
+__all__ = ["BUCKET_MS", "DEFAULT_LATENESS_MS", "DEFAULT_LATE_HORIZON_MS", "DEFAULT_IDLE_MS", "Finding", "Part",
+           "PartContext", "partition_of"]
+
+BUCKET_MS = MINUTE_MS
 #: How far behind the latest event time a send or binding may arrive and still count in its own
 #: bucket (docs/detection.md, "Late records", says why seconds).
-DEFAULT_LATENESS_MS = 10_000
+DEFAULT_LATENESS_MS = 10 * SECOND_MS
 #: How far behind it a send or binding may arrive and still count at all (in the first open bucket).
-DEFAULT_LATE_HORIZON_MS = 30 * 60_000
+DEFAULT_LATE_HORIZON_MS = 30 * MINUTE_MS
 #: How long an entity with no events keeps its state (baselines included).
-DEFAULT_IDLE_MS = 14 * 24 * 3_600_000
-
-KINDS = ("non_borrower_spike", "template_hijack", "rebind_anomaly", "delivery_failure_spike")
-SEVERITIES = ("info", "warning", "critical")
-ENTITY_TYPES = ("sender", "template", "number", "account", "device", "carrier")
+DEFAULT_IDLE_MS = 14 * DAY_MS
 
 KeyFn = Callable[[Any], "str | tuple[str, ...] | None"]
-
-
-@dataclass(slots=True)
-class Finding:
-    """One detector's verdict that an entity is abnormal over an event-time window.
-
-    ``observed`` and ``expected`` are in the same unit (a count, a rate, a
-    share); ``score`` is comparable across entities: larger is worse.
-    ``firing=False`` marks a weaker finding, above the release threshold but
-    below the firing one: it keeps an alert that is already firing alive
-    (hysteresis) and never starts one.
-    """
-
-    kind: str
-    reason: str
-    severity: str
-    entity_type: str
-    entity_id: str
-    window_start: int
-    window_end: int
-    observed: float
-    expected: float
-    score: float
-    summary: str
-    evidence: dict = field(default_factory=dict)
-    sender_id: str | None = None
-    template_id: str | None = None
-    last_seen: int | None = None
-    firing: bool = True
-
-    @property
-    def dedup_key(self) -> str:
-        return f"{self.kind}/{self.entity_type}/{self.entity_id}"
 
 
 @dataclass(slots=True)
@@ -86,7 +53,7 @@ class PartContext:
     """What every part is built with; the same for all parts of one engine or worker."""
 
     pseudonymizer: Pseudonymizer
-    alert_repeat_ms: int = 3_600_000
+    alert_repeat_ms: int = HOUR_MS
     lateness_ms: int = DEFAULT_LATENESS_MS
     late_horizon_ms: int = DEFAULT_LATE_HORIZON_MS
     idle_ms: int = DEFAULT_IDLE_MS
@@ -104,17 +71,10 @@ class EventClock:
         self.max_ts = 0
         self.lateness_ms = lateness_ms
 
-    def observe(self, ts: int) -> None:
-        if ts > self.max_ts:
-            self.max_ts = ts
-
     @property
     def watermark(self) -> int:
         return self.max_ts - self.lateness_ms if self.max_ts else 0
 
-
-def bucket_start(ts: int) -> int:
-    return ts - ts % BUCKET_MS
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -137,8 +97,6 @@ class Part:
     emits: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: PartContext):
-        from smsstream.detection.alerts import AlertBook
-
         self.ctx = ctx
         self.entities: MutableMapping[str, Any] = {}
         self.book = AlertBook(repeat_ms=ctx.alert_repeat_ms)
@@ -170,7 +128,7 @@ class Part:
     # --- shared machinery ----------------------------------------------------
 
     def save(self, key: str, state: Any) -> None:
-        """Write a changed state back (a Faust table persists only what is assigned)."""
+        """Write a new or replaced state under its key."""
         self.entities[key] = state
 
     def mark(self, key: str, ts: int) -> int:

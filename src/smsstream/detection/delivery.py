@@ -24,14 +24,15 @@ receipt for a message already joined is ignored.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from smsstream.detection.base import BUCKET_MS, Part
 from smsstream.detection.facts import BLOCKED, DELIVERED, DELIVERY_OUTCOMES, FAILED, DeliveryOutcome, RoutineCount
 from smsstream.detection.share import Share, SharePart, ShareState
 from smsstream.records import RECEIPTS, SENDS
-
-KIND = "delivery_failure_spike"
+from smsstream.vocabulary import (
+    BLOCKED_RATE, CARRIER, DELIVERY_FAILURE_SPIKE, FAILURE_RATE, HOUR_MS, SENDER, TEMPLATE,
+)
 
 OUTCOME = {
     "DELIVRD": DELIVERED,
@@ -44,23 +45,39 @@ OUTCOME = {
 }
 
 #: How long a send waits for its receipt (and a receipt for its send), event time.
-JOIN_HORIZON_MS = 24 * 3_600_000
+JOIN_HORIZON_MS = 24 * HOUR_MS
 #: Outcomes reported later than this after their send are counted, not judged.
-PROMPT_MS = 3_600_000
+PROMPT_MS = HOUR_MS
 #: Most messages waiting in the join at once; the oldest hour goes first beyond it.
 MAX_PENDING = 2_000_000
-_HOUR = 3_600_000
 
 
 def _message_id(record) -> str:
     return record.message_id
 
 
+class WaitingSend(NamedTuple):
+    """A send waiting for its final receipt."""
+
+    ts: int
+    sender_id: str
+    template_id: str | None
+    carrier: str | None
+
+
+class WaitingReceipt(NamedTuple):
+    """A final receipt waiting for its send."""
+
+    ts: int
+    status: str
+    error_code: str | None
+    carrier: str | None
+
+
 class ReceiptJoin(Part):
     """Per message id: the send waiting for its receipt, or a receipt waiting for its send.
 
-    State is a tuple: ``("s", ts, sender_id, template_id, carrier)`` or
-    ``("r", ts, status, error_code, carrier)``; it is deleted once joined.
+    State is a ``WaitingSend`` or a ``WaitingReceipt``; it is deleted once joined.
     """
 
     name = "receipt_join"
@@ -81,7 +98,7 @@ class ReceiptJoin(Part):
         }
 
     def _remember(self, key: str, ts: int) -> None:
-        hour = ts - ts % _HOUR
+        hour = ts - ts % HOUR_MS
         ids = self._by_hour.get(hour)
         if ids is None:
             self._by_hour[hour] = [key]
@@ -98,12 +115,12 @@ class ReceiptJoin(Part):
         if ts > clock.max_ts:
             clock.max_ts = ts
         if topic == SENDS:
-            if waiting is not None and waiting[0] == "r":
+            if waiting.__class__ is WaitingReceipt:
                 del entities[key]
-                _, received, status, error_code, carrier = waiting
+                received, status, error_code, carrier = waiting
                 return self._joined(key, received, ts, value.sender_id, value.template_id,
                                     carrier or value.carrier, status, error_code)
-            entities[key] = ("s", ts, value.sender_id, value.template_id, value.carrier)
+            entities[key] = WaitingSend(ts, value.sender_id, value.template_id, value.carrier)
             self._remember(key, ts)
             return None
         status = value.status
@@ -112,14 +129,14 @@ class ReceiptJoin(Part):
             self.counters["receipts_not_final"] += 1
             return None
         if waiting is None:
-            entities[key] = ("r", ts, status, value.error_code, value.carrier)
+            entities[key] = WaitingReceipt(ts, status, value.error_code, value.carrier)
             self._remember(key, ts)
             return None
-        if waiting[0] == "r":
+        if waiting.__class__ is WaitingReceipt:
             self.counters["receipts_after_join"] += 1
             return None
         del entities[key]
-        _, sent, sender_id, template_id, carrier = waiting
+        sent, sender_id, template_id, carrier = waiting
         counters = self.counters
         counters["joined_outcomes"] += 1
         if ts - sent > PROMPT_MS:
@@ -141,21 +158,21 @@ class ReceiptJoin(Part):
             waiting = self.entities.pop(key, None)
             if waiting is None:
                 continue
-            if waiting[0] == "r":
+            if waiting.__class__ is WaitingReceipt:
                 self.counters["unmatched_receipts"] += 1
             else:
                 self.counters["sends_without_receipt"] += 1
 
     def expire(self, now: int) -> int:
         before = len(self.entities)
-        for hour in [h for h in self._by_hour if h + _HOUR <= now - JOIN_HORIZON_MS]:
+        for hour in [h for h in self._by_hour if h + HOUR_MS <= now - JOIN_HORIZON_MS]:
             self._drop_hour(hour)
         return before - len(self.entities)
 
     def flush(self) -> list[dict]:
         """End of input: receipts still waiting will never be joined; count them."""
         self.counters["unmatched_receipts_at_end"] = sum(
-            1 for w in self.entities.values() if w[0] == "r")
+            1 for w in self.entities.values() if w.__class__ is WaitingReceipt)
         return []
 
 
@@ -164,7 +181,7 @@ _HIT = {DELIVERED: 0, BLOCKED: 1, FAILED: 2}
 
 
 class _DeliveryShare(SharePart):
-    kind = KIND
+    kind = DELIVERY_FAILURE_SPIKE
     trials_word = "final delivery receipts"
     # A carrier that starts blocking a sender's reminders between campaigns shows as 3 blocked of
     # 3 or 4 receipts where a fraction of a percent is usual: three hits are evidence here, scored
@@ -172,8 +189,8 @@ class _DeliveryShare(SharePart):
     MIN_EXCESS = 2.5
     EXACT_MAX_HITS = 10
     shares = (
-        Share("blocked_rate", prior=0.005, prior_weight=400.0, hits_word="BLOCKED by the carrier or handset"),
-        Share("failure_rate", prior=0.03, prior_weight=400.0,
+        Share(BLOCKED_RATE, prior=0.005, prior_weight=400.0, hits_word="BLOCKED by the carrier or handset"),
+        Share(FAILURE_RATE, prior=0.03, prior_weight=400.0,
               hits_word="undelivered (UNDELIV/REJECTD/EXPIRED/DELETED/UNKNOWN)"),
     )
 
@@ -197,7 +214,7 @@ class _DeliveryShare(SharePart):
         return "carriers"
 
     def why(self, share: Share) -> str:
-        if share.reason == "blocked_rate":
+        if share.reason == BLOCKED_RATE:
             return "A carrier or handset filter has started blocking this traffic."
         return "Messages are failing to deliver far more than usual."
 
@@ -218,7 +235,7 @@ class SenderDelivery(_DeliveryShare):
     """Per sender, and per sender on each carrier: a carrier blocking one sender shows there first."""
 
     name = "delivery_sender"
-    entity_type = "sender"
+    entity_type = SENDER
     inputs: ClassVar = {DELIVERY_OUTCOMES: _outcome_sender}
     MAX_SUBS = 8
 
@@ -231,7 +248,7 @@ class SenderDelivery(_DeliveryShare):
 
 class TemplateDelivery(_DeliveryShare):
     name = "delivery_template"
-    entity_type = "template"
+    entity_type = TEMPLATE
     inputs: ClassVar = {DELIVERY_OUTCOMES: _outcome_template}
 
 
@@ -249,7 +266,7 @@ class CarrierDelivery(_DeliveryShare):
     """
 
     name = "delivery_carrier"
-    entity_type = "carrier"
+    entity_type = CARRIER
     inputs: ClassVar = {DELIVERY_OUTCOMES: _outcome_carrier}
     MAX_SUBS = 64
     JUDGE_SUBS = False

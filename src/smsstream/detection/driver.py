@@ -21,9 +21,10 @@ from smsstream.detection.base import BUCKET_MS, Part
 from smsstream.detection.facts import ADDED_UP, RoutineCount, RoutineTally, TemplateTally
 from smsstream.detection.gate import EventGate
 from smsstream.errors import RecordError
+from smsstream.vocabulary import HOUR_MS
 
 #: How often (event time) idle entities and old duplicate ids are forgotten.
-EXPIRE_EVERY_MS = 3_600_000
+EXPIRE_EVERY_MS = HOUR_MS
 
 
 def next_expiry(limit: int) -> int:

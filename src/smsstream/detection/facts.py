@@ -1,7 +1,7 @@
 """Facts: what one part tells another part keyed differently.
 
-Facts are small, slotted and JSON-serialisable (``to_dict``), each with an
-event time ``ts``. They are additive per bucket: a *routine* fact (a loan
+Facts are small, slotted and picklable (the worker's internal topics carry
+them pickled), each with an event time ``ts``. They are additive per bucket: a *routine* fact (a loan
 send to a borrower, a delivered receipt) carries nothing but its count, so a
 producer adds routine facts up per bucket (``RoutineTally``) and forwards one
 ``RoutineCount`` per sender, template and carrier instead of one fact per
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import zlib
 from bisect import insort
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 from smsstream.detection.base import BUCKET_MS
 
@@ -30,8 +30,6 @@ from smsstream.detection.base import BUCKET_MS
 LOAN_SENDS = "fact.loan-sends"
 #: Sends joined to their final receipt (message-keyed -> sender/template/carrier-keyed).
 DELIVERY_OUTCOMES = "fact.delivery-outcomes"
-
-FACT_STREAMS = (LOAN_SENDS, DELIVERY_OUTCOMES)
 
 
 @dataclass(slots=True)
@@ -45,15 +43,10 @@ class LoanSend:
     non_borrower: bool
     #: pseudonymised recipient, only for sends to non-borrowers (evidence)
     number_pn: str | None = None
-    #: the recipient owes another lender (a sender's reminders pointed at another book)
-    other_lender: bool = False
 
     @property
     def routine(self) -> bool:
         return not self.non_borrower
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 #: Outcome classes of a final delivery receipt.
@@ -76,9 +69,6 @@ class DeliveryOutcome:
     @property
     def routine(self) -> bool:
         return self.outcome == DELIVERED
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(slots=True)
@@ -115,9 +105,6 @@ class RoutineCount:
 
     def copy(self) -> "RoutineCount":
         return replace(self)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 #: Samples kept per row of a template tally.
@@ -158,8 +145,10 @@ class TemplateRead:
     #: for a body that does not fit: what changed (redacted), else None
     diff: str | None = None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+def sample_ids(samples: list) -> list[str]:
+    """The message ids of a tally row's samples (``(rank, message id)``, lowest rank first)."""
+    return [entry[1] for entry in samples]
 
 
 def _keep(samples: list, rank: int, *rest) -> None:
@@ -176,6 +165,28 @@ def _merge_samples(a: list, b: list) -> list:
 
 
 OTHER = "other"
+
+
+@dataclass(slots=True)
+class SendsRow:
+    """One stranger's or one source's sends in a tally, with the lowest-ranked few as samples."""
+
+    sends: int = 0
+    #: ``(rank, message id)``, lowest rank first, at most ``MAX_SAMPLES``
+    samples: list = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class MarkerRow:
+    """One marker's sends in a tally."""
+
+    sends: int = 0
+    #: ``(rank, message id)``, lowest rank first, at most ``MAX_SAMPLES``
+    samples: list = field(default_factory=list)
+    #: the (at most two) lowest recipient ranks: two show that the marker repeats across people
+    recipients: list = field(default_factory=list)
+    #: ``(rank, diff)`` of the lowest-ranked send whose new markers this one leads (what changed in its body)
+    drift: tuple | None = None
 
 
 def _key_rank(key) -> int:
@@ -198,13 +209,13 @@ def _make_room(table: dict, key, cap: int, spill: bool) -> bool:
     return True
 
 
-def _add_row(table: dict, key, row: list) -> None:
+def _add_row(table: dict, key, row: SendsRow) -> None:
     mine = table.get(key)
     if mine is None:
-        table[key] = [row[0], list(row[1])]
+        table[key] = SendsRow(row.sends, list(row.samples))
     else:
-        mine[0] += row[0]
-        mine[1] = _merge_samples(mine[1], row[1])
+        mine.sends += row.sends
+        mine.samples = _merge_samples(mine.samples, row.samples)
 
 
 def _bump(table: dict, key, rank: int, mid: str, cap: int) -> None:
@@ -214,9 +225,9 @@ def _bump(table: dict, key, rank: int, mid: str, cap: int) -> None:
             key = OTHER
             row = table.get(key)
         if row is None:
-            row = table[key] = [0, []]
-    row[0] += 1
-    _keep(row[1], rank, mid)
+            row = table[key] = SendsRow()
+    row.sends += 1
+    _keep(row.samples, rank, mid)
 
 
 @dataclass(slots=True)
@@ -236,16 +247,16 @@ class TemplateTally:
     first_ts: int = 0
     count: int = 0
     fitting: int = 0
-    #: marker key -> [sends, samples, lowest two recipient ranks, (rank, diff) of the lowest-ranked drifted send]
+    #: marker key -> MarkerRow
     markers: dict = field(default_factory=dict)
     #: sends whose markers differ from the registered text: marker key -> count
     unregistered_markers: dict = field(default_factory=dict)
     words_drift: int = 0
     #: sends that fit nowhere but carry no new marker (words changed): (rank, message id, diff)
     words_samples: list = field(default_factory=list)
-    #: stranger sender -> [sends, samples]
+    #: stranger sender -> SendsRow
     senders: dict = field(default_factory=dict)
-    #: (api key, source ip) -> [sends, samples]
+    #: (api key, source ip) -> SendsRow
     sources: dict = field(default_factory=dict)
 
     replaces = True
@@ -278,10 +289,10 @@ class TemplateTally:
             if row is None:
                 if len(markers) >= MAX_TALLY_MARKERS and not _make_room(markers, k, MAX_TALLY_MARKERS, spill=False):
                     continue
-                row = markers[k] = [0, [], [], None]
-            row[0] += 1
-            _keep(row[1], rank, mid)
-            recipients = row[2]
+                row = markers[k] = MarkerRow()
+            row.sends += 1
+            _keep(row.samples, rank, mid)
+            recipients = row.recipients
             if read.recipient not in recipients:
                 recipients.append(read.recipient)
                 recipients.sort()
@@ -296,8 +307,8 @@ class TemplateTally:
             _keep(self.words_samples, rank, mid, read.diff)
             return
         row = markers.get(keys[0])
-        if row is not None and (row[3] is None or (rank, read.diff) < row[3]):
-            row[3] = (rank, read.diff)
+        if row is not None and (row.drift is None or (rank, read.diff) < row.drift):
+            row.drift = (rank, read.diff)
 
     def merge(self, other: "TemplateTally") -> None:
         if not other.count:
@@ -313,13 +324,13 @@ class TemplateTally:
             if mine is None:
                 if len(markers) >= MAX_TALLY_MARKERS and not _make_room(markers, k, MAX_TALLY_MARKERS, spill=False):
                     continue
-                markers[k] = [row[0], list(row[1]), list(row[2]), row[3]]
+                markers[k] = MarkerRow(row.sends, list(row.samples), list(row.recipients), row.drift)
                 continue
-            mine[0] += row[0]
-            mine[1] = _merge_samples(mine[1], row[1])
-            mine[2] = sorted(set(mine[2]) | set(row[2]))[:2]
-            if row[3] is not None and (mine[3] is None or row[3] < mine[3]):
-                mine[3] = row[3]
+            mine.sends += row.sends
+            mine.samples = _merge_samples(mine.samples, row.samples)
+            mine.recipients = sorted(set(mine.recipients) | set(row.recipients))[:2]
+            if row.drift is not None and (mine.drift is None or row.drift < mine.drift):
+                mine.drift = row.drift
         for k, n in other.unregistered_markers.items():
             self.unregistered_markers[k] = self.unregistered_markers.get(k, 0) + n
         self.words_drift += other.words_drift
@@ -331,13 +342,15 @@ class TemplateTally:
                     k = OTHER
                 _add_row(mine_table, k, row)
 
+    def top_stranger(self) -> str | None:
+        """The stranger that sent the most of these sends (the first by name of equals)."""
+        senders = self.senders
+        return min(senders, key=lambda k: (-senders[k].sends, k)) if senders else None
+
     def copy(self) -> "TemplateTally":
         twin = TemplateTally(self.template_id, self.reader)
         twin.merge(self)
         return twin
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 #: What a producer forwards added up per bucket, cumulatively.

@@ -21,9 +21,10 @@ from __future__ import annotations
 from smsstream.detection.base import BUCKET_MS, DEFAULT_LATE_HORIZON_MS
 from smsstream.errors import DuplicateEvent, LateEvent
 from smsstream.records import BINDINGS, RECEIPTS, SENDS
+from smsstream.vocabulary import HOUR_MS, MINUTE_MS, SECOND_MS
 
 #: How long an id is remembered for duplicate detection (event time).
-DEFAULT_DEDUP_HORIZON_MS = 60 * 60_000
+DEFAULT_DEDUP_HORIZON_MS = HOUR_MS
 
 
 class EventGate:
@@ -36,7 +37,6 @@ class EventGate:
         self.seen: dict[str, int] = {}
         #: bucket start -> ids first seen in it, so expiry walks whole buckets
         self._by_bucket: dict[int, list[str]] = {}
-        self._oldest_bucket = 0
 
     def check(self, topic: str, record) -> None:
         """Raise ``DuplicateEvent`` or ``LateEvent``, or note the event as seen."""
@@ -73,12 +73,12 @@ class EventGate:
             extra = f" with status {record.status}" if topic == RECEIPTS else ""
             raise DuplicateEvent(
                 f"duplicate {what}{extra}: this {label} was already seen at ts={first} "
-                f"(ids are remembered for {self.horizon_ms // 60_000} min of event time)"
+                f"(ids are remembered for {self.horizon_ms // MINUTE_MS} min of event time)"
             )
-        behind = (self.max_ts - ts) // 1000
+        behind = (self.max_ts - ts) // SECOND_MS
         raise LateEvent(
             f"late {what}: ts={ts} is {behind} s behind the latest event time; "
-            f"at most {self.late_horizon_ms // 1000} s is accepted (SMSSTREAM_LATE_HORIZON_S)"
+            f"at most {self.late_horizon_ms // SECOND_MS} s is accepted (SMSSTREAM_LATE_HORIZON_S)"
         )
 
     def expire(self) -> None:

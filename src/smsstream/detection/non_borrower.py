@@ -5,8 +5,7 @@ Two steps, each keyed by one entity:
 - ``BorrowerBook`` (keyed by recipient number) holds the lenders each number
   owes (from ``sms.borrowers``, tombstones included) and turns every
   loan-obligation send into a ``LoanSend`` fact: borrower of this sender or
-  not, and if not, whether it owes another lender (a sender's reminders
-  pointed at another lender's book);
+  not;
 - ``SenderShare`` and ``TemplateShare`` judge, per sender and per template,
   the share of those sends to non-borrowers against the entity's own
   baseline (reason ``non_borrower_share``).
@@ -28,8 +27,7 @@ from smsstream.detection.base import Part
 from smsstream.detection.facts import LOAN_SENDS, LoanSend, RoutineCount
 from smsstream.detection.share import Share, SharePart, ShareState, window_samples
 from smsstream.records import BORROWERS, LOAN_OBLIGATION, SENDS
-
-KIND = "non_borrower_spike"
+from smsstream.vocabulary import DAY_MS, NON_BORROWER_SHARE, NON_BORROWER_SPIKE, SENDER, TEMPLATE
 
 
 def _loan_send_number(send) -> str | None:
@@ -41,8 +39,7 @@ def _borrower_number(borrower) -> str:
 
 
 #: A number that left a lender's book is a *former* borrower of it for this long.
-FORMER_MS = 30 * 24 * 3_600_000
-_DAY = 24 * 3_600_000
+FORMER_MS = 30 * DAY_MS
 
 
 class BorrowerBook(Part):
@@ -77,25 +74,23 @@ class BorrowerBook(Part):
             clock.max_ts = value.ts
         if topic == SENDS:
             sender = value.sender_id
-            former = other = False
+            former = False
             if lenders is None:
-                borrower = other = False
+                borrower = False
             elif lenders.__class__ is str:
                 borrower = lenders == sender
-                other = not borrower
             else:
                 borrower = sender in lenders
                 if not borrower:
                     horizon = clock.max_ts - FORMER_MS
                     former = any(item.__class__ is tuple and item[0] == sender and item[1] >= horizon
                                  for item in lenders)
-                    other = any(item.__class__ is str for item in lenders)
             if former:
                 self.counters["loan_sends_to_former_borrowers"] += 1
             non_borrower = not borrower and not former
             fact = LoanSend(
                 value.ts, sender, value.template_id, value.message_id, non_borrower,
-                self.ctx.pseudonym(key) if non_borrower else None, other and non_borrower,
+                self.ctx.pseudonym(key) if non_borrower else None,
             )
             return [(LOAN_SENDS, fact)]
         sender = value.sender_id
@@ -124,7 +119,7 @@ class BorrowerBook(Part):
         """Drop former entries past ``FORMER_MS`` (a sweep of the whole book, so at most daily)."""
         if now < self._next_sweep:
             return 0
-        self._next_sweep = now + _DAY
+        self._next_sweep = now + DAY_MS
         horizon = now - FORMER_MS
         dropped = 0
         for key, lenders in [(k, v) for k, v in self.entities.items() if v.__class__ is not str]:
@@ -140,12 +135,12 @@ class BorrowerBook(Part):
 
 
 class _NonBorrowerShare(SharePart):
-    kind = KIND
+    kind = NON_BORROWER_SPIKE
     trials_word = "loan-obligation SMS"
     #: a small lender's first few reminders to strangers are the whole evidence: score them exactly
     EXACT_MAX_HITS = 10
     shares = (
-        Share("non_borrower_share", prior=0.01, prior_weight=300.0,
+        Share(NON_BORROWER_SHARE, prior=0.01, prior_weight=300.0,
               hits_word="sent to numbers that are not its borrowers"),
     )
 
@@ -180,13 +175,13 @@ def _fact_template(fact: LoanSend | RoutineCount) -> str | None:
 
 class SenderShare(_NonBorrowerShare):
     name = "non_borrower_sender"
-    entity_type = "sender"
+    entity_type = SENDER
     inputs: ClassVar = {LOAN_SENDS: _fact_sender}
 
 
 class TemplateShare(_NonBorrowerShare):
     name = "non_borrower_template"
-    entity_type = "template"
+    entity_type = TEMPLATE
     inputs: ClassVar = {LOAN_SENDS: _fact_template}
 
 

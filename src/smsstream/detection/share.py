@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, NamedTuple
 
 from smsstream.detection.base import BUCKET_MS, Finding, Part
 from smsstream.detection.facts import RoutineCount
 from smsstream.detection.stats import BucketRing, ShareBaseline, binomial_exact_tail_score, binomial_tail_score
-
-MINUTE = 60_000
-HOUR = 60 * MINUTE
+from smsstream.vocabulary import CARRIER, CRITICAL, HOUR_MS, MINUTE_MS, TEMPLATE, WARNING
 
 #: Recent hits kept per entity as evidence.
 SAMPLES = 20
@@ -80,6 +78,29 @@ class Share:
     hits_word: str
 
 
+class Verdict(NamedTuple):
+    """The most surprising window of one share in a closed bucket."""
+
+    score: float
+    #: index of the share in ``SharePart.shares``
+    column: int
+    window_ms: int
+    #: the baseline share the window was tested against
+    expected: float
+    #: trials and hits in the window
+    n: float
+    k: float
+    #: the slice of the entity it was found in (``count(sub=...)``), None for the whole entity
+    sub: str | None = None
+
+
+class Slice(NamedTuple):
+    """A slice of an entity counted on its own (a sender's traffic on one carrier)."""
+
+    ring: BucketRing
+    baselines: list
+
+
 @dataclass(slots=True)
 class ShareState:
     """Everything one entity keeps: recent buckets, a baseline per share, evidence."""
@@ -89,11 +110,11 @@ class ShareState:
     baselines: list = field(default_factory=list)
     first_ts: int = 0
     last_ts: int = 0
-    #: recent hits per share: [ts, message_id, label], newest last
-    samples: list = field(default_factory=list)  # per share: {bucket start: [[ts, message_id, label], ...]}
+    #: per share, the hits kept as evidence: {bucket start: [[ts, message_id, label], ...]} (``keep_sample``)
+    samples: list = field(default_factory=list)
     sender_id: str | None = None
     template_id: str | None = None
-    #: slices judged on their own: name -> [BucketRing, baselines]
+    #: slices counted on their own: name -> Slice
     subs: dict | None = None
 
 
@@ -115,9 +136,9 @@ class SharePart(Part):
     shares: ClassVar[tuple[Share, ...]] = ()
     trials_word: ClassVar[str] = "events"
 
-    WINDOWS_MS: ClassVar[tuple[int, ...]] = (1 * MINUTE, 5 * MINUTE, 15 * MINUTE, 60 * MINUTE)
-    HALF_LIFE_MS: ClassVar[int] = 72 * HOUR
-    ACCEPT_AFTER_MS: ClassVar[int] = 6 * HOUR
+    WINDOWS_MS: ClassVar[tuple[int, ...]] = (1 * MINUTE_MS, 5 * MINUTE_MS, 15 * MINUTE_MS, 60 * MINUTE_MS)
+    HALF_LIFE_MS: ClassVar[int] = 72 * HOUR_MS
+    ACCEPT_AFTER_MS: ClassVar[int] = 6 * HOUR_MS
     RATIO: ClassVar[float] = 1.5
     MARGIN: ClassVar[float] = 0.005
     MIN_EXCESS: ClassVar[float] = 3.0
@@ -125,7 +146,7 @@ class SharePart(Part):
     EXACT_MAX_HITS: ClassVar[int] = 0
     FIRE_SCORE: ClassVar[float] = 5.0
     HOLD_SCORE: ClassVar[float] = 3.0
-    COLD_MS: ClassVar[int] = 3 * HOUR
+    COLD_MS: ClassVar[int] = 3 * HOUR_MS
     COLD_FIRE_SCORE: ClassVar[float] = 30.0
     #: Most slices (``count(sub=...)``) kept per entity; 0 for none.
     MAX_SUBS: ClassVar[int] = 0
@@ -171,9 +192,9 @@ class SharePart(Part):
                 subs = state.subs = {}
             slice_ = subs.get(sub)
             if slice_ is None and len(subs) < self.MAX_SUBS:
-                slice_ = subs[sub] = [BucketRing(1 + len(self.shares)), [ShareBaseline() for _ in self.shares]]
+                slice_ = subs[sub] = Slice(BucketRing(1 + len(self.shares)), [ShareBaseline() for _ in self.shares])
             if slice_ is not None:
-                _count(slice_[0], idx, hit, trials)
+                _count(slice_.ring, idx, hit, trials)
         if hit:
             keep_sample(state.samples[hit - 1], ts, message_id, label)
         if ts >= state.last_ts:
@@ -207,8 +228,8 @@ class SharePart(Part):
                 if idx > ring.head or not ring.cols[0][idx % ring.SIZE]:
                     continue  # no new data in this slice: nothing new to judge or learn
                 verdict = self._judge(ring, baselines, start, end)
-                if verdict is not None and (best is None or verdict[0] > best[0]):
-                    best = (*verdict[:-1], sub)
+                if verdict is not None and (best is None or verdict.score > best.score):
+                    best = verdict._replace(sub=sub)
         self.save(key, state)
         if best is None:
             return ()
@@ -222,9 +243,9 @@ class SharePart(Part):
         if not firing and not self.book.is_firing(dedup_key):
             return ()
         observed = k / n
-        severity = "warning"
+        severity = WARNING
         if not cold and score >= 2 * threshold and observed >= max(5 * expected, expected + 0.2):
-            severity = "critical"
+            severity = CRITICAL
         share = self.shares[column]
         evidence = self.evidence(state, column, end - window_ms, int(k), int(n), end)
         if sub is not None:
@@ -242,18 +263,17 @@ class SharePart(Part):
             score=score,
             summary=self.summary(key, state, share, int(k), int(n), observed, expected, end, window_ms, cold, sub),
             evidence=evidence,
-            sender_id=state.sender_id if self.entity_type != "carrier" else None,
-            template_id=state.template_id if self.entity_type == "template" else None,
+            sender_id=state.sender_id if self.entity_type != CARRIER else None,
+            template_id=state.template_id if self.entity_type == TEMPLATE else None,
             # bounded by the window, so data already read beyond it (arrival timing) does not show
             last_seen=min(state.last_ts, end),
             firing=firing,
         ),)
 
-    def _judge(self, ring: BucketRing, baselines: list, start: int, end: int) -> tuple | None:
+    def _judge(self, ring: BucketRing, baselines: list, start: int, end: int) -> Verdict | None:
         """Test every share over every window; train the baselines with the closed bucket.
 
-        Returns ``(score, column, window_ms, expected, n, k, None)`` for the
-        most surprising share if it reaches ``HOLD_SCORE``.
+        Returns the most surprising share's ``Verdict`` if it reaches ``HOLD_SCORE``.
         """
         idx = start // BUCKET_MS
         if ring.most_hits(idx + 1, self._widths[-1]) < self.MIN_EXCESS:
@@ -269,7 +289,7 @@ class SharePart(Part):
             return None
         current = ring.get(idx)
         sums = ring.sums(end // BUCKET_MS, self._widths)
-        best = None
+        best: Verdict | None = None
         for column, share in enumerate(self.shares):
             baseline = baselines[column]
             expected = baseline.get(share.prior, share.prior_weight)
@@ -294,9 +314,9 @@ class SharePart(Part):
                         continue
                 else:
                     baseline.learn(end, current[0], current[column + 1], self.HALF_LIFE_MS)
-            if abnormal and (best is None or top_score > best[0]):
+            if abnormal and (best is None or top_score > best.score):
                 n, k = sums[top_window][0], sums[top_window][column + 1]
-                best = (top_score, column, self.WINDOWS_MS[top_window], expected, n, k, None)
+                best = Verdict(top_score, column, self.WINDOWS_MS[top_window], expected, n, k)
         return best
 
     # --- hooks ---------------------------------------------------------------------
@@ -312,15 +332,15 @@ class SharePart(Part):
     def summary(self, key: str, state: ShareState, share: Share, k: int, n: int, observed: float,
                 expected: float, end: int, window_ms: int, cold: bool, sub: str | None = None) -> str:
         who = f"{self.entity_type} {self.entity_id(key)}"
-        if self.entity_type == "template" and state.sender_id:
+        if self.entity_type == TEMPLATE and state.sender_id:
             who += f" (sender {state.sender_id})"
         if sub is not None:
             who += f" on {self.sub_name()} {sub}"
-        seen_for = (min(state.last_ts, end) - state.first_ts) // MINUTE
+        seen_for = (min(state.last_ts, end) - state.first_ts) // MINUTE_MS
         new = f"; new {self.entity_type}, first seen {seen_for} min ago" if cold else ""
         return (
             f"{self.kind} {share.reason}: {who}: {k} of {n} {self.trials_word} in the last "
-            f"{window_ms // MINUTE} min were {share.hits_word} ({observed:.1%}), "
+            f"{window_ms // MINUTE_MS} min were {share.hits_word} ({observed:.1%}), "
             f"usual {expected:.1%}{new}. {self.why(share)}"
         )
 
@@ -345,17 +365,6 @@ class SharePart(Part):
 
     def sub_name(self) -> str:
         return "slice"
-
-    def top_label_share(self, state: ShareState, column: int) -> tuple[str | None, float]:
-        """The most frequent label among recent hits of one share, and its fraction."""
-        hits = window_samples(state.samples[column], 0)
-        if not hits:
-            return None, 0.0
-        counts: dict[str, int] = {}
-        for s in hits:
-            counts[s[2]] = counts.get(s[2], 0) + 1
-        label = max(counts, key=lambda lab: (counts[lab], str(lab)))
-        return label, counts[label] / len(hits)
 
     def idle_since(self, state: Any) -> int:
         return state.last_ts

@@ -1,15 +1,16 @@
 """Online statistics on event time, small enough to keep one per sender, template or carrier.
 
 Each class is one concept with ``update(...)`` and ``get(...)``-style
-methods, slotted, plain and picklable (it lives in a Faust table). Time is
-always passed in (event time, ms), never read from a clock.
+methods, slotted, plain and picklable (it is pickled with its part's state in
+the worker's snapshots). Time is always passed in (event time, ms), never read
+from a clock.
 
-Why not river's ``stats`` here: river's ``EWMean``/``EWVar`` decay per
-update, not per unit of event time, so a sender idle for a night would be
-judged as if no time had passed; and each river object costs several hundred
-bytes, against two floats in a slot. The ideas are the same (exponential
-weighting, and river's ``anomaly.filter`` idea of keeping anomalies out of
-training, here ``ShareBaseline.hold``).
+Why not river's ``stats``: river's ``EWMean``/``EWVar`` decay per update,
+not per unit of event time, so a sender idle for a night would be judged as
+if no time had passed; and each river object costs several hundred bytes,
+against two floats in a slot. The ideas are the same (exponential weighting,
+and river's ``anomaly.filter`` idea of keeping anomalies out of training,
+here ``ShareBaseline.hold``).
 
 Scores are ``-log10`` of an upper bound on a tail probability (Chernoff
 bounds for binomial and Poisson counts): "how surprising is this count under
@@ -20,16 +21,15 @@ high, and one threshold serves a sender of 10 SMS a day and one of a million.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import ClassVar
+
+from smsstream.vocabulary import HOUR_MS
 
 LN10 = math.log(10.0)
 _MINUS_LN2 = -math.log(2.0)
 #: Score given when a count is impossible under the baseline (p = 0).
 MAX_SCORE = 300.0
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
 
 
 # --- tail scores -------------------------------------------------------------
@@ -189,40 +189,6 @@ class ShareBaseline:
         )
 
 
-class EWMeanVar:
-    """Exponentially weighted mean and variance of a per-bucket figure (West's update).
-
-    >>> s = EWMeanVar()
-    >>> for x in (10, 12, 8, 10): _ = s.update(x, 0.5)
-    >>> round(s.mean, 3), round(s.var, 3)
-    (9.75, 1.438)
-    """
-
-    __slots__ = ("mean", "var", "n")
-
-    def __init__(self) -> None:
-        self.mean = 0.0
-        self.var = 0.0
-        self.n = 0
-
-    def update(self, x: float, alpha: float) -> "EWMeanVar":
-        if self.n == 0:
-            self.mean = float(x)
-        else:
-            diff = x - self.mean
-            incr = alpha * diff
-            self.mean += incr
-            self.var = (1.0 - alpha) * (self.var + diff * incr)
-        self.n += 1
-        return self
-
-    def zscore(self, x: float, floor: float = 1.0) -> float:
-        return (x - self.mean) / math.sqrt(max(self.var, floor))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, EWMeanVar) and (self.mean, self.var, self.n) == (other.mean, other.var, other.n)
-
-
 class DailyProfile:
     """An entity's usual count per hour of day, learned day by day (its daily rhythm).
 
@@ -279,9 +245,6 @@ class DailyProfile:
             self.maxes[slot] = total
             self.seen |= 1 << slot
 
-    def days_known(self) -> int:
-        return bin(self.seen).count("1")
-
     def expected(self, ts: int) -> float | None:
         """Usual count for the hour of ``ts`` (the larger of mean and a share of the rolling max).
 
@@ -322,15 +285,6 @@ class BucketWindow:
         else:
             rows.append(row)
         return row
-
-    def row(self, start: int) -> list | None:
-        """The counts of the bucket starting at ``start``, if it had data."""
-        rows = self.rows
-        for i in range(len(rows) - 1, -1, -1):
-            row = rows[i]
-            if row[0] <= start:
-                return row if row[0] == start else None
-        return None
 
     def prune(self, oldest: int) -> None:
         rows = self.rows
@@ -466,119 +420,3 @@ class BucketRing:
 
 
 _ZEROS = [0] * BucketRing.SIZE
-
-
-# --- sketches ----------------------------------------------------------------
-
-def _hash64(item: str, seed: int = 0) -> int:
-    """A stable 64-bit hash (Python's own ``hash`` of a str changes per process)."""
-    return int.from_bytes(
-        hashlib.blake2b(item.encode("utf-8"), digest_size=8, salt=seed.to_bytes(8, "little")).digest(),
-        "little",
-    )
-
-
-class CountMinSketch:
-    """Approximate counts per key in fixed memory (``width * depth`` counters).
-
-    Never under-counts; over-counts by at most ``e / width`` of the total
-    with probability ``1 - exp(-depth)``. At width 2,048 and depth 4 (8,192
-    counters, ~64 KiB as Python ints in lists): within 0.13 % of the total
-    count, 98 % of the time.
-    """
-
-    __slots__ = ("width", "depth", "rows", "total")
-
-    def __init__(self, width: int = 2048, depth: int = 4):
-        self.width = width
-        self.depth = depth
-        self.rows = [[0] * width for _ in range(depth)]
-        self.total = 0
-
-    def _cells(self, item: str):
-        h = _hash64(item)
-        h1, h2 = h & 0xFFFFFFFF, h >> 32
-        return [(h1 + i * h2) % self.width for i in range(self.depth)]
-
-    def update(self, item: str, count: int = 1) -> "CountMinSketch":
-        for row, cell in zip(self.rows, self._cells(item)):
-            row[cell] += count
-        self.total += count
-        return self
-
-    def get(self, item: str) -> int:
-        return min(row[cell] for row, cell in zip(self.rows, self._cells(item)))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CountMinSketch) and self.rows == other.rows
-
-
-class HyperLogLog:
-    """Approximate count of distinct items in ``2**precision`` bytes.
-
-    Relative standard error ``1.04 / sqrt(2**precision)``: 3.3 % at the
-    default precision 10 (1 KiB), whatever the number of distinct items.
-    """
-
-    __slots__ = ("precision", "registers")
-
-    def __init__(self, precision: int = 10):
-        self.precision = precision
-        self.registers = bytearray(1 << precision)
-
-    def update(self, item: str) -> "HyperLogLog":
-        h = _hash64(item)
-        idx = h >> (64 - self.precision)
-        rest = (h << self.precision) & 0xFFFFFFFFFFFFFFFF
-        rank = 1
-        while rank <= 64 - self.precision and not rest & (1 << 63):
-            rank += 1
-            rest <<= 1
-        if rank > self.registers[idx]:
-            self.registers[idx] = rank
-        return self
-
-    def get(self) -> float:
-        m = len(self.registers)
-        alpha = 0.7213 / (1 + 1.079 / m)
-        est = alpha * m * m / sum(2.0 ** -r for r in bytes(self.registers))
-        zeros = self.registers.count(0)
-        if est <= 2.5 * m and zeros:
-            return m * math.log(m / zeros)
-        return est
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, HyperLogLog) and self.registers == other.registers
-
-
-class BloomFilter:
-    """Set membership in fixed memory; may answer "present" wrongly, never "absent" wrongly.
-
-    Sized for ``capacity`` items at false-positive rate ``fp_rate``:
-    ``-capacity * ln(fp) / ln(2)**2`` bits, 9.6 bits (1.2 bytes) per item at
-    1 %, against roughly 100-150 bytes per item for an exact Python set of
-    phone-number strings. Items cannot be removed.
-    """
-
-    __slots__ = ("bits", "hashes", "size")
-
-    def __init__(self, capacity: int = 100_000, fp_rate: float = 0.01):
-        self.size = max(8, int(-capacity * math.log(fp_rate) / math.log(2) ** 2))
-        self.hashes = max(1, round(self.size / capacity * math.log(2)))
-        self.bits = bytearray((self.size + 7) // 8)
-
-    def _cells(self, item: str):
-        h = _hash64(item)
-        h1, h2 = h & 0xFFFFFFFF, h >> 32
-        return [(h1 + i * h2) % self.size for i in range(self.hashes)]
-
-    def add(self, item: str) -> "BloomFilter":
-        for c in self._cells(item):
-            self.bits[c >> 3] |= 1 << (c & 7)
-        return self
-
-    def __contains__(self, item: str) -> bool:
-        return all(self.bits[c >> 3] >> (c & 7) & 1 for c in self._cells(item))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, BloomFilter) and self.bits == other.bits

@@ -132,11 +132,6 @@ def signature(text: str) -> str | None:
     return (m.group(1) or m.group(2)).strip()
 
 
-def strip_signature(text: str) -> str:
-    text = _SIGNATURE_HEAD.sub("", text, count=1)
-    return _SIGNATURE_TAIL.sub("", text, count=1).strip()
-
-
 def words(text: str) -> list[str]:
     """Tokens for word-level diffs: links and digit runs whole, each CJK character, words, punctuation."""
     return _TOKEN.findall(text)

@@ -19,6 +19,7 @@ from typing import IO, Protocol
 import orjson
 
 from smsstream.records import BINDINGS, BORROWERS, RECEIPTS, SENDS, TEMPLATES
+from smsstream.vocabulary import MINUTE_MS
 
 TOPICS = (SENDS, RECEIPTS, BORROWERS, TEMPLATES, BINDINGS)
 _TOPIC_BYTES = {t: t.encode() for t in TOPICS}
@@ -34,7 +35,7 @@ class Writer(Protocol):
 class Noise:
     """Rates of the imperfections a real feed has; all zero gives a clean feed."""
 
-    def __init__(self, duplicate: float = 0.002, reorder: float = 0.01, max_reorder_ms: int = 300_000,
+    def __init__(self, duplicate: float = 0.002, reorder: float = 0.01, max_reorder_ms: int = 5 * MINUTE_MS,
                  malformed: float = 0.0003):
         self.duplicate = duplicate
         self.reorder = reorder
@@ -64,7 +65,7 @@ class Stream:
             roll = rng.random()
             if roll < noise.reorder:
                 # mostly seconds late, a tail up to the bound
-                late = int(rng.expovariate(1 / 20_000)) if roll < noise.reorder * 0.9 else rng.randrange(60_000, noise.max_reorder_ms)
+                late = int(rng.expovariate(1 / 20_000)) if roll < noise.reorder * 0.9 else rng.randrange(MINUTE_MS, noise.max_reorder_ms)
                 arrival += min(late, noise.max_reorder_ms)
             elif roll > 1 - noise.duplicate and payload is not None:
                 self._push(ts + rng.randrange(0, 120_000), topic, key, payload)

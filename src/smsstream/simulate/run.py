@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 from smsstream.simulate.attacks import KINDS, plan_attacks
 from smsstream.simulate.output import Noise, Progress, Stream, Writer
 from smsstream.simulate.traffic import Simulation
-from smsstream.simulate.world import DAY_MS, HOUR_MS, REGIONS, World
+from smsstream.simulate.world import REGIONS, World
+from smsstream.vocabulary import DAY_MS, HOUR_MS
 
 #: Sends per day across all senders at ``rate`` 1: with receipts and books, >1M records in 3 days.
 DAILY_SENDS = 170_000

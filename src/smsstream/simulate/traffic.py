@@ -18,7 +18,8 @@ from typing import Callable
 
 from smsstream.records import BINDINGS, BORROWERS, RECEIPTS, SENDS, TEMPLATES
 from smsstream.simulate.output import Stream
-from smsstream.simulate.world import DAY_MS, HOUR_MS, LOAN_CATEGORIES, Account, Sender, Template, World
+from smsstream.simulate.world import LOAN_CATEGORIES, Account, Sender, Template, World
+from smsstream.vocabulary import DAY_MS, HOUR_MS, MINUTE_MS
 
 # Local-hour shapes (weights, normalised below).
 _DIURNAL = (0.15, 0.08, 0.05, 0.04, 0.05, 0.10, 0.30, 0.60, 0.90, 1.0, 1.0, 1.0,
@@ -89,7 +90,7 @@ class Simulation:
             for templates in sender.templates.values():
                 for template in templates:
                     if template.registered and template.start_ts > sender.start_ts:
-                        self.at(template.start_ts - 60_000, self.emit_template, template)
+                        self.at(template.start_ts - MINUTE_MS, self.emit_template, template)
 
     # -- scheduling -------------------------------------------------------------
 
@@ -318,7 +319,7 @@ class Simulation:
             weights = [t.weight for t in templates]
             n_campaign = poisson(rng, campaign * span) if campaign else 0
             n_trickle = poisson(rng, trickle * span)
-            spread = sender.campaign_spread_min * 60_000
+            spread = sender.campaign_spread_min * MINUTE_MS
             for i in range(n_campaign + n_trickle):
                 if i < n_campaign:
                     ts = t0 + min(int(rng.expovariate(1 / spread)), t1 - t0 - 1)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
+from smsstream.vocabulary import DAY_MS, HOUR_MS, MINUTE_MS
 
 LOAN_CATEGORIES = ("repayment_reminder", "overdue_notice", "collection", "loan_status")
 REMINDER_CATEGORIES = ("repayment_reminder", "overdue_notice", "collection")
@@ -378,7 +377,7 @@ class World:
             late = rng.sample(range(n // 4, n), min(2, max(1, n // 20)))
             for i in late:
                 offset = rng.uniform(0.3, 0.6) * self.days * DAY_MS
-                self.senders[i].start_ts = self.start_ts + int(offset) // 60_000 * 60_000
+                self.senders[i].start_ts = self.start_ts + int(offset) // MINUTE_MS * MINUTE_MS
             growing = rng.choice([i for i in range(1, n) if i not in late and self.senders[i].lender] or [0])
             self.senders[growing].growth_per_day = rng.uniform(0.3, 0.8)
         for sender in self.senders:
@@ -402,7 +401,7 @@ class World:
         # A template introduced mid-run that takes over part of a category's traffic.
         if rng.random() < 0.25 and self.days >= 1:
             category = rng.choice(list(sender.mix))
-            start = sender.start_ts + int(rng.uniform(0.2, 0.8) * self.days * DAY_MS) // 60_000 * 60_000
+            start = sender.start_ts + int(rng.uniform(0.2, 0.8) * self.days * DAY_MS) // MINUTE_MS * MINUTE_MS
             text = rng.choice(TEXTS[category])
             sender.templates[category].append(self.new_template(sender, category, text, start, weight=1.5))
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 from smsstream import records
 from smsstream.detection.facts import LoanSend, RoutineCount, TemplateRead
 from smsstream.metrics import MAX_CARRIERS, MAX_SENDERS, BoundedLabel, Metrics
-from smsstream.detection.base import KINDS
+from smsstream.vocabulary import KINDS, STATUSES
 from smsstream.worker.flow import Shard, Topology
 
 #: The parts whose drivers are watched, and what for.
@@ -37,7 +37,7 @@ class Telemetry:
             for counter in (metrics.merge_overflow, metrics.checkpoint_failures, metrics.shard_rewinds):
                 counter.labels(p.name)
         for kind in KINDS:
-            for status in ("firing", "resolved"):
+            for status in STATUSES:
                 metrics.alerts.labels(kind, status)
         self._firing: set[tuple[str, str, str]] = set()
 
