@@ -39,8 +39,8 @@ def body(rng: random.Random, text: str = TEXT) -> str:
 class Harness:
     """A template's readers and its TemplateWatch, driven by the engine."""
 
-    def __init__(self, parts=(TemplateWatch, TemplateReader)):
-        self.engine = Engine(PN, parts=detector_parts(*parts))
+    def __init__(self, parts=(TemplateWatch, TemplateReader), **engine):
+        self.engine = Engine(PN, parts=detector_parts(*parts), **engine)
         self.part = self.engine.parts[0]
         self.alerts: list[dict] = []
         self.n = 0
@@ -122,6 +122,66 @@ def test_a_link_injected_into_a_registered_template_raises_content_drift_within_
     assert alert["dedup_key"] == "template_hijack/template/T1"
 
 
+def alarming_send(change: str, sender: str = "lenderA") -> tuple[list[dict], Send, Harness]:
+    """A registered template with a few hours of fitting sends, then one send changed as ``change`` says.
+
+    Returns the alert records written while that one send was taken in (before its bucket closed).
+    """
+    rng = random.Random(31)
+    h = Harness()
+    h.template()
+    steady(h, rng, T0 + 8 * HOUR, 3)
+    text = body(rng)
+    if change == "link":
+        text = text.replace("Pay in the app", "Pay at http://qk-loan.xyz/p")
+    elif change == "registered link":
+        text = text.replace("Pay in the app", "Pay in the app")
+    before = len(h.alerts)
+    send = h.send(T0 + 11 * HOUR + 25_000, text, sender=sender)
+    return h.alerts[before:], send, h
+
+
+def test_a_link_injected_into_a_registered_template_fires_the_moment_the_send_is_read():
+    written, send, _ = alarming_send("link")
+    assert [(a["reason"], a["severity"]) for a in written] == [("content_drift", "critical")]
+    alert = written[0]
+    assert alert["sufficient_at"] == alert["last_seen"] == send.ts
+    assert alert["window_end"] == send.ts + 1 and alert["evidence"]["message_ids"] == [send.message_id]
+    assert alert["evidence"]["urls"] == ["qk-loan.xyz"]
+
+
+def test_a_send_that_fits_its_registration_fires_nothing_when_it_is_read():
+    written, _, h = alarming_send("registered link")
+    h.flush()
+    assert written == [] and h.firing() == []
+
+
+def test_a_registered_template_sent_by_another_sender_fires_the_moment_the_send_is_read():
+    written, send, _ = alarming_send("none", sender="shadyLoans")
+    assert [(a["reason"], a["sender_id"], a["sufficient_at"]) for a in written] == [
+        ("foreign_sender", "shadyLoans", send.ts)]
+
+
+def test_the_first_sends_of_a_registration_never_seen_to_fit_wait_for_their_bucket():
+    # the registration may be stale: whether a link unlike it is tampering is for the bucket's judgement
+    rng = random.Random(32)
+    h = Harness()
+    h.template()
+    before = len(h.alerts)
+    h.send(T0 + HOUR, body(rng).replace("Pay in the app", "Pay at http://qk-loan.xyz/p"))
+    assert h.alerts[before:] == []
+
+
+def test_an_alert_fired_at_once_is_the_episode_its_bucket_then_keeps_going():
+    _, send, h = alarming_send("link")
+    steady(h, random.Random(33), send.ts + 10 * MIN, 1)
+    h.flush()
+    fired = h.firing("content_drift")
+    assert len(fired) == 1 and fired[0]["sufficient_at"] == send.ts
+    resolved = [a for a in h.alerts if a["status"] == "resolved"]
+    assert [a["alert_id"] for a in resolved] == [fired[0]["alert_id"]]
+
+
 def test_an_injected_callback_number_is_reported_only_as_a_pseudonym():
     rng = random.Random(3)
     h = Harness()
@@ -147,9 +207,11 @@ def test_a_callback_number_hidden_in_a_signature_a_link_host_or_odd_grouping_nev
         tampered = (body(rng).replace("【QuickLoan】", "【Call 170.1234.5678】")
                     .replace("400-820-1234", "+86 (170) 1234-5679 or https://8617012345670.cn/pay"))
         h.send(attack + i * MIN, tampered)
+    steady(h, rng, attack + 5 * MIN, 1)
     h.flush()
-    fired = h.firing("content_drift")
-    assert fired and fired[0]["evidence"]["urls"] and fired[0]["evidence"]["signatures"]["seen"]
+    drift = [a for a in h.alerts if a["reason"] == "content_drift"]
+    # the first send fires at once on its link; the episode's last record shows the bucket's signatures too
+    assert drift[0]["evidence"]["urls"] and drift[-1]["evidence"]["signatures"]["seen"]
     text = json.dumps(h.alerts)
     for clear in ("170.1234.5678", "1701234567", "(170) 1234-5679", "8617012345670"):
         assert clear not in text
@@ -382,7 +444,8 @@ def test_a_new_key_sending_a_second_campaign_beside_the_usual_key_raises_volume_
 
 def test_template_state_survives_pickling_mid_stream():
     rng = random.Random(16)
-    h = Harness()
+    # five minutes of allowed lateness keep the last buckets' tallies open in the state
+    h = Harness(lateness_ms=5 * MIN)
     h.template()
     steady(h, rng, T0 + 8 * HOUR, 2)
     state = h.part.entities["T1"]

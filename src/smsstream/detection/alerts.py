@@ -63,6 +63,8 @@ class Finding:
     template_id: str | None = None
     last_seen: int | None = None
     firing: bool = True
+    #: event time at which the evidence became enough to fire; None: when its window ended (a closed bucket)
+    sufficient_at: int | None = None
 
     @property
     def dedup_key(self) -> str:
@@ -204,6 +206,7 @@ class AlertBook:
             "evidence": bounded_evidence(f.evidence),
             "first_seen": episode.first_seen,
             "last_seen": f.last_seen if f.last_seen is not None else f.window_end,
+            "sufficient_at": window_end if status == RESOLVED or f.sufficient_at is None else f.sufficient_at,
             "detected_at": None,
         }
 

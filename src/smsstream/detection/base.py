@@ -105,6 +105,8 @@ class Part:
         self._due: dict[int, dict[str, None]] = {}
         #: every bucket starting before this is closed
         self.closed_until = 0
+        #: alert records of findings fired at once (``fire_now``), for the driver to take
+        self.fired: list[dict] = []
 
     @classmethod
     def spread_over(cls, partitions: int) -> type["Part"]:
@@ -126,6 +128,15 @@ class Part:
         return getattr(state, "last_ts", 0)
 
     # --- shared machinery ----------------------------------------------------
+
+    def fire_now(self, finding: Finding, key: str) -> None:
+        """A finding whose evidence one record completes: to the alert book at once, not when its bucket closes.
+
+        Its figures must depend on that record and on closed buckets only, so
+        that replay and the worker write the same record whatever else they
+        have taken of the open bucket by then.
+        """
+        self.fired.extend(self.book.offer(finding, key))
 
     def save(self, key: str, state: Any) -> None:
         """Write a new or replaced state under its key."""

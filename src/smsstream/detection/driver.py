@@ -118,6 +118,9 @@ class PartDriver:
         out.processed += 1
         if item.key:
             made = part.process(item.stream, item.key, value)
+            if part.fired:
+                out.alerts.extend(part.fired)
+                part.fired.clear()
             if self.watch is not None:
                 self.watch(value, made)
             for stream, fact in made or ():

@@ -18,10 +18,12 @@ class Routes:
     """
 
     def __init__(self, parts: Sequence[type[Part]]):
+        #: producers first: the order in which whoever runs several parts advances them
         self.parts = producers_first(parts)
         self.by_name = {p.name: p for p in self.parts}
+        #: stream -> its consumers in the order given (the first of an input topic's reports it)
         self.consumers: dict[str, list[type[Part]]] = {}
-        for p in self.parts:
+        for p in parts:
             for stream in p.inputs:
                 self.consumers.setdefault(stream, []).append(p)
         self.input_topics = [t for t in INPUT_TOPICS if t in self.consumers]

@@ -1,8 +1,8 @@
 """What the template parts tell each other: fact streams and the facts on them.
 
 Readers tell their template's watch what they read (``TEMPLATE_READS``,
-``facts.TemplateRead`` added up into ``facts.TemplateTally``); readers and
-watches tell the sender's book every link domain a template shows for the
+``facts.TemplateRead`` added up into ``facts.TemplateTally``); a send that is evidence on its own goes to the watch at once as well
+(``TEMPLATE_ALARMS``); readers and watches tell the sender's book every link domain a template shows for the
 first time (``TEMPLATE_LINKS``), and watches tell it where a registered
 template's sends came from (``TEMPLATE_SOURCES``).
 """
@@ -18,6 +18,8 @@ TEMPLATE_LINKS = "fact.template-links"
 TEMPLATE_READS = "fact.template-reads"
 #: Fact stream: the sources of a template's sends, per reader and bucket (template-keyed -> sender-keyed).
 TEMPLATE_SOURCES = "fact.template-sources"
+#: Fact stream: one send that is evidence on its own, passed on at once, not added up (reader -> template).
+TEMPLATE_ALARMS = "fact.template-alarms"
 
 #: Link domains one template (or one of its readers) tells the sender's book at most.
 MAX_LINKS = 16
@@ -62,3 +64,21 @@ class TemplateSources:
     sources: dict
     #: some of these sends came from other senders (``foreign_sender``): the sources are not all the owner's
     foreign: bool = False
+
+
+@dataclass(slots=True)
+class TemplateAlarm:
+    """One send of a registered template that is evidence on its own, read the moment it is sent.
+
+    It carries a link or callback number its registration does not
+    (``markers``: its ``d:<domain>`` and ``p:<number>`` keys, as a tally counts them), or its sender does not own the template
+    (``foreign``). The template's watch fires on it at once; the send is
+    also in its reader's tally, which the watch judges when the bucket closes.
+    """
+
+    ts: int
+    template_id: str
+    message_id: str
+    sender_id: str
+    markers: tuple
+    foreign: bool

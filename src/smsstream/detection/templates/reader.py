@@ -19,7 +19,9 @@ from typing import Any, ClassVar
 
 from smsstream.detection.base import Part, partition_of
 from smsstream.detection.facts import TemplateRead, rank_of
-from smsstream.detection.templates.facts import MAX_LINKS, TEMPLATE_LINKS, TEMPLATE_READS, TemplateLink
+from smsstream.detection.templates.facts import (
+    MAX_LINKS, TEMPLATE_ALARMS, TEMPLATE_LINKS, TEMPLATE_READS, TemplateAlarm, TemplateLink,
+)
 from smsstream.detection.textshape import Markers, TemplateText, diff_words, signature
 from smsstream.records import SENDS, TEMPLATES
 
@@ -88,12 +90,18 @@ def marker_keys(m: Markers) -> tuple[str, ...]:
     return keys
 
 
+#: What a reader raises an alarm for at most once per alert repeat interval, and how many it remembers.
+MAX_ALARMED = 32
+
+
 @dataclass(slots=True)
 class ReaderState:
     registered: TemplateText | None = None
     owner: str | None = None
     last_ts: int = 0
     links: list = field(default_factory=list)  # domains already told to the sender's link book
+    #: marker key or ``"sender:<id>"`` -> when this reader last raised an alarm for it
+    alarmed: dict = field(default_factory=dict)
 
 
 class TemplateReader(Part):
@@ -101,7 +109,7 @@ class TemplateReader(Part):
 
     name = "template_hijack_reader"
     inputs: ClassVar = {SENDS: _reader_of, TEMPLATES: _readers_of}
-    emits = (TEMPLATE_READS, TEMPLATE_LINKS)
+    emits = (TEMPLATE_READS, TEMPLATE_LINKS, TEMPLATE_ALARMS)
 
     @classmethod
     def spread_over(cls, partitions: int) -> type[Part]:
@@ -143,6 +151,9 @@ class TemplateReader(Part):
         read, found = self._read(state, key, value)
         self.save(key, state)
         facts: list[tuple[str, Any]] = [(TEMPLATE_READS, read)]
+        alarm = self._alarm(state, value, read)
+        if alarm is not None:
+            facts.append((TEMPLATE_ALARMS, alarm))
         for domain in found:
             # Told once per sender: another sender carrying the template's link is news for its own book.
             told = domain if value.sender_id == state.owner else f"{value.sender_id} {domain}"
@@ -153,6 +164,26 @@ class TemplateReader(Part):
             facts.append((TEMPLATE_LINKS, TemplateLink(value.ts, value.sender_id, value.template_id, domain,
                                                        value.message_id, foreign)))
         return facts
+
+    def _alarm(self, state: ReaderState, send, read: TemplateRead) -> TemplateAlarm | None:
+        """A send of a registered template with an injected link or callback number, or from a sender that
+        does not own it: evidence on its own, for the template's watch at once (once per repeat interval)."""
+        if state.registered is None or state.owner is None:
+            return None
+        markers = tuple(k for k in read.unregistered if k[0] in "dp")
+        foreign = send.sender_id != state.owner
+        if not markers and not foreign:
+            return None
+        keys = markers + ((f"sender:{send.sender_id}",) if foreign else ())
+        alarmed = state.alarmed
+        repeat = self.ctx.alert_repeat_ms
+        if all(send.ts - alarmed.get(k, send.ts - repeat) < repeat for k in keys):
+            return None
+        for k in keys:
+            alarmed[k] = send.ts
+        while len(alarmed) > MAX_ALARMED:
+            del alarmed[min(alarmed, key=alarmed.__getitem__)]
+        return TemplateAlarm(send.ts, send.template_id, send.message_id, send.sender_id, markers, foreign)
 
     def _read(self, state: ReaderState, key: str, send) -> tuple[TemplateRead, tuple]:
         """The send as its template's tally counts it, and the link domains it carries."""

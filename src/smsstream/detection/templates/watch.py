@@ -5,7 +5,8 @@ what the template's traffic taught it (``state.TemplateState``), merges the
 tallies of the template's readers for each closed bucket and judges the
 bucket three ways, all on the one alert ``template_hijack/template/<id>``:
 its content (``content``), its sender (``owner``) and its volume by source
-(``volume``). It tells the sender's book the links a registration carries
+(``volume``). A send that is evidence on its own (``alarm``) fires the alert
+the moment it is read, ahead of its bucket. It tells the sender's book the links a registration carries
 and where a registered template's sends came from.
 """
 
@@ -16,9 +17,11 @@ from typing import Any, ClassVar, Iterable
 from smsstream.detection.alerts import Finding, one_alert
 from smsstream.detection.base import Part
 from smsstream.detection.facts import OTHER, TemplateRead, TemplateTally
+from smsstream.detection.templates.alarm import judge_alarm
 from smsstream.detection.templates.content import judge_markers
 from smsstream.detection.templates.facts import (
-    MAX_LINKS, TEMPLATE_LINKS, TEMPLATE_READS, TEMPLATE_SOURCES, SourceCount, TemplateLink, TemplateSources,
+    MAX_LINKS, TEMPLATE_ALARMS, TEMPLATE_LINKS, TEMPLATE_READS, TEMPLATE_SOURCES, SourceCount, TemplateLink,
+    TemplateSources,
 )
 from smsstream.detection.templates.owner import judge_owner
 from smsstream.detection.templates.sources import knows_its_sources
@@ -40,7 +43,7 @@ class TemplateWatch(Part):
     """Per template: content, owner and sources against its registration and its own history."""
 
     name = "template_hijack"
-    inputs: ClassVar = {TEMPLATES: _template_id, TEMPLATE_READS: _template_of}
+    inputs: ClassVar = {TEMPLATES: _template_id, TEMPLATE_READS: _template_of, TEMPLATE_ALARMS: _template_of}
     emits = (TEMPLATE_LINKS, TEMPLATE_SOURCES)
 
     def idle_since(self, state: TemplateState) -> int:
@@ -50,6 +53,12 @@ class TemplateWatch(Part):
     # --- input -----------------------------------------------------------------
 
     def process(self, topic: str, key: str, value: Any):
+        if topic == TEMPLATE_ALARMS:
+            alarm_state = self.entities.get(key)
+            if alarm_state is not None:
+                for finding in judge_alarm(self.ctx, alarm_state, value):
+                    self.fire_now(finding, key)
+            return None
         state = self.entities.get(key)
         if state is None or (state.last_ts and value.ts - state.last_ts > self.ctx.idle_ms):
             # New, or idle so long that its learned traffic says nothing any more.
