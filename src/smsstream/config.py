@@ -42,10 +42,14 @@ class Settings:
     pseudonym_key: Secret | None = field(default=None, repr=False)
     alert_repeat_s: int = 3600
     metrics_port: int = 9108
+    #: Whether ``SMSSTREAM_METRICS_PORT`` was set: the demo picks a free port when it was not.
+    metrics_port_set: bool = False
     alertmanager_url: str | None = None
     #: Faust table store: ``memory://`` (tests, demo) or ``rocksdb://`` (production).
     store: str = "memory://"
     data_dir: str = "./smsstream-data"
+    #: Downloads kept between runs: Apache Kafka's jars for ``smsstream broker --engine kafka``.
+    cache_dir: str = "~/.cache/smsstream"
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @classmethod
@@ -57,9 +61,11 @@ class Settings:
             pseudonym_key=Secret(key) if key else None,
             alert_repeat_s=_int(env, "SMSSTREAM_ALERT_REPEAT_S", cls.alert_repeat_s, minimum=1),
             metrics_port=_int(env, "SMSSTREAM_METRICS_PORT", cls.metrics_port, minimum=0),
+            metrics_port_set=bool(env.get("SMSSTREAM_METRICS_PORT")),
             alertmanager_url=env.get("SMSSTREAM_ALERTMANAGER_URL") or None,
             store=env.get("SMSSTREAM_STORE", cls.store),
             data_dir=env.get("SMSSTREAM_DATA_DIR", cls.data_dir),
+            cache_dir=env.get("SMSSTREAM_CACHE_DIR") or _cache_dir(env),
             security=_security(env),
         )
 
@@ -70,6 +76,12 @@ class Settings:
                 "Set it to a secret string (the same on every worker and for `evaluate`)."
             )
         return self.pseudonym_key
+
+
+def _cache_dir(env: Mapping[str, str]) -> str:
+    """``$XDG_CACHE_HOME/smsstream``, else ``~/.cache/smsstream`` (the XDG base directory rule)."""
+    base = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "smsstream")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
