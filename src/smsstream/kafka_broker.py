@@ -190,8 +190,10 @@ class KafkaBroker:
             "transaction.state.log.num.partitions": "4",
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
-            # one member per group on a development broker: no reason to wait for more to join
-            "group.initial.rebalance.delay.ms": "0",
+            # Kafka's default, kept on purpose: a new group's first assignment waits 3 s, by which time a
+            # worker's internal topics, created just before it joins, are in the metadata the assignment
+            # reads. At 0, Faust's assignor skipped smsstream-part-template_hijack and that part never ran.
+            "group.initial.rebalance.delay.ms": "3000",
             **self.properties,
         }
         path = self._workdir / "server.properties"
