@@ -26,6 +26,7 @@ from jsonschema import Draft202012Validator
 
 import brokers
 from smsstream.broker import free_port
+from smsstream.kafka_broker import console_consumer, resolve_jars
 from smsstream.records import ALERTS, DEAD_LETTER, SENDS
 from smsstream.topics import apply_topics, load_specs
 from smsstream.worker.process import WorkerProcess
@@ -107,6 +108,14 @@ def read_with_confluent_kafka(bootstrap: str, topic: str, count: int) -> list[tu
     finally:
         consumer.close()
     return out
+
+
+def read_with_console_consumer(bootstrap: str, topic: str, count: int) -> list[tuple[bytes, bytes]]:
+    """Kafka's own console consumer, by the command the README and the demo print (key, a tab, the value)."""
+    command = console_consumer(bootstrap, topic) + f" --max-messages {count} --timeout-ms 90000"
+    done = subprocess.run(command, shell=True, capture_output=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    return [tuple(line.split(b"\t", 1)) for line in done.stdout.splitlines()]
 
 
 def read_with_aiokafka(bootstrap: str, topic: str, count: int) -> list:
@@ -211,17 +220,21 @@ def contract_key(topic: str, value: dict, key: bytes) -> bytes:
     return value["dedup_key"].encode() if topic == ALERTS else key
 
 
-@pytest.mark.parametrize("client", ["kcat", "confluent-kafka"])
-@pytest.mark.parametrize("topic", [ALERTS, DEAD_LETTER])
+@pytest.mark.parametrize(("client", "topic"), [
+    ("kcat", ALERTS), ("kcat", DEAD_LETTER), ("confluent-kafka", ALERTS), ("confluent-kafka", DEAD_LETTER),
+    ("console-consumer", DEAD_LETTER),
+])
 def test_a_downstream_client_reads_the_output_topics_with_contract_keys_and_valid_values(
         own_broker, scenario, kcat, client, topic):
-    if client == "kcat":
-        need_kcat(kcat, own_broker)
     reference = scenario["alerts"] if topic == ALERTS else scenario["dead"]
     if client == "kcat":
+        need_kcat(kcat, own_broker)
         got = read_with_kcat(own_broker.bootstrap, topic)
-    else:
+    elif client == "confluent-kafka":
         got = read_with_confluent_kafka(own_broker.bootstrap, topic, len(reference))
+    else:
+        resolve_jars()
+        got = read_with_console_consumer(own_broker.bootstrap, topic, len(reference))
     validator = Draft202012Validator(SPECS[topic].schema())
     assert sorted(got) == sorted((m.key, m.value) for m in reference), "not the records aiokafka reads"
     for key, value in got:
