@@ -106,7 +106,7 @@ echo "$@" >> "$(dirname "$pom")/calls"
     lib = resolve_jars(settings, progress=said.append)
     assert lib == jar_dir(settings) and (lib / "kafka_2.13-0.jar").exists()
     assert (lib.parent / "pom.xml").read_text().count("kafka_2.13") == 1
-    assert "first use" in said[0] and "  2 files fetched ..." in said and "2 jars" in said[-1]
+    assert "first use" in said[0] and "  2 files downloaded so far ..." in said and "2 jars" in said[-1]
     assert resolve_jars(settings, progress=said.append) == lib
     assert len((lib.parent / "calls").read_text().splitlines()) == 1, "fetched again although cached"
 

@@ -99,7 +99,7 @@ def _run_maven(command: list[str], progress: Callable[[str], None]) -> list[str]
                 fetched += 1
             if time.monotonic() - said >= PROGRESS_EVERY_S:
                 said = time.monotonic()
-                progress(f"  {fetched} files fetched ...")
+                progress(f"  {fetched} files downloaded so far ...")
         code = process.wait()
     finally:
         if process.poll() is None:
