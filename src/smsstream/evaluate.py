@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from smsstream.config import Settings
 from smsstream.errors import ConfigError, SmsstreamError
 from smsstream.pseudonym import Pseudonymizer
 
@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--days {args.days} must be positive")
     episodes = read_episodes(args.labels)
     alerts = read_alerts(args.alerts)
-    key = os.environ.get("SMSSTREAM_PSEUDONYM_KEY")
+    key = Settings.from_env().pseudonym_key
     pseudonymise_entities(episodes, Pseudonymizer(key) if key else None)
     if args.days is not None:
         days, source = float(args.days), "--days"
