@@ -112,7 +112,8 @@ echo "$@" >> "$(dirname "$pom")/calls"
 
 
 def test_a_failed_fetch_names_the_fix_and_is_tried_again_next_time(tmp_path, monkeypatch):
-    bin_dir = fake_maven(tmp_path / "bin", 'echo "[ERROR] Could not transfer artifact: Network is unreachable"; exit 1\n')
+    unreachable = 'echo "[ERROR] Could not transfer artifact: Network is unreachable"; exit 1\n'
+    bin_dir = fake_maven(tmp_path / "bin", unreachable)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     settings = Settings(cache_dir=str(tmp_path / "cache"))
     with pytest.raises(BrokerStartError, match="Maven Central.*Network is unreachable"):

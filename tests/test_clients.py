@@ -76,27 +76,32 @@ def write_with_confluent_kafka(bootstrap: str, topic: str, partition: int, recor
     assert producer.flush(60) == 0 and failures == []
 
 
-def read_with_kcat(bootstrap: str, topic: str) -> list[tuple[bytes, bytes]]:
-    """``kcat -C -J``: every record of ``topic`` from the start, as key and value bytes."""
+def read_with_kcat(bootstrap: str, topic: str) -> list[tuple[int, bytes | None, bytes | None]]:
+    """``kcat -C -J``: every record of ``topic`` from the start, as partition, key and value."""
     done = subprocess.run(["kcat", "-b", bootstrap, "-C", "-t", topic, "-o", "beginning", "-e", "-J"],
                           capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     out = []
     for line in done.stdout.decode("utf-8", "surrogateescape").splitlines():
         envelope = json.loads(line)
-        out.append((envelope["key"].encode("utf-8", "surrogateescape"),
-                    envelope["payload"].encode("utf-8", "surrogateescape")))
+        key, payload = envelope["key"], envelope["payload"]
+        out.append((envelope["partition"], None if key is None else key.encode("utf-8", "surrogateescape"),
+                    None if payload is None else payload.encode("utf-8", "surrogateescape")))
     return out
 
 
-def read_with_confluent_kafka(bootstrap: str, topic: str, count: int) -> list[tuple[bytes, bytes]]:
-    """A consumer group, as a downstream service reads: subscribe, poll until ``count`` records came."""
-    from confluent_kafka import Consumer
+def read_with_confluent_kafka(bootstrap: str, topic: str, count: int,
+                              group: bool = True) -> list[tuple[int, bytes | None, bytes | None]]:
+    """As a downstream service reads: in a consumer group, or (``group=False``) every partition from its start."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"downstream-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", **QUIET})
-    consumer.subscribe([topic])
-    out: list[tuple[bytes, bytes]] = []
+                         "auto.offset.reset": "earliest", "enable.auto.commit": group, **QUIET})
+    if group:
+        consumer.subscribe([topic])
+    else:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(SPECS[topic].partitions)])
+    out: list[tuple[int, bytes | None, bytes | None]] = []
     deadline = time.monotonic() + 120
     try:
         while len(out) < count and time.monotonic() < deadline:
@@ -104,7 +109,7 @@ def read_with_confluent_kafka(bootstrap: str, topic: str, count: int) -> list[tu
             if message is None:
                 continue
             assert message.error() is None, message.error()
-            out.append((message.key(), message.value()))
+            out.append((message.partition(), message.key(), message.value()))
     finally:
         consumer.close()
     return out
@@ -193,14 +198,24 @@ def test_every_input_topic_is_written_by_both_clients_where_kcat_can(scenario, k
     assert all(clients == want for clients in by_topic.values()), dict(by_topic)
 
 
-def test_records_written_by_kcat_and_confluent_kafka_arrive_byte_for_byte_in_order(own_broker, scenario):
+@pytest.mark.parametrize("reader", ["aiokafka", "kcat", "confluent-kafka"])
+def test_records_written_by_kcat_and_confluent_kafka_read_back_byte_for_byte_in_order(
+        own_broker, scenario, kcat, reader):
+    if reader == "kcat":
+        need_kcat(kcat, own_broker)
     for topic in INPUTS:
         written = scenario["written"][topic]
-        got = read_with_aiokafka(own_broker.bootstrap, topic, sum(map(len, written.values())))
+        count = sum(map(len, written.values()))
+        if reader == "aiokafka":
+            got = [(m.partition, m.key, m.value) for m in read_with_aiokafka(own_broker.bootstrap, topic, count)]
+        elif reader == "kcat":
+            got = read_with_kcat(own_broker.bootstrap, topic)
+        else:
+            got = read_with_confluent_kafka(own_broker.bootstrap, topic, count, group=False)
         by_partition: dict[int, list] = defaultdict(list)
-        for message in got:
-            by_partition[message.partition].append((message.key, message.value))
-        assert dict(by_partition) == dict(written), f"{topic} differs from what the clients wrote"
+        for partition, key, value in got:
+            by_partition[partition].append((key, value))
+        assert dict(by_partition) == dict(written), f"{topic} read by {reader} differs from what the clients wrote"
     tombstones = [v for records in scenario["written"]["sms.borrowers"].values() for _, v in records if v is None]
     assert tombstones, "the scenario should remove a borrower (a null value) so tombstones are tried"
 
@@ -229,9 +244,10 @@ def test_a_downstream_client_reads_the_output_topics_with_contract_keys_and_vali
     reference = scenario["alerts"] if topic == ALERTS else scenario["dead"]
     if client == "kcat":
         need_kcat(kcat, own_broker)
-        got = read_with_kcat(own_broker.bootstrap, topic)
+        got = [(key, value) for _, key, value in read_with_kcat(own_broker.bootstrap, topic)]
     elif client == "confluent-kafka":
-        got = read_with_confluent_kafka(own_broker.bootstrap, topic, len(reference))
+        read = read_with_confluent_kafka(own_broker.bootstrap, topic, len(reference))
+        got = [(key, value) for _, key, value in read]
     else:
         resolve_jars()
         got = read_with_console_consumer(own_broker.bootstrap, topic, len(reference))
@@ -270,7 +286,7 @@ def test_a_topic_compacted_as_sms_alerts_is_keeps_the_latest_record_of_each_dedu
         write_with_kcat(own_broker.bootstrap, topic, 0, [(b"roll", b"{}")], tmp)  # closes the segment above
         deadline = time.monotonic() + 60
         while True:
-            kept = [(k, v) for k, v in read_with_kcat(own_broker.bootstrap, topic) if k != b"roll"]
+            kept = [(k, v) for _, k, v in read_with_kcat(own_broker.bootstrap, topic) if k != b"roll"]
             if len(kept) == len(latest) or time.monotonic() > deadline:
                 break
             time.sleep(1)

@@ -71,7 +71,7 @@ def table_header() -> str:
 
 
 def alert_lines(alert: dict, columns: int = 80) -> str:
-    """One alert: event time of its window end, severity (or ``resolved``), kind and entity; below, reason and summary."""
+    """One alert: time of its window end, severity (or ``resolved``), kind and entity; below, reason and summary."""
     when = datetime.fromtimestamp(alert["window_end"] / 1000, tz=timezone.utc).strftime("%a %H:%M")
     severity = alert["severity"] if alert["status"] == "firing" else "resolved"
     cells = (when, severity, alert["kind"])

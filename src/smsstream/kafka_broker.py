@@ -161,7 +161,7 @@ class KafkaBroker:
         return f"kafka://{self.bootstrap}"
 
     def java(self, main_class: str, *args: str, heap: str | None = None) -> list[str]:
-        """The command line that runs ``main_class`` from Kafka's jars (the broker, its storage tool, a console tool)."""
+        """The command line that runs ``main_class`` from Kafka's jars (the broker, its storage tool)."""
         assert self.lib is not None and self._java is not None, "jars not resolved: call start() first"
         return [
             self._java, f"-Xmx{heap or self.heap}", "-XX:+UseSerialGC", "-Djava.awt.headless=true",
