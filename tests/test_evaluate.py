@@ -208,12 +208,15 @@ def test_alerts_pseudonymised_under_the_same_key_raise_no_warning(tmp_path, monk
     assert captured.err == "" and "100%" in captured.out
 
 
-def test_the_table_fits_80_columns():
+def test_the_table_fits_80_columns_missed_episodes_included():
     eps = [episode("e1", "delivery_failure_spike", [("carrier", "jio")], T0, T0 + H)]
+    eps += [episode(f"ep{i:03d}-account_flapping_slow", "rebind_anomaly", [("device", "d")], T0, T0 + H)
+            for i in range(8)]
     alerts = [alert("delivery_failure_spike", "carrier", "jio", T0 + 5_000_000),
               alert("non_borrower_spike", "sender", "x", T0 + 60_000)]
     table = render_table(score(eps, alerts, days=1), "--days")
     assert "1h23m" in table and "delivery_failure_spike" in table
+    assert all(f"ep{i:03d}-account_flapping_slow" in table for i in range(8))
     assert max(len(line) for line in table.splitlines()) <= 80
 
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import statistics
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -221,7 +222,8 @@ def render_table(result: dict, days_source: str) -> str:
     lines.append(f"simulated days: {result['days']:g} ({days_source})")
     if result["missed"]:
         shown = ", ".join(result["missed"][:10]) + (" ..." if len(result["missed"]) > 10 else "")
-        lines.append(f"missed episodes: {shown}")
+        lines.append(textwrap.fill(f"missed episodes: {shown}", width=80, subsequent_indent="  ",
+                                   break_long_words=False, break_on_hyphens=False))
     return "\n".join(lines)
 
 
