@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -129,8 +130,11 @@ def assert_scored_and_readable(run: DemoRun) -> None:
     assert "still open" in output and "recall" in output
     assert max(len(line) for line in run.lines if not line.startswith(("  kcat", "  java"))) <= 80
     kept = Path(re.search(r"stay in (\S+)", output).group(1))
-    assert (kept / "worker.log").stat().st_size > 0 and (kept / "alerts.jsonl").exists()
-    assert not (kept / "worker-data").exists()
+    try:
+        assert (kept / "worker.log").stat().st_size > 0 and (kept / "alerts.jsonl").exists()
+        assert not (kept / "worker-data").exists()
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)  # kept for a user; a test run leaves nothing in /tmp
 
 
 @pytest.mark.broker
