@@ -1,7 +1,7 @@
 """Shared fixtures: one real broker per test session, chosen by SMSSTREAM_TEST_BROKER.
 
 ``tansu`` (default) starts the embedded broker, ``kafka`` starts Apache Kafka
-from the jars of tests/kafka/pom.xml, anything else is taken as the bootstrap
+(``smsstream broker --engine kafka``), anything else is taken as the bootstrap
 address of a running broker. Tests that need it are marked ``@pytest.mark.broker``
 and take ``broker_url`` (Faust form, ``kafka://127.0.0.1:PORT``) or ``bootstrap``
 (``127.0.0.1:PORT``).

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from smsstream.cli import main
-from smsstream.evaluate import Episode, pseudonymise_entities, score
+from smsstream.evaluate import Episode, pseudonymise_entities, render_table, score, score_until
 from smsstream.pseudonym import Pseudonymizer
 
 KEY = "test-key"
@@ -175,3 +175,62 @@ def test_garbage_line_in_alerts_names_the_line(tmp_path, capsys):
     alerts.write_text(json.dumps(alert("template_hijack", "template", "t", T0)) + "\n{oops\n")
     assert main(["evaluate", "--labels", str(labels), "--alerts", str(alerts), "--days", "1"]) == 1
     assert "a.jsonl:2" in capsys.readouterr().err
+
+
+def rebind_run(tmp_path, alert_number: str):
+    """Labels naming a number, and alerts naming ``alert_number`` (a pseudonym under some key)."""
+    labels = tmp_path / "run.labels.jsonl"
+    write_jsonl(labels, [{"episode_id": "e1", "kind": "rebind_anomaly",
+                          "entities": [{"entity_type": "number", "entity_id": "+919812345678"},
+                                       {"entity_type": "account", "entity_id": "acme|A1"}],
+                          "start": T0, "end": T0 + H}])
+    alerts = tmp_path / "alerts.jsonl"
+    flapping = {**alert("rebind_anomaly", "account", "acme|A1", T0 + 60_000), "evidence": {"numbers": [alert_number]}}
+    write_jsonl(alerts, [alert("rebind_anomaly", "number", alert_number, T0 + 120_000), flapping])
+    return ["evaluate", "--labels", str(labels), "--alerts", str(alerts), "--days", "1"]
+
+
+def test_alerts_pseudonymised_under_another_key_are_flagged_with_the_fix(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SMSSTREAM_PSEUDONYM_KEY", KEY)
+    args = rebind_run(tmp_path, Pseudonymizer("the worker's other key").pseudonym("+919812345678"))
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "warning" in captured.err and "SMSSTREAM_PSEUDONYM_KEY" in captured.err and "\n" not in captured.err.strip()
+    assert "+919812345678" not in captured.err
+    assert main(args + ["--json"]) == 0
+    assert "SMSSTREAM_PSEUDONYM_KEY" in json.loads(capsys.readouterr().out)["warnings"][0]
+
+
+def test_alerts_pseudonymised_under_the_same_key_raise_no_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SMSSTREAM_PSEUDONYM_KEY", KEY)
+    assert main(rebind_run(tmp_path, Pseudonymizer(KEY).pseudonym("+919812345678"))) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "100%" in captured.out
+
+
+def test_the_table_fits_80_columns_missed_episodes_included():
+    eps = [episode("e1", "delivery_failure_spike", [("carrier", "jio")], T0, T0 + H)]
+    eps += [episode(f"ep{i:03d}-account_flapping_slow", "rebind_anomaly", [("device", "d")], T0, T0 + H)
+            for i in range(8)]
+    alerts = [alert("delivery_failure_spike", "carrier", "jio", T0 + 5_000_000),
+              alert("non_borrower_spike", "sender", "x", T0 + 60_000)]
+    table = render_table(score(eps, alerts, days=1), "--days")
+    assert "1h23m" in table and "delivery_failure_spike" in table
+    assert all(f"ep{i:03d}-account_flapping_slow" in table for i in range(8))
+    assert max(len(line) for line in table.splitlines()) <= 80
+
+
+def test_a_run_stopped_early_scores_only_episodes_detected_or_past_their_grace():
+    eps = [
+        episode("found", "template_hijack", [("template", "t1")], T0, T0 + 10 * H),
+        episode("over", "template_hijack", [("template", "t2")], T0, T0 + H),
+        episode("open", "template_hijack", [("template", "t3")], T0 + 2 * H, T0 + 3 * H),
+        episode("later", "template_hijack", [("template", "t4")], T0 + 9 * H, T0 + 10 * H),
+    ]
+    alerts = [alert("template_hijack", "template", "t1", T0 + 60_000)]
+    # stopped 3 h in: "over" had its whole window, "open" (ends at 3 h, 30 min grace) and "later" had not
+    result, still_open = score_until(eps, alerts, start=T0, until=T0 + 3 * H)
+    assert [e.episode_id for e in still_open] == ["open", "later"]
+    assert result["overall"]["episodes"] == 2 and result["overall"]["detected"] == 1
+    assert result["missed"] == ["over"]
+    assert result["days"] == 0.125

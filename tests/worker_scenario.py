@@ -49,15 +49,30 @@ def prepared(broker_url: str, bootstrap: str, tmp: Path) -> dict:
     """Topics applied, scenario produced (once per broker), and the alerts replay expects."""
     if broker_url not in _prepared:
         apply_topics(broker_url)
-        path = tmp / "events.jsonl"
-        subprocess.run([sys.executable, "-m", "smsstream", "simulate", *SCENARIO, "-q", "-o", str(path)],
-                       check=True, capture_output=True)
-        lines = path.read_bytes().splitlines()
-        expected: list[dict] = []
-        replay_lines(lines, NoFlush(Pseudonymizer(PSEUDONYM_KEY)), expected.append)
+        lines, expected = simulated(tmp)
         asyncio.run(produce(bootstrap, lines, MALFORMED))
         _prepared[broker_url] = {"lines": lines, "expected": expected}
     return _prepared[broker_url]
+
+
+def simulated(tmp: Path) -> tuple[list[bytes], list[dict]]:
+    """The scenario's lines (replay format) and the alerts replay writes for them before its final flush."""
+    path = tmp / "events.jsonl"
+    subprocess.run([sys.executable, "-m", "smsstream", "simulate", *SCENARIO, "-q", "-o", str(path)],
+                   check=True, capture_output=True)
+    lines = path.read_bytes().splitlines()
+    expected: list[dict] = []
+    replay_lines(lines, NoFlush(Pseudonymizer(PSEUDONYM_KEY)), expected.append)
+    return lines, expected
+
+
+def record(line: bytes) -> tuple[str, bytes | None, bytes | None]:
+    """A replay-format line as the Kafka record a producer writes: topic, key, value (None for a tombstone)."""
+    obj = orjson.loads(line)
+    value = obj["value"]
+    raw = None if value is None else value.encode() if isinstance(value, str) else orjson.dumps(value)
+    key = obj.get("key")
+    return obj["topic"], key.encode() if key else None, raw
 
 
 async def produce(bootstrap: str, lines: list[bytes], malformed: list[tuple[bytes, bytes]]) -> None:
@@ -69,11 +84,8 @@ async def produce(bootstrap: str, lines: list[bytes], malformed: list[tuple[byte
         for key, value in malformed:
             await producer.send(SENDS, value=value, key=key)
         for line in lines:
-            obj = orjson.loads(line)
-            value = obj["value"]
-            raw = None if value is None else value.encode() if isinstance(value, str) else orjson.dumps(value)
-            key = obj.get("key")
-            await producer.send(obj["topic"], value=raw, key=key.encode() if key else None)
+            topic, key, value = record(line)
+            await producer.send(topic, value=value, key=key)
         await producer.flush()
     finally:
         await producer.stop()

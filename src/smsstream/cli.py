@@ -18,7 +18,7 @@ from smsstream.errors import SmsstreamError
 COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("smsstream.worker.cli", "run a Faust worker (Faust CLI conventions apply)"),
     "topics": ("smsstream.topics", "create the topics from topics/, or report how existing ones differ"),
-    "broker": ("smsstream.broker", "run the embedded development broker (Tansu) on loopback"),
+    "broker": ("smsstream.broker", "run the embedded development broker (Tansu, or Apache Kafka) on loopback"),
     "simulate": ("smsstream.simulate.cli", "write labelled synthetic traffic to JSONL or to the broker"),
     "replay": ("smsstream.replay", "run the detectors offline over a JSONL file, no broker"),
     "evaluate": ("smsstream.evaluate", "score alerts against labelled attack episodes"),

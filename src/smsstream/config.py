@@ -97,6 +97,8 @@ class Settings:
     metrics_port: int = 9108
     #: interface for /health and /metrics: loopback by default, 0.0.0.0 for Kubernetes probes and scrapes
     bind_host: str = "127.0.0.1"
+    #: Whether ``SMSSTREAM_METRICS_PORT`` was set: the demo picks a free port when it was not.
+    metrics_port_set: bool = False
     alertmanager_url: str | None = None
     webhook_url: str | None = None
     webhook_secret: Secret | None = field(default=None, repr=False)
@@ -106,6 +108,8 @@ class Settings:
     data_dir: str = "./smsstream-data"
     #: the worker's consumer group and the prefix of its internal topics and tables
     app_id: str = "smsstream"
+    #: Downloads kept between runs: Apache Kafka's jars for ``smsstream broker --engine kafka``.
+    cache_dir: str = "~/.cache/smsstream"
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @classmethod
@@ -121,6 +125,7 @@ class Settings:
             late_horizon_s=_int(env, "SMSSTREAM_LATE_HORIZON_S", cls.late_horizon_s, minimum=0),
             metrics_port=_int(env, "SMSSTREAM_METRICS_PORT", cls.metrics_port, minimum=0),
             bind_host=env.get("SMSSTREAM_BIND_HOST") or cls.bind_host,
+            metrics_port_set=bool(env.get("SMSSTREAM_METRICS_PORT")),
             alertmanager_url=env.get("SMSSTREAM_ALERTMANAGER_URL") or None,
             webhook_url=env.get("SMSSTREAM_WEBHOOK_URL") or None,
             webhook_secret=Secret(webhook_secret) if webhook_secret else None,
@@ -128,6 +133,7 @@ class Settings:
             store=env.get("SMSSTREAM_STORE", cls.store),
             data_dir=env.get("SMSSTREAM_DATA_DIR", cls.data_dir),
             app_id=env.get("SMSSTREAM_APP_ID") or cls.app_id,
+            cache_dir=env.get("SMSSTREAM_CACHE_DIR") or _cache_dir(env),
             security=_security(env),
         )
 
@@ -145,6 +151,12 @@ class Settings:
                 "Set it to a secret string (the same on every worker and for `evaluate`)."
             )
         return self.pseudonym_key
+
+
+def _cache_dir(env: Mapping[str, str]) -> str:
+    """``$XDG_CACHE_HOME/smsstream``, else ``~/.cache/smsstream`` (the XDG base directory rule)."""
+    base = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "smsstream")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
+import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from smsstream.config import Settings
 from smsstream.errors import ConfigError, SmsstreamError
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.vocabulary import DAY_MS, FIRING, KINDS, MINUTE_MS, NUMBER
@@ -202,22 +204,63 @@ def _duration(seconds: float | None) -> str:
 
 
 def render_table(result: dict, days_source: str) -> str:
-    header = f"{'kind':<24} {'episodes':>8} {'detected':>8} {'recall':>7} {'false alarms':>12} {'FA/day':>7} {'TTD median':>10} {'TTD worst':>10}"
-    lines = [header, "-" * len(header)]
+    """The scores as a table that fits 80 columns (a terminal, a log, an issue)."""
+    head = (f"{'':<22} {'episodes':>8} {'detected':>8} {'recall':>6} {'false alarms':>16} {'time to detect':>15}\n"
+            f"{'kind':<22} {'':>8} {'':>8} {'':>6} {'count':>7} {'per day':>8} {'median':>7} {'worst':>7}")
+    rule = "-" * 80
+    lines = [head, rule]
     rows = list(result["kinds"].items()) + [("overall", result["overall"])]
     for name, s in rows:
         if name == "overall":
-            lines.append("-" * len(header))
+            lines.append(rule)
         recall = "-" if s["recall"] is None else f"{s['recall']:.0%}"
         lines.append(
-            f"{name:<24} {s['episodes']:>8} {s['detected']:>8} {recall:>7} {s['false_alarms']:>12} "
-            f"{s['false_alarms_per_day']:>7.2f} {_duration(s['ttd_median_s']):>10} {_duration(s['ttd_worst_s']):>10}"
+            f"{name:<22} {s['episodes']:>8} {s['detected']:>8} {recall:>6} {s['false_alarms']:>7} "
+            f"{s['false_alarms_per_day']:>8.2f} {_duration(s['ttd_median_s']):>7} {_duration(s['ttd_worst_s']):>7}"
         )
     lines.append(f"simulated days: {result['days']:g} ({days_source})")
     if result["missed"]:
         shown = ", ".join(result["missed"][:10]) + (" ..." if len(result["missed"]) > 10 else "")
-        lines.append(f"missed episodes: {shown}")
+        lines.append(textwrap.fill(f"missed episodes: {shown}", width=80, subsequent_indent="  ",
+                                   break_long_words=False, break_on_hyphens=False))
     return "\n".join(lines)
+
+
+def key_mismatch(episodes: list[Episode], alerts: list[dict]) -> str | None:
+    """A warning when the alerts name numbers but none of the labels' numbers (pseudonymised with our key).
+
+    Only alerts of kinds whose episodes name numbers are looked at, entity and
+    evidence alike: with the detectors' key some of them name a labelled
+    number; with another key none can.
+    """
+    labelled = {eid for e in episodes for etype, eid in e.entities if etype == "number"}
+    kinds = {e.kind for e in episodes if any(etype == "number" for etype, _ in e.entities)}
+    named: set[str] = set()
+    for alert in alerts:
+        if alert.get("kind") not in kinds:
+            continue
+        if alert.get("entity_type") == "number":
+            named.add(str(alert["entity_id"]))
+        evidence = alert.get("evidence")
+        if isinstance(evidence, dict) and isinstance(evidence.get("numbers"), list):
+            named.update(str(n) for n in evidence["numbers"])
+    if not labelled or not named or named & labelled:
+        return None
+    return (
+        f"none of the {len(named)} numbers the alerts name matches a number of the labels: the alerts were "
+        "probably made with another SMSSTREAM_PSEUDONYM_KEY, so episodes named by a number cannot be matched; "
+        "set SMSSTREAM_PSEUDONYM_KEY to the key the worker or replay ran with"
+    )
+
+
+def score_until(episodes: list[Episode], alerts: list[dict], start: int, until: int) -> tuple[dict, list[Episode]]:
+    """The scores of a run stopped at event time ``until`` (the demo): an episode counts once it is
+    detected or once its time to be detected (its end plus the grace) is over; the others are still
+    open and returned apart."""
+    score(episodes, alerts, 1)
+    closed = [e for e in episodes if e.detected_at is not None or e.end + GRACE_MS <= until]
+    still_open = [e for e in episodes if e.detected_at is None and e.end + GRACE_MS > until]
+    return score(closed, alerts, max(until - start, 3_600_000) / DAY_MS), still_open
 
 
 # --- command -------------------------------------------------------------------
@@ -234,15 +277,19 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--days {args.days} must be positive")
     episodes = read_episodes(args.labels)
     alerts = read_alerts(args.alerts)
-    key = os.environ.get("SMSSTREAM_PSEUDONYM_KEY")
+    key = Settings.from_env().pseudonym_key
     pseudonymise_entities(episodes, Pseudonymizer(key) if key else None)
     if args.days is not None:
         days, source = float(args.days), "--days"
     else:
         days, source = simulated_days(args.labels, episodes, alerts)
+    warning = key_mismatch(episodes, alerts)
     result = score(episodes, alerts, days)
     if args.json:
-        print(json.dumps({**result, "days_source": source}, indent=2))
+        print(json.dumps({**result, "days_source": source, "warnings": [warning] if warning else []}, indent=2))
     else:
         print(render_table(result, source))
+    if warning:
+        sys.stdout.flush()
+        print(f"smsstream evaluate: warning: {warning}", file=sys.stderr)
     return 0
