@@ -92,7 +92,9 @@ def test_same_findings_give_the_same_alert_ids():
 def test_record_has_every_contract_field_and_bounded_evidence():
     evidence = {"message_ids": [f"m{i}" for i in range(50)], "carriers": {"a": 3}}
     record = stamp(AlertBook().offer(finding(0, evidence=evidence))[0], now_ms=123)
-    assert set(record) == CONTRACT_FIELDS
+    # every contract field, and of the optional ones only when the evidence became sufficient
+    assert set(record) == CONTRACT_FIELDS | {"sufficient_at"}
+    assert record["sufficient_at"] == record["window_end"]
     assert record["detected_at"] == 123
     assert record["dedup_key"] == "delivery_failure_spike/sender/lender-a"
     assert len(record["evidence"]["message_ids"]) == MAX_EVIDENCE

@@ -63,13 +63,14 @@ def scraped(broker_url, bootstrap, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("monitoring")
     prepared(broker_url, bootstrap, tmp)
     env = worker_env(broker_url, tmp)
-    worker = WorkerProcess(env, free_port(), tmp / "worker.log").start()
     prometheus = PrometheusServer({names.WORKER_JOB: [f"127.0.0.1:{env['SMSSTREAM_METRICS_PORT']}"]},
                                   [DEPLOY / "prometheus" / RULES_FILE])
+    # scraping from before the worker starts: it reads the scenario in seconds, and rates are data only then
+    prometheus.start()
+    started = time.time()
+    worker = WorkerProcess(env, free_port(), tmp / "worker.log").start()
     try:
         worker.wait_ready()
-        prometheus.start()
-        started = time.time()
         wanted = [q for q in dashboard_queries() if q[:3] not in EXPECTED_MISSING]
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
