@@ -26,10 +26,11 @@ State rules for every part:
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, MutableMapping
 
 from smsstream.detection.alerts import AlertBook, Finding
+from smsstream.detection.controls import ControlBook
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.vocabulary import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
 
@@ -57,6 +58,9 @@ class PartContext:
     lateness_ms: int = DEFAULT_LATENESS_MS
     late_horizon_ms: int = DEFAULT_LATE_HORIZON_MS
     idle_ms: int = DEFAULT_IDLE_MS
+    #: the operator controls in force (``controls``); not part of any state: the worker reads them from
+    #: their topic, replay from its configuration
+    controls: ControlBook = field(default_factory=ControlBook)
 
     def pseudonym(self, number: str) -> str:
         return self.pseudonymizer.pseudonym(number)
@@ -136,7 +140,10 @@ class Part:
         that replay and the worker write the same record whatever else they
         have taken of the open bucket by then.
         """
-        self.fired.extend(self.book.offer(finding, key))
+        records = self.book.offer(finding, key)
+        if self.ctx.controls.active:
+            records = [self.ctx.controls.mark(r) for r in records]
+        self.fired.extend(records)
 
     def save(self, key: str, state: Any) -> None:
         """Write a new or replaced state under its key."""
@@ -180,6 +187,9 @@ class Part:
                     out.extend(self.book.offer(finding, key))
         self.closed_until = limit
         out.extend(self.book.advance(limit))
+        if out and self.ctx.controls.active:
+            # silences and shadows only mark what the lifecycle writes (``ControlBook.mark``)
+            out = [self.ctx.controls.mark(r) for r in out]
         return out
 
     def flush(self) -> list[dict]:

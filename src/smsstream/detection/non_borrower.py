@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from smsstream.detection.base import Part
+from smsstream.detection.controls import NON_BORROWER_SENDS, Subject
 from smsstream.detection.facts import LOAN_SENDS, LoanSend, RoutineCount
 from smsstream.detection.share import Share, SharePart, ShareState, window_samples
 from smsstream.records import BORROWERS, LOAN_OBLIGATION, SENDS
@@ -154,6 +155,16 @@ class _NonBorrowerShare(SharePart):
 
     def why(self, share: Share) -> str:
         return "Likely a purchased number list or another lender's book being messaged as debtors."
+
+    def allowance(self, subject: Subject, t: int) -> tuple[float, tuple[str, ...]]:
+        """An allowed ceiling of non-borrower sends (marketing-like traffic the operator expects): the most
+        specific ``non_borrower_sends`` allowance in force."""
+        if NON_BORROWER_SENDS not in self.ctx.controls.present:
+            return 0.0, ()
+        allowed = self.ctx.controls.allowances(NON_BORROWER_SENDS, subject, t)
+        if not allowed:
+            return 0.0, ()
+        return allowed[0].ceiling or 0.0, (allowed[0].id,)
 
     def evidence(self, state: ShareState, column: int, since: int, k: int, n: int, until: int | None = None) -> dict:
         hits = window_samples(state.samples[column], since, until)
