@@ -39,6 +39,8 @@ def run(args: list[str]) -> int:
         topic_partitions = asyncio.run(preflight(settings))
     worker = build(settings, topic_partitions=topic_partitions)
     if topic_partitions:
+        # every entry written so far is in force before the first event is judged
+        asyncio.run(worker.controls.load())
         metrics.serve(worker.registry, settings.metrics_port, host=settings.bind_host)
     argv = list(args)
     if not argv or argv[0] not in FAUST_COMMANDS:

@@ -1,0 +1,243 @@
+"""Operator controls through two running workers on a real broker of this module's own.
+
+The workers' own broker: this module writes the input topics in three parts
+(with control entries written between the first two, and both workers
+restarted between the last two), which the shared scenario of the other
+worker tests must not see. Along the way: both workers hold a change within
+10 s of its writing; their alerts are replay's under the same entries, across
+the restart; a silence, a partner allowance and a shadow change exactly the
+alerts they name; invalid entries are dead-lettered and change nothing; and
+a notifier pages none of the shadowed or silenced records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+
+import brokers
+from conftest import PSEUDONYM_KEY
+from paging import NotifierProcess, Receiver, notifier_env, wait_for
+from smsstream.broker import free_port
+from smsstream.config import Settings
+from smsstream.controls.store import write_records
+from smsstream.detection.controls import ControlBook, parse_entry
+from smsstream.pseudonym import Pseudonymizer
+from smsstream.records import ALERTS, CONTROLS, DEAD_LETTER
+from smsstream.replay import replay_lines
+from smsstream.topics import apply_topics
+from smsstream.worker.process import WorkerProcess
+from worker_scenario import NoFlush, consume, episodes, log_digest, produce, simulated, worker_env
+
+#: Where the scenario is cut (event time): before the first non-borrower attack, and after the foreign sender.
+CHANGE_AT = 1_772_805_000_000
+RESTART_AT = 1_772_860_000_000
+EVERPAY_KEY = "non_borrower_spike/sender/everpay"
+
+
+def entries(now_ms: int) -> list[tuple[str, dict | None]]:
+    """The controls written between the first two parts: three valid, two invalid (one an update of a valid one)."""
+    def entry(control: str, scope: dict, **fields) -> dict:
+        return {"control": control, "scope": scope, "set_by": "oncall", "why": "worker test", "ts": CHANGE_AT,
+                **fields}
+
+    silenced_until = now_ms + 86_400_000  # wall clock: the notifier holds the silence back until then
+    return [
+        ("mute-everpay", entry("silence", {"kind": "non_borrower_spike", "entity_type": "sender",
+                                           "entity_id": "everpay"}, until=silenced_until)),
+        ("mute-everpay-rebinds", entry("silence", {"kind": "rebind_anomaly", "sender_id": "everpay"},
+                                       until=silenced_until)),
+        ("partner-swiftpaisa", entry("allow", {"template_id": "T00056"}, allow="partner_senders",
+                                     senders=["swiftpaisa"])),
+        ("try-flapping", entry("shadow", {"reason": "account_flapping"})),
+        ("mute-starpay", entry("silence", {"sender_id": "starpay"})),  # invalid: no until
+        ("mute-everpay", entry("silence", {"sender_id": "everpay"}, until="tomorrow")),  # invalid update
+    ]
+
+
+def book_of(written: list[tuple[str, dict | None]]) -> ControlBook:
+    book = ControlBook()
+    for key, value in written:
+        try:
+            book.apply(key, parse_entry(key, value))
+        except Exception:
+            pass
+    return book
+
+
+def ts_of(line: bytes) -> int:
+    value = orjson.loads(line)["value"]
+    return value.get("ts", 0) if isinstance(value, dict) else 0
+
+
+def replayed(lines: list[bytes], book: ControlBook | None = None) -> list[dict]:
+    out: list[dict] = []
+    replay_lines(lines, NoFlush(Pseudonymizer(PSEUDONYM_KEY), controls=book), out.append)
+    return out
+
+
+def health_ids(worker: WorkerProcess) -> set[str]:
+    return set(((worker.health() or {}).get("controls") or {}).get("ids", ()))
+
+
+@pytest.fixture(scope="module")
+def own_broker():
+    choice = brokers.choice()
+    if choice not in ("tansu", "kafka"):
+        pytest.skip("writes the contract's input topics in parts, so needs a broker of its own (tansu or kafka)")
+    try:
+        with brokers.running_broker(choice) as broker:
+            yield broker
+    except brokers.BrokerFailed as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def run(own_broker, tmp_path_factory):
+    """The scenario in three parts through two workers, with controls and a restart; what was seen."""
+    tmp = tmp_path_factory.mktemp("controls")
+    url, bootstrap = own_broker.url, own_broker.bootstrap
+    apply_topics(url)
+    lines, _ = simulated(tmp)
+    # cut by event time, so that nothing of a part is older than what the workers closed at the end of the last
+    parts = [[line for line in lines if lo <= ts_of(line) < hi]
+             for lo, hi in ((0, CHANGE_AT), (CHANGE_AT, RESTART_AT), (RESTART_AT, 1 << 62))]
+    lines = [line for part in parts for line in part]
+    written = entries(int(time.time() * 1000))
+    plain, expected = replayed(lines), replayed(lines, book_of(written))
+    env = worker_env(url, tmp)
+    seen: dict = {"plain": plain, "expected": expected}
+    receiver = Receiver()
+    notifier = NotifierProcess(notifier_env(url, tmp, SMSSTREAM_WEBHOOK_URL=receiver.url("/webhook"),
+                                            SMSSTREAM_WEBHOOK_SECRET="s", SMSSTREAM_NOTIFY_START="earliest"),
+                               tmp / "notify.log").start()
+
+    def start(name: str) -> WorkerProcess:
+        return WorkerProcess({**env, "SMSSTREAM_METRICS_PORT": str(free_port())}, free_port(),
+                             tmp / f"{name}.log").start()
+
+    def until_episodes(part: list[bytes], timeout: float) -> list:
+        """The alert records so far, once every episode record replay writes for time the part has passed is in."""
+        upto = max(map(ts_of, part)) - 2 * 60_000  # buckets close (and alerts resolve) behind the latest event
+        want = {e for e in episodes(expected) if e[6] < upto}
+        got = asyncio.run(consume(bootstrap, ALERTS, lambda ms: set(episodes([orjson.loads(m.value) for m in ms]))
+                                  >= want, timeout))
+        missing = want - set(episodes([orjson.loads(m.value) for m in got]))
+        assert not missing, f"{len(missing)} records never came, e.g. {sorted(missing)[:3]}\n{log_digest(*workers)}"
+        return got
+
+    # one after the other: two workers of a new app id starting at once on Apache Kafka can be assigned
+    # partitions before Faust has created the internal topics, which aiokafka then ignores for minutes
+    workers = [start("first")]
+    try:
+        workers[0].wait_ready()
+        workers.append(start("second"))
+        workers[1].wait_ready()
+        notifier.wait_ready()
+        asyncio.run(produce(bootstrap, parts[0], []))
+        until_episodes(parts[0], 180)
+
+        asyncio.run(write_records(Settings.from_env({"SMSSTREAM_BROKER": url}), written))
+        written_at = time.monotonic()
+        valid = {key for key, _ in written[:4]}
+        wait_for(lambda: all(valid <= health_ids(w) for w in workers), 30, "both workers to hold the entries")
+        seen["applied_after_s"] = time.monotonic() - written_at
+        seen["health"] = [w.health() for w in workers]
+        asyncio.run(produce(bootstrap, parts[1], []))
+        until_episodes(parts[1], 180)
+
+        for w in workers:
+            w.stop()
+        workers = [start("first-again"), start("second-again")]
+        for w in workers:
+            w.wait_ready()
+        seen["health_after_restart"] = [w.health() for w in workers]
+        asyncio.run(produce(bootstrap, parts[2], []))
+        records = until_episodes(parts[2], 180)
+        seen["alerts"] = [orjson.loads(m.value) for m in records]
+        seen["dead"] = [orjson.loads(m.value) | {"key": m.key}
+                        for m in asyncio.run(consume(bootstrap, DEAD_LETTER, lambda ms: len(ms) >= 2, 30))]
+        wait_for(lambda: any(b'"non_borrower_spike/sender/starpay"' in body for body in receiver.bodies("/webhook")),
+                 60, "the notifier to page starpay's alert")
+        seen["paged"] = [orjson.loads(body) for body in receiver.bodies("/webhook")]
+        seen["digest"] = log_digest(*workers)
+        yield seen
+    finally:
+        for w in workers:
+            w.stop()
+        notifier.stop()
+        receiver.close()
+
+
+def firing_keys(alerts: list[dict]) -> set[str]:
+    return {a["dedup_key"] for a in alerts if a["status"] == "firing"}
+
+
+@pytest.mark.broker
+def test_a_change_is_held_by_both_running_workers_within_ten_seconds(run):
+    assert run["applied_after_s"] <= 10, f"took {run['applied_after_s']:.1f} s"
+    for health in run["health"]:
+        assert {"mute-everpay", "try-flapping"} <= set(health["controls"]["ids"]) and health["controls"]["loaded"]
+
+
+@pytest.mark.broker
+def test_the_workers_write_replays_alerts_under_the_same_controls_across_a_restart(run):
+    assert episodes(run["alerts"]) == episodes(run["expected"]), run["digest"]
+    marks = lambda alerts: {(a["alert_id"], a["status"], a["window_end"], a.get("shadow"), a.get("silenced_until"),
+                             tuple(a.get("controls", ()))) for a in alerts}
+    assert marks(run["alerts"]) == marks(run["expected"])
+
+
+@pytest.mark.broker
+def test_the_controls_are_in_force_after_a_restart(run):
+    for health in run["health_after_restart"]:
+        assert {"mute-everpay", "mute-everpay-rebinds", "partner-swiftpaisa", "try-flapping"} <= set(
+            health["controls"]["ids"])
+    after = [a for a in run["alerts"] if a["window_end"] >= RESTART_AT and a["status"] == "firing"]
+    everpay_rebinds = [a for a in after if a["kind"] == "rebind_anomaly" and a["sender_id"] == "everpay"]
+    flapping = [a for a in after if a["reason"] == "account_flapping"]
+    assert everpay_rebinds and all(a["controls"] == ["mute-everpay-rebinds"] for a in everpay_rebinds)
+    assert flapping and all(a.get("shadow") is True for a in flapping)
+
+
+@pytest.mark.broker
+def test_each_control_changes_exactly_the_alerts_it_names(run):
+    plain, expected = run["plain"], run["expected"]
+    changed = {a["dedup_key"] for a in expected} ^ {a["dedup_key"] for a in plain}
+    changed |= {a["dedup_key"] for a in expected if a.get("controls")}
+    flapping = {a["dedup_key"] for a in plain if a["reason"] == "account_flapping" and a["window_end"] >= CHANGE_AT}
+    everpay_rebinds = {a["dedup_key"] for a in plain if a["kind"] == "rebind_anomaly" and a["sender_id"] == "everpay"}
+    assert changed == {EVERPAY_KEY, "template_hijack/template/T00056"} | flapping | everpay_rebinds
+    # the same attack on another entity still fires, unmarked: everpay's templates, and starpay
+    alerts = run["alerts"]
+    for key in ("non_borrower_spike/template/T00030", "non_borrower_spike/sender/starpay"):
+        assert key in firing_keys(alerts) and not any(a.get("controls") for a in alerts if a["dedup_key"] == key)
+    assert all("silenced_until" in a for a in alerts if a["dedup_key"] == EVERPAY_KEY)
+    # the allowed partner's foreign_sender on T00056 is gone; the template's other alerts are as they were
+    assert "template_hijack/template/T00056" in firing_keys(plain)
+    assert "template_hijack/template/T00056" not in firing_keys(alerts)
+    assert firing_keys(alerts) & {k for k in firing_keys(plain) if k.startswith("template_hijack/")} == {
+        k for k in firing_keys(plain) if k.startswith("template_hijack/")} - {"template_hijack/template/T00056"}
+
+
+@pytest.mark.broker
+def test_shadow_and_silenced_alerts_are_written_marked_and_never_paged(run):
+    shadowed = {a["dedup_key"] for a in run["alerts"] if a.get("shadow")}
+    silenced = {a["dedup_key"] for a in run["alerts"] if "silenced_until" in a}
+    assert shadowed and silenced
+    paged = {a["dedup_key"] for a in run["paged"] if a["status"] == "firing"}
+    assert "non_borrower_spike/sender/starpay" in paged
+    assert not paged & (shadowed | silenced)
+
+
+@pytest.mark.broker
+def test_invalid_entries_are_dead_lettered_naming_their_field_and_change_nothing(run):
+    dead = [d for d in run["dead"] if d["topic"] == CONTROLS]
+    assert {d["key"] for d in dead} == {b"mute-starpay", b"mute-everpay"}
+    assert all(d["error"].startswith("field 'until'") for d in dead)
+    # the invalid update left the valid silence of everpay in force; starpay was never silenced
+    assert any("silenced_until" in a for a in run["alerts"] if a["dedup_key"] == EVERPAY_KEY)
+    assert not any("silenced_until" in a for a in run["alerts"] if a["sender_id"] == "starpay")
