@@ -28,6 +28,7 @@ def configure(parser) -> None:
 
 def run(args: list[str]) -> int:
     from smsstream import metrics
+    from smsstream.detection.driver import fewer_gc_passes
     from smsstream.worker.app import build, preflight
 
     settings = Settings.from_env()
@@ -44,5 +45,6 @@ def run(args: list[str]) -> int:
     if not argv or argv[0] not in FAUST_COMMANDS:
         argv = ["worker", *argv]
     sys.argv = ["smsstream worker", *argv]
-    worker.app.main()
+    with fewer_gc_passes():
+        worker.app.main()
     return 0
