@@ -100,6 +100,8 @@ class Scored:
     episodes: list[Episode]
     manifest: dict
     seconds: float
+    #: the code that wrote the alerts (``code_version`` when they were replayed)
+    version: str
 
 
 def run_scenario(run: Run, workdir: Path, rescore: bool, keep_events: bool) -> Scored:
@@ -113,6 +115,7 @@ def run_scenario(run: Run, workdir: Path, rescore: bool, keep_events: bool) -> S
         subprocess.run([*smsstream, "simulate", "-o", str(events), "--seed", str(run.seed), "-q", *run.options],
                        check=True, env=env)
         subprocess.run([*smsstream, "replay", str(events), "-o", str(alerts), "--quiet"], check=True, env=env)
+        (workdir / f"{run.name}.version").write_text(code_version())
         if not keep_events:
             events.unlink()  # hundreds of MB a scenario; labels, manifest and alerts are what is scored
     elif not alerts.exists():
@@ -122,7 +125,9 @@ def run_scenario(run: Run, workdir: Path, rescore: bool, keep_events: bool) -> S
     alert_records = read_alerts(alerts)
     span, _ = simulated_days(labels, episodes, alert_records)
     manifest = json.loads((workdir / f"{run.name}.manifest.json").read_text())
-    return Scored(run, score(episodes, alert_records, span), episodes, manifest, time.monotonic() - started)
+    version_file = workdir / f"{run.name}.version"
+    version = version_file.read_text() if version_file.exists() else "an unrecorded version"
+    return Scored(run, score(episodes, alert_records, span), episodes, manifest, time.monotonic() - started, version)
 
 
 # --- tables ---------------------------------------------------------------------
@@ -233,10 +238,14 @@ def tables(scored: list[Scored], shapes: bool = False) -> str:
         options = " ".join(sorted({" ".join(s.run.options) for s in scored}))
         world = f"`smsstream simulate {options}`" if options else "the default world (3 days, 60 senders, rate 1)"
         what = f"seeds {' '.join(str(s.run.seed) for s in scored)}, {world}"
-    out = [f"{what}: {days:g} simulated days, {records:,} records; scored at {code_version()}.", ""]
+    versions = sorted({s.version for s in scored})
+    out = [f"{what}: {days:g} simulated days, {records:,} records; detectors at {', '.join(versions)}.", ""]
     out += by_kind(scored) + ["", "By attack scenario:", ""] + by_scenario(scored)
     out += ["", "By shape:" if shapes else "By seed:", ""] + by_run(scored, shapes)
-    out += [""] + late_list(scored)
+    if shapes:
+        out += ["", f"Late episodes: {sum(late(e) for s in scored for e in s.episodes)}, by scenario above."]
+    else:
+        out += [""] + late_list(scored)
     missed = [f"{s.run.seed} `{m}`" for s in scored for m in s.result["missed"]]
     alarms = [f"{s.run.seed} `{k}`" for s in scored for k in s.result["false_alarm_keys"]]
     out += ["", "Missed episodes: " + (", ".join(missed) if missed else "none") + ".",
