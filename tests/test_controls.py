@@ -294,3 +294,29 @@ def test_the_partitioned_worker_writes_replays_alerts_under_the_same_controls():
     flow.ctx.controls = ControlBook(entries)
     flow.produce(events)
     assert comparable(flow.run()) == comparable(expected)
+
+
+# --- backtesting: evaluate replays under a configuration -------------------------------------
+
+def test_evaluate_backtests_a_sensitivity_change_from_a_file_of_entries(tmp_path, monkeypatch, capsys):
+    from smsstream.cli import main
+    from smsstream.controls.store import entry_line
+
+    monkeypatch.setenv("SMSSTREAM_PSEUDONYM_KEY", KEY)
+    events, labels, config = tmp_path / "leak.jsonl", tmp_path / "leak.labels.jsonl", tmp_path / "strict.jsonl"
+    events.write_bytes(b"\n".join(lines_of(small_leak())) + b"\n")
+    labels.write_bytes(orjson.dumps({"episode_id": "leak", "kind": NB, "start": T0 + 10 * HOUR,
+                                     "end": T0 + 12 * HOUR,
+                                     "entities": [{"entity_type": "sender", "entity_id": "lender-a"}]}) + b"\n")
+    config.write_bytes(entry_line(control("strict", "sensitivity", {"kind": NB}, level="high")) + b"\n")
+
+    def ttd(*config_args: str) -> float:
+        assert main(["evaluate", "--labels", str(labels), "--events", str(events), "--json", *config_args]) == 0
+        overall = orjson.loads(capsys.readouterr().out)["overall"]
+        assert overall["recall"] == 1.0
+        return overall["ttd_median_s"]
+
+    assert ttd("--config", str(config)) < ttd()
+    # alerts already written were judged under their own configuration: a --config beside them is refused
+    assert main(["evaluate", "--labels", str(labels), "--alerts", str(events), "--config", str(config)]) != 0
+    assert "--events" in capsys.readouterr().err
