@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
@@ -73,6 +74,17 @@ def ts_of(line: bytes) -> int:
     return value.get("ts", 0) if isinstance(value, dict) else 0
 
 
+def cut(lines: list[bytes], *at: int) -> list[list[bytes]]:
+    """The lines in parts at the event times ``at``, in file order; a line without a time (a borrower's
+    tombstone) stays beside the line before it, where replay and the worker both apply it."""
+    parts: list[list[bytes]] = [[] for _ in range(len(at) + 1)]
+    ts = 0
+    for line in lines:
+        ts = ts_of(line) or ts
+        parts[sum(ts >= t for t in at)].append(line)
+    return parts
+
+
 def replayed(lines: list[bytes], book: ControlBook | None = None) -> list[dict]:
     out: list[dict] = []
     replay_lines(lines, NoFlush(Pseudonymizer(PSEUDONYM_KEY), controls=book), out.append)
@@ -102,14 +114,11 @@ def run(own_broker, tmp_path_factory):
     url, bootstrap = own_broker.url, own_broker.bootstrap
     apply_topics(url)
     lines, _ = simulated(tmp)
-    # cut by event time, so that nothing of a part is older than what the workers closed at the end of the last
-    parts = [[line for line in lines if lo <= ts_of(line) < hi]
-             for lo, hi in ((0, CHANGE_AT), (CHANGE_AT, RESTART_AT), (RESTART_AT, 1 << 62))]
+    parts = cut(lines, CHANGE_AT, RESTART_AT)
     lines = [line for part in parts for line in part]
     written = entries(int(time.time() * 1000))
-    plain, expected = replayed(lines), replayed(lines, book_of(written))
     env = worker_env(url, tmp)
-    seen: dict = {"plain": plain, "expected": expected}
+    seen: dict = {}
     receiver = Receiver()
     notifier = NotifierProcess(notifier_env(url, tmp, SMSSTREAM_WEBHOOK_URL=receiver.url("/webhook"),
                                             SMSSTREAM_WEBHOOK_SECRET="s", SMSSTREAM_NOTIFY_START="earliest"),
@@ -133,6 +142,9 @@ def run(own_broker, tmp_path_factory):
     # partitions before Faust has created the internal topics, which aiokafka then ignores for minutes
     workers = [start("first")]
     try:
+        # replay's alerts while the first worker starts
+        seen["plain"] = replayed(lines)
+        seen["expected"] = expected = replayed(lines, book_of(written))
         workers[0].wait_ready()
         workers.append(start("second"))
         workers[1].wait_ready()
@@ -141,16 +153,14 @@ def run(own_broker, tmp_path_factory):
         until_episodes(parts[0], 180)
 
         asyncio.run(write_records(Settings.from_env({"SMSSTREAM_BROKER": url}), written))
-        written_at = time.monotonic()
         valid = {key for key, _ in written[:4]}
-        wait_for(lambda: all(valid <= health_ids(w) for w in workers), 30, "both workers to hold the entries")
-        seen["applied_after_s"] = time.monotonic() - written_at
+        wait_for(lambda: all(valid <= health_ids(w) for w in workers), 10,
+                 "both running workers to hold the new entries within 10 s")
         seen["health"] = [w.health() for w in workers]
         asyncio.run(produce(bootstrap, parts[1], []))
         until_episodes(parts[1], 180)
 
-        for w in workers:
-            w.stop()
+        stop_all(workers)
         workers = [start("first-again"), start("second-again")]
         for w in workers:
             w.wait_ready()
@@ -166,10 +176,15 @@ def run(own_broker, tmp_path_factory):
         seen["digest"] = log_digest(*workers)
         yield seen
     finally:
-        for w in workers:
-            w.stop()
+        stop_all(workers)
         notifier.stop()
         receiver.close()
+
+
+def stop_all(workers: list[WorkerProcess]) -> None:
+    """Stop the workers at once: each takes a few seconds to leave its group gracefully."""
+    with ThreadPoolExecutor(max(1, len(workers))) as pool:
+        list(pool.map(WorkerProcess.stop, workers))
 
 
 def firing_keys(alerts: list[dict]) -> set[str]:
@@ -178,7 +193,7 @@ def firing_keys(alerts: list[dict]) -> set[str]:
 
 @pytest.mark.broker
 def test_a_change_is_held_by_both_running_workers_within_ten_seconds(run):
-    assert run["applied_after_s"] <= 10, f"took {run['applied_after_s']:.1f} s"
+    # the fixture waited at most 10 s for both workers' /health to name the new entries
     for health in run["health"]:
         assert {"mute-everpay", "try-flapping"} <= set(health["controls"]["ids"]) and health["controls"]["loaded"]
 
