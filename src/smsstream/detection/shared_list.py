@@ -58,9 +58,12 @@ MAX_LENDERS = 8
 MAX_SHARED = 256
 #: Chance that a stray meets another lender's within the window, assumed for a sender with no history ...
 Q_PRIOR = 0.005
-#: ... and how many strays that assumption weighs.
+#: ... and how many strays that assumption weighs: enough that the first numbers of a list, shared before
+#: the count looks abnormal, do not teach the sender that sharing is its normal.
 Q_PRIOR_WEIGHT = 2000.0
 Q_HALF_LIFE_MS = 7 * DAY_MS
+#: Tolerance on the learned rate: the count is tested against this many times it, as the share is.
+Q_RATIO = 1.5
 #: A rate of shared numbers held for this long is taken as the sender's new normal.
 ACCEPT_AFTER_MS = DAY_MS
 MIN_SHARED = 3
@@ -144,17 +147,22 @@ class Meeting:
 
     first_ts: int
     last_ts: int
-    #: the other lenders, sorted
-    others: list = field(default_factory=list)
-    #: the sender's own send that made the number shared, when it was the later of the two
-    message_id: str | None = None
+    #: other lender -> when it first shared the number with this sender
+    others: dict = field(default_factory=dict)
+    #: (ts, message id) of the sender's own send that made the number shared, when it was the later one
+    message: tuple | None = None
 
 
 @dataclass(slots=True)
 class SharedList:
-    """One sender's side of ``shared_list``: its strays per hour and the numbers it shares, over the window."""
+    """One sender's side of ``shared_list``: its strays per hour and the numbers it shares, over the window.
 
-    #: [hour start, non-borrower sends], oldest first
+    A bucket is judged on what happened before its end only (strays by the
+    bucket they count in, shared numbers and lenders by event time), so what
+    the worker has already read of later buckets does not change a finding.
+    """
+
+    #: [hour start, non-borrower sends counted in that hour's buckets], oldest first
     hours: list = field(default_factory=list)
     #: number pseudonym -> Meeting
     shared: dict = field(default_factory=dict)
@@ -162,10 +170,9 @@ class SharedList:
     fresh: dict = field(default_factory=dict)
     #: the sender's own rate of strays meeting another lender's
     rate: ShareBaseline = field(default_factory=ShareBaseline)
-    last_shared: int = 0
 
-    def count_stray(self, ts: int) -> None:
-        hour = ts - ts % HOUR_MS
+    def count_stray(self, bucket: int) -> None:
+        hour = bucket - bucket % HOUR_MS
         hours = self.hours
         for row in reversed(hours):
             if row[0] == hour:
@@ -178,22 +185,23 @@ class SharedList:
     def take(self, fact: SharedNumber, bucket: int) -> None:
         """Note that ``fact.other_id`` shares the number; a number new to the list counts in ``bucket``."""
         ts = fact.ts
-        meeting = self.shared.get(fact.number_pn)
+        shared = self.shared
+        meeting = shared.get(fact.number_pn)
         if meeting is None:
-            if len(self.shared) >= MAX_SHARED:
-                del self.shared[min(self.shared, key=lambda pn: (self.shared[pn].last_ts, pn))]
-            meeting = self.shared[fact.number_pn] = Meeting(ts, ts)
+            if len(shared) >= MAX_SHARED:
+                del shared[min(shared, key=lambda pn: (shared[pn].last_ts, pn))]
+            meeting = shared[fact.number_pn] = Meeting(ts, ts)
             self.fresh[bucket] = self.fresh.get(bucket, 0) + 1
         else:
             meeting.first_ts = min(meeting.first_ts, ts)
             meeting.last_ts = max(meeting.last_ts, ts)
-        if fact.other_id not in meeting.others and len(meeting.others) < MAX_LENDERS:
-            meeting.others.append(fact.other_id)
-            meeting.others.sort()
-        if fact.message_id is not None and (meeting.message_id is None or fact.message_id < meeting.message_id):
-            meeting.message_id = fact.message_id
-        if ts > self.last_shared:
-            self.last_shared = ts
+        others = meeting.others
+        if fact.other_id in others:
+            others[fact.other_id] = min(others[fact.other_id], ts)
+        elif len(others) < MAX_LENDERS:
+            others[fact.other_id] = ts
+        if fact.message_id is not None and (meeting.message is None or (ts, fact.message_id) < meeting.message):
+            meeting.message = (ts, fact.message_id)
 
     def forget_before(self, since: int) -> None:
         self.hours = [row for row in self.hours if row[0] + HOUR_MS > since]
@@ -204,20 +212,23 @@ class SharedList:
     def empty(self) -> bool:
         return not self.hours and not self.shared and not self.fresh
 
-    def judge(self, sender: str, start: int, end: int, strays: int, window_ms: int,
+    def judge(self, sender: str, start: int, end: int, strays: int, this_hour: int, window_ms: int,
               firing: bool) -> Finding | None:
-        """Judge bucket ``[start, end)`` with ``strays`` non-borrower sends in it; learn the sender's rate.
+        """Judge bucket ``[start, end)``; learn the sender's rate of shared numbers.
 
-        Fires only in a bucket that brought newly shared numbers; while the
-        alert is open (``firing``), a bucket without them holds it for
-        ``HOLD_MS`` after the last one, as long as the window stays abnormal.
+        ``strays``: the sender's non-borrower sends in the bucket, and
+        ``this_hour`` in the buckets of its hour up to it. Fires only in a
+        bucket that brought newly shared numbers; while the alert is open
+        (``firing``), a bucket without them holds it for ``HOLD_MS`` after
+        the last one, as long as the window stays abnormal.
         """
         self.forget_before(end - window_ms)
         fresh = self.fresh.pop(start, 0)
-        shared = self.shared
-        c = len(shared)
-        n = max(sum(row[1] for row in self.hours), c)
-        q = self.rate.get(Q_PRIOR, Q_PRIOR_WEIGHT)
+        hour = start - start % HOUR_MS
+        counted = [(pn, m) for pn, m in self.shared.items() if m.first_ts < end]
+        c = len(counted)
+        n = max(sum(row[1] for row in self.hours if row[0] < hour) + this_hour, c)
+        q = self.rate.get(Q_PRIOR, Q_PRIOR_WEIGHT) * Q_RATIO
         score = binomial_exact_tail_score(c, n, q) if c >= MIN_SHARED else 0.0
         abnormal = score >= HOLD_SCORE
         if strays or fresh:
@@ -227,24 +238,25 @@ class SharedList:
                 self.rate.learn(end, strays, fresh, Q_HALF_LIFE_MS)
         if not abnormal:
             return None
-        lenders = Counter(other for m in shared.values() for other in m.others)
-        paired = sorted(((k, v) for k, v in lenders.items() if v >= MIN_PAIR), key=_most_first)
+        lenders = Counter(other for _, m in counted for other, ts in m.others.items() if ts < end)
+        paired = sum(1 for v in lenders.values() if v >= MIN_PAIR)
+        latest = max(m.first_ts for _, m in counted)
         if fresh and paired and score >= FIRE_SCORE:
             on = True
-        elif firing and end - self.last_shared <= HOLD_MS:
+        elif firing and end - latest <= HOLD_MS:
             on = False
         else:
             return None
-        return self._finding(sender, end, window_ms, n, c, q, score, lenders, len(paired), on)
+        return self._finding(sender, end, window_ms, n, q, score, counted, lenders, paired, on)
 
-    def _finding(self, sender: str, end: int, window_ms: int, n: int, c: int, q: float, score: float,
+    def _finding(self, sender: str, end: int, window_ms: int, n: int, q: float, score: float, counted: list,
                  lenders: Counter, paired: int, on: bool) -> Finding:
-        shared = self.shared
+        c = len(counted)
         expected = n * q
         others = sorted(lenders.items(), key=_most_first)
         named = ", ".join(f"{k} {v}" for k, v in others[:3]) + (", ..." if len(others) > 3 else "")
-        first = min(m.first_ts for m in shared.values())
-        by_time = sorted(shared.items(), key=lambda item: (item[1].first_ts, item[0]))
+        by_time = sorted(counted, key=lambda item: (item[1].first_ts, item[0]))
+        first = by_time[0][1].first_ts
         return Finding(
             kind=NON_BORROWER_SPIKE,
             reason=SHARED_LIST,
@@ -267,10 +279,10 @@ class SharedList:
                 "shared_numbers": c,
                 "other_senders": dict(others[:SAMPLES]),
                 "numbers": [pn for pn, _ in by_time[-SAMPLES:]],
-                "message_ids": [m.message_id for _, m in by_time if m.message_id][-SAMPLES:],
+                "message_ids": [m.message[1] for _, m in by_time if m.message and m.message[0] < end][-SAMPLES:],
             },
             sender_id=sender,
-            last_seen=min(self.last_shared, end),
+            last_seen=by_time[-1][1].first_ts,
             firing=on,
         )
 
