@@ -35,7 +35,7 @@ from smsstream.detection.share import Share, SharePart, ShareState, window_sampl
 from smsstream.detection.shared_list import NumberLenders, SharedList
 from smsstream.records import BORROWERS, LOAN_OBLIGATION, SENDS
 from smsstream.vocabulary import (
-    DAY_MS, NON_BORROWER_SHARE, NON_BORROWER_SPIKE, SENDER, SEVERITIES, SHARED_LIST, TEMPLATE,
+    DAY_MS, HOUR_MS, NON_BORROWER_SHARE, NON_BORROWER_SPIKE, SENDER, SEVERITIES, SHARED_LIST, TEMPLATE,
 )
 
 
@@ -212,7 +212,7 @@ class SenderShare(_NonBorrowerShare):
             state = self.entities[key]
             if state.listed is None:
                 state.listed = SharedList()
-            state.listed.count_stray(value.ts)
+            state.listed.count_stray(self.mark(key, value.ts))  # the bucket it counted in
         return None
 
     def close(self, key: str, start: int, end: int) -> Iterable[Finding]:
@@ -221,9 +221,11 @@ class SenderShare(_NonBorrowerShare):
         if state is None or state.listed is None:
             return found
         listed = state.listed
-        strays = state.ring.get(start // BUCKET_MS)[1]
+        idx = start // BUCKET_MS
+        strays = state.ring.get(idx)[1]
+        this_hour = state.ring.sums(idx + 1, (idx + 1 - (start - start % HOUR_MS) // BUCKET_MS,))[0][1]
         firing = self.book.is_firing(f"{NON_BORROWER_SPIKE}/{SENDER}/{key}")
-        finding = listed.judge(key, start, end, strays, self.ctx.shared_list_window_ms, firing)
+        finding = listed.judge(key, start, end, strays, this_hour, self.ctx.shared_list_window_ms, firing)
         if listed.empty:
             state.listed = None
         if finding is not None:
