@@ -216,21 +216,24 @@ class SenderShare(_NonBorrowerShare):
         return None
 
     def close(self, key: str, start: int, end: int) -> Iterable[Finding]:
-        found = list(super().close(key, start, end))
+        found = super().close(key, start, end)
         state: SenderShareState | None = self.entities.get(key)
         if state is None or state.listed is None:
             return found
         listed = state.listed
         idx = start // BUCKET_MS
         strays = state.ring.get(idx)[1]
+        if not listed.shared and not listed.fresh:
+            listed.learn_quiet(end, strays, self.ctx.shared_list_window_ms)
+            if listed.empty:
+                state.listed = None
+            return found
         this_hour = state.ring.sums(idx + 1, (idx + 1 - (start - start % HOUR_MS) // BUCKET_MS,))[0][1]
         firing = self.book.is_firing(f"{NON_BORROWER_SPIKE}/{SENDER}/{key}")
         finding = listed.judge(key, start, end, strays, this_hour, self.ctx.shared_list_window_ms, firing)
-        if listed.empty:
-            state.listed = None
-        if finding is not None:
-            found.append(finding)
-        return together(found)
+        if finding is None:
+            return found
+        return together([*found, finding])
 
 
 def together(found: list[Finding]) -> list[Finding]:

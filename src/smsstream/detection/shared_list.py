@@ -204,13 +204,22 @@ class SharedList:
             meeting.message = (ts, fact.message_id)
 
     def forget_before(self, since: int) -> None:
-        self.hours = [row for row in self.hours if row[0] + HOUR_MS > since]
-        for pn in [pn for pn, m in self.shared.items() if m.last_ts < since]:
-            del self.shared[pn]
+        hours = self.hours
+        if hours and hours[0][0] + HOUR_MS <= since:
+            self.hours = [row for row in hours if row[0] + HOUR_MS > since]
+        if self.shared:
+            for pn in [pn for pn, m in self.shared.items() if m.last_ts < since]:
+                del self.shared[pn]
 
     @property
     def empty(self) -> bool:
         return not self.hours and not self.shared and not self.fresh
+
+    def learn_quiet(self, end: int, strays: int, window_ms: int) -> None:
+        """A bucket of a sender that shares no number: its strays teach the rate (the common case, kept cheap)."""
+        self.forget_before(end - window_ms)
+        if strays:
+            self.rate.learn(end, strays, 0, Q_HALF_LIFE_MS)
 
     def judge(self, sender: str, start: int, end: int, strays: int, this_hour: int, window_ms: int,
               firing: bool) -> Finding | None:
@@ -223,13 +232,13 @@ class SharedList:
         the last one, as long as the window stays abnormal.
         """
         self.forget_before(end - window_ms)
-        fresh = self.fresh.pop(start, 0)
+        fresh = self.fresh.pop(start, 0) if self.fresh else 0
         hour = start - start % HOUR_MS
         counted = [(pn, m) for pn, m in self.shared.items() if m.first_ts < end]
         c = len(counted)
         n = max(sum(row[1] for row in self.hours if row[0] < hour) + this_hour, c)
-        q = self.rate.get(Q_PRIOR, Q_PRIOR_WEIGHT) * Q_RATIO
-        score = binomial_exact_tail_score(c, n, q) if c >= MIN_SHARED else 0.0
+        q = self.rate.get(Q_PRIOR, Q_PRIOR_WEIGHT)
+        score = binomial_exact_tail_score(c, n, q * Q_RATIO) if c >= MIN_SHARED else 0.0
         abnormal = score >= HOLD_SCORE
         if strays or fresh:
             if abnormal:
