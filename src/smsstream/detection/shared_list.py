@@ -25,9 +25,10 @@ lender's stray within the window only with a small probability ``q`` (the
 other lenders' strays in the window over the numbers in use: about 1e-4
 nationally, 1e-3 in the simulator). Of a sender's ``n`` strays in the window,
 the number shared with other lenders is then Binomial(n, q); a list
-concentrates them. The score is the exact tail of that binomial against the
-sender's own learned ``q``, shrunk towards ``Q_PRIOR`` (a generous 0.005)
-while it has little history, and held out of learning while abnormal.
+concentrates them. The score is the exact tail of that binomial against
+``Q_RATIO`` times the sender's own learned ``q``, shrunk towards ``Q_PRIOR``
+(a generous 0.005) while it has little history, and held out of learning
+while abnormal. docs/detection.md shows the false-alarm rate this gives.
 Besides the score, a finding needs ``MIN_SHARED`` shared numbers, and
 ``MIN_PAIR`` of them with one other lender: a list puts the same lenders
 together again and again, chance spreads its rare meetings over all of them.
