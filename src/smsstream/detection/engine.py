@@ -23,6 +23,7 @@ from smsstream.detection.routing import Routes
 from smsstream.detection.templates import TEMPLATE_PARTS
 from smsstream.config import Settings
 from smsstream.pseudonym import Pseudonymizer
+from smsstream.vocabulary import DAY_MS
 
 __all__ = ["DETECTOR_PARTS", "Engine"]
 
@@ -45,10 +46,11 @@ class Engine:
         parts: Iterable[type[Part]] | None = None,
         idle_ms: int | None = None,
         late_horizon_ms: int = DEFAULT_LATE_HORIZON_MS,
+        shared_list_window_ms: int = DAY_MS,
         controls: ControlBook | None = None,
     ):
         ctx = PartContext(pseudonymizer, alert_repeat_ms=alert_repeat_s * 1000, lateness_ms=lateness_ms,
-                          late_horizon_ms=max(late_horizon_ms, lateness_ms),
+                          late_horizon_ms=max(late_horizon_ms, lateness_ms), shared_list_window_ms=shared_list_window_ms,
                           controls=controls if controls is not None else ControlBook())
         if idle_ms is not None:
             ctx.idle_ms = idle_ms
@@ -75,7 +77,7 @@ class Engine:
         """The engine the worker's settings describe (key, repeat interval, lateness): replay's."""
         return cls(Pseudonymizer(settings.require_pseudonym_key()), alert_repeat_s=settings.alert_repeat_s,
                    lateness_ms=settings.allowed_lateness_s * 1000, late_horizon_ms=settings.late_horizon_s * 1000,
-                   controls=controls)
+                   shared_list_window_ms=settings.shared_list_window_s * 1000, controls=controls)
 
     @property
     def controls(self) -> ControlBook:
