@@ -7,9 +7,9 @@ import re
 import orjson
 import pytest
 
-from smsstream.controls.store import ControlRecord, apply_record
+from smsstream.controls.store import ControlRecord, apply_record, load_entries
 from smsstream.detection.controls import (
-    HIGH, LOW, NORMAL, ControlBook, Entry, Scope, Subject, load_entries, parse_entry,
+    HIGH, LOW, NORMAL, ControlBook, Entry, Scope, Subject, parse_entry,
 )
 from smsstream.errors import InvalidJson, RecordError, TooLarge
 

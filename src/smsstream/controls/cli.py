@@ -36,10 +36,10 @@ from typing import Any
 from smsstream.config import Settings
 from smsstream.controls.dryrun import describe, dry_run
 from smsstream.controls.store import (
-    apply_record, book_from_topic, entry_line, read_file, read_topic, write_records,
+    apply_record, book_from_topic, entry_line, entry_lines, read_file, read_topic, write_records,
 )
 from smsstream.detection.controls import (
-    ALLOW, ALLOWS, CONTROLS, LEVELS, MIN_TS, SCOPE_FIELDS, ControlBook, Entry, entry_lines, parse_entry,
+    ALLOW, ALLOWS, CONTROLS, LEVELS, MIN_TS, SCOPE_FIELDS, ControlBook, Entry, parse_entry,
 )
 from smsstream.errors import ConfigError, RecordError
 from smsstream.pseudonym import Pseudonymizer

@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterable
 import orjson
 
 from smsstream.config import Settings
-from smsstream.detection.controls import ControlBook, Entry, load_entries, parse_entry
-from smsstream.errors import BrokerUnreachable, ConfigError, RecordError
+from smsstream.detection.controls import ControlBook, Entry, parse_entry
+from smsstream.errors import BrokerUnreachable, ConfigError, InvalidJson, RecordError
 from smsstream.records import CONTROLS
 
 #: Reading the whole control topic (a few hundred small records) gives up after this long.
@@ -46,6 +46,36 @@ def apply_record(book: ControlBook, record: ControlRecord) -> str:
     key = record.key.decode() if isinstance(record.key, bytes) else str(record.key)
     book.apply(key, entry)
     return "applied" if entry is not None else "removed"
+
+
+def entry_lines(lines: Iterable[bytes]) -> Iterable[tuple[int, str | None, Any]]:
+    """``(line number, id, value)`` of a file of entries: one JSON object a line, ``{"id": ..., ...}`` or
+    ``{"id": ..., "value": null}`` to remove one (``smsstream config show --json`` writes this form)."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith(b"#"):
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise InvalidJson(f"line {lineno}: not a JSON object") from None
+        if not isinstance(obj, dict):
+            raise RecordError(f"line {lineno}: expected a JSON object with 'id'")
+        key = obj.get("id")
+        if not isinstance(key, str):
+            raise RecordError(f"line {lineno}: field 'id' is missing or not a string")
+        value = obj["value"] if "value" in obj and len(obj) == 2 else obj
+        yield lineno, key, value
+
+
+def load_entries(lines: Iterable[bytes], book: ControlBook | None = None) -> ControlBook:
+    """A book from a file of entries (``entry_lines``); the first bad line raises ``RecordError`` naming it."""
+    book = book if book is not None else ControlBook()
+    for lineno, key, value in entry_lines(lines):
+        try:
+            book.apply(key or "", parse_entry(key, value))
+        except RecordError as exc:
+            raise type(exc)(f"line {lineno}: {exc}") from None
+    return book
 
 
 def read_file(path: str | Path, book: ControlBook | None = None) -> ControlBook:

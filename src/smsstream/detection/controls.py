@@ -442,25 +442,6 @@ def parse_entry(key: bytes | str | None, raw: Any) -> Entry | None:
     return Entry(key, control, scope, ts, set_by, why, until, **extra)
 
 
-def entry_lines(lines: Iterable[bytes]) -> Iterable[tuple[int, str | None, Any]]:
-    """``(line number, id, value)`` of a file of entries: one JSON object a line, ``{"id": ..., ...}`` or
-    ``{"id": ..., "value": null}`` to remove one (``smsstream config show --json`` writes this form)."""
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip() or line.lstrip().startswith(b"#"):
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise InvalidJson(f"line {lineno}: not a JSON object") from None
-        if not isinstance(obj, dict):
-            raise RecordError(f"line {lineno}: expected a JSON object with 'id'")
-        key = obj.get("id")
-        if not isinstance(key, str):
-            raise RecordError(f"line {lineno}: field 'id' is missing or not a string")
-        value = obj["value"] if "value" in obj and len(obj) == 2 else obj
-        yield lineno, key, value
-
-
 # --- the book ---------------------------------------------------------------------------
 
 class InForce(NamedTuple):
@@ -594,14 +575,3 @@ def _precedence(entry: Entry) -> tuple:
 
 def ids_of(entries: Iterable[Entry]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(e.id for e in entries))
-
-
-def load_entries(lines: Iterable[bytes], book: ControlBook | None = None) -> ControlBook:
-    """A book from a file of entries (``entry_lines``); the first bad line raises ``RecordError`` naming it."""
-    book = book if book is not None else ControlBook()
-    for lineno, key, value in entry_lines(lines):
-        try:
-            book.apply(key or "", parse_entry(key, value))
-        except RecordError as exc:
-            raise type(exc)(f"line {lineno}: {exc}") from None
-    return book
