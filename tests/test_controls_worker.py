@@ -122,8 +122,7 @@ def run(own_broker, tmp_path_factory):
         return got
 
     # workers start one after the other: two of a new app id starting at once on Apache Kafka can be assigned
-    # partitions before Faust has created the internal topics, and two joining at once on Tansu can go on
-    # rejoining for minutes
+    # partitions before Faust has created the internal topics
     workers = [start("first")]
     try:
         # replay's alerts while the first worker starts
