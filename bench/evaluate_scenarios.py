@@ -11,6 +11,7 @@ another reason's alert: an episode can be detected first by another reason.
     python bench/evaluate_scenarios.py --markdown docs/evaluation.md            # every block, ~40 min
     python bench/evaluate_scenarios.py --markdown docs/evaluation.md --blocks tuned held-out   # ~10 min
     python bench/evaluate_scenarios.py --seeds 11 12 [--days 3] [-- extra simulate args]     # to stdout
+    python bench/evaluate_scenarios.py --seeds 11 12 13 14 --config strict.jsonl   # under operator controls
 
 ``--markdown FILE`` rewrites, for each block named in ``BLOCKS`` (or those
 given with ``--blocks``), the text of FILE between that block's marker lines
@@ -19,7 +20,9 @@ NAME -->``), so re-running it after a change to detection refreshes the
 figures and nothing else. The scenarios each block runs are defined here, in
 one place. ``--rescore`` scores the alerts a previous run left in
 ``--workdir`` again without simulating or replaying (after a change to the
-tables, not to detection).
+tables, not to detection). ``--config FILE`` replays under those operator
+control entries (docs/controls.md): a change's effect on the figures before it
+goes live.
 """
 
 from __future__ import annotations
@@ -112,17 +115,20 @@ class Scored:
     own_reason_ms: dict[str, float]
 
 
-def run_scenario(run: Run, workdir: Path, rescore: bool, keep_events: bool) -> Scored:
+def run_scenario(run: Run, workdir: Path, rescore: bool, keep_events: bool, config: Path | None = None) -> Scored:
     events = workdir / f"{run.name}.jsonl"
-    alerts = workdir / f"{run.name}.alerts.jsonl"
+    # alerts under a configuration beside those without: one --keep-events workdir serves both
+    alerts = workdir / f"{run.name}{f'-{config.stem}' if config else ''}.alerts.jsonl"
     labels = workdir / f"{run.name}.labels.jsonl"
     started = time.monotonic()
     if not rescore:
         env = {**os.environ, "SMSSTREAM_PSEUDONYM_KEY": KEY}
         smsstream = [sys.executable, "-m", "smsstream"]
-        subprocess.run([*smsstream, "simulate", "-o", str(events), "--seed", str(run.seed), "-q", *run.options],
-                       check=True, env=env)
-        subprocess.run([*smsstream, "replay", str(events), "-o", str(alerts), "--quiet"], check=True, env=env)
+        if not (keep_events and events.exists() and labels.exists()):  # kept from an earlier run: same seed
+            subprocess.run([*smsstream, "simulate", "-o", str(events), "--seed", str(run.seed), "-q",
+                            *run.options], check=True, env=env)
+        subprocess.run([*smsstream, "replay", str(events), "-o", str(alerts), "--quiet",
+                        *(("--config", str(config)) if config else ())], check=True, env=env)
         (workdir / f"{run.name}.version").write_text(code_version())
         if not keep_events:
             events.unlink()  # hundreds of MB a scenario; labels, manifest and alerts are what is scored
@@ -322,10 +328,14 @@ def main() -> int:
     ap.add_argument("--keep-events", action="store_true", help="keep the simulated events too (~340 MB a scenario)")
     ap.add_argument("--jobs", type=int, default=1, help="scenarios run at once (each takes one core)")
     ap.add_argument("--rescore", action="store_true", help="score the alerts already in --workdir again")
+    ap.add_argument("--config", type=Path, metavar="ENTRIES.jsonl",
+                    help="replay under these operator control entries (`smsstream config show --json` form)")
     ap.add_argument("extra", nargs="*", help="with --seeds: extra `smsstream simulate` arguments (after --)")
     args = ap.parse_args()
     if args.rescore and not args.workdir:
         ap.error("--rescore needs the --workdir of an earlier run")
+    if args.markdown and args.config:
+        ap.error("--markdown writes the figures of the default configuration; run --config with --seeds, to stdout")
     if args.markdown:
         if args.seeds or args.extra or args.days:
             ap.error("--markdown runs the blocks' own scenarios; --seeds, --days and simulate arguments are for stdout")
@@ -350,7 +360,7 @@ def main() -> int:
         nonlocal done
         print(f"seed {' '.join((str(run.seed), *run.options))}: simulate, replay, evaluate ...",
               file=sys.stderr, flush=True)
-        scored = run_scenario(run, workdir, args.rescore, args.keep_events)
+        scored = run_scenario(run, workdir, args.rescore, args.keep_events, args.config)
         done += 1
         o = scored.result["overall"]
         print(f"seed {run.seed}: {o['detected']} of {o['episodes']} episodes, {o['false_alarms']} false alarm(s), "

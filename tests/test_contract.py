@@ -93,8 +93,43 @@ def test_the_contract_parser_finds_every_topic_and_its_fields(contract):
     assert enumerated(contract["sms.alerts"].fields["alert_id"][1]) == set()
 
 
+def control_section(text: str) -> tuple[str, str]:
+    """The control topic's name and prose: CONTRACT.md describes it in words, not in a table."""
+    section = text.split("\n## Control topic", 1)[1].split("\n## ", 1)[0]
+    name = re.search(r"\*\*`([a-z.\-]+)`\*\*", section)
+    assert name, "CONTRACT.md's control topic section names no topic in bold"
+    return name.group(1), " ".join(section.split())
+
+
 def test_topics_folder_describes_exactly_the_contracts_topics(contract, specs):
-    assert set(specs) == set(contract)
+    control, _ = control_section(contract_text())
+    assert set(specs) == set(contract) | {control}
+
+
+def test_the_control_topic_is_specified_as_the_contract_describes_it(specs):
+    name, prose = control_section(contract_text())
+    spec = specs[name]
+    assert spec.role == "control" and spec.tombstones and "compact" in spec.cleanup_policy.split(",")
+    assert "id" in spec.key_format and "entry's id" in prose
+    schema = spec.schema()
+    properties = schema["properties"]
+    controls = re.search(r"`control` \(([^)]*)\)", prose).group(1)
+    assert set(properties["control"]["enum"]) == set(re.findall(r"`(\w+)`", controls))
+    scope = re.search(r"`scope` \(an object naming any of ([^;]*);", prose).group(1)
+    assert set(properties["scope"]["properties"]) == set(re.findall(r"`(\w+)`", scope))
+    assert {"control", "scope", "set_by", "why", "ts"} <= set(schema["required"])
+    assert "until" in properties and "until" not in schema["required"]
+    assert properties["ts"]["type"] == properties["until"]["type"] == "integer"
+
+
+def test_the_optional_alert_fields_of_the_controls_are_in_the_alert_schema_and_optional(specs):
+    text = contract_text()
+    prose = " ".join(text.split("Optional alert fields", 1)[1].split("\n\n", 1)[0].split())
+    schema = specs["sms.alerts"].schema()
+    types = {"boolean": "boolean", "int": "integer", "array": "array"}
+    for field_name, word in re.findall(r"`(\w+)` \((\w+)", prose):
+        assert schema["properties"][field_name]["type"] == types[word], field_name
+        assert field_name not in schema["required"]
 
 
 def test_every_contract_field_is_in_the_schema_with_the_contracts_type(contract, specs):

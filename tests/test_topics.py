@@ -15,6 +15,7 @@ from smsstream.topics import EXIT_DIFFERS, _compare, apply_topics, default_dir, 
 
 CONTRACT_TOPICS = {
     "sms.sends", "sms.delivery-receipts", "sms.borrowers", "sms.templates", "sms.bindings", "sms.alerts", "sms.dead-letter",
+    "sms.detector-config",
 }
 
 

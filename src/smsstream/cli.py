@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("smsstream.evaluate", "score alerts against labelled attack episodes"),
     "demo": ("smsstream.demo", "broker, topics, worker, simulated attacks and live alerts in one command"),
     "notify": ("smsstream.notify.cli", "page from sms.alerts: Alertmanager (API v2) and/or a signed webhook"),
+    "config": ("smsstream.controls.cli", "show, set, validate and remove operator controls (sms.detector-config)"),
 }
 
 

@@ -5,6 +5,11 @@ entities (numbers compared as pseudonyms) with ``window_end`` in
 ``[start, end + 30 min]``; time to detect is that ``window_end`` minus
 ``start``. A false alarm is a distinct ``dedup_key`` that fired and matched no
 episode. Rates are per simulated day.
+
+The alerts come from a file (``--alerts``, e.g. ``replay -o`` or a dump of
+``sms.alerts``), or evaluate replays the events itself (``--events``) under
+the operator controls ``--config FILE`` or ``--config-topic`` name, as
+``replay`` takes them: a change is backtested before it goes live.
 """
 
 from __future__ import annotations
@@ -267,16 +272,42 @@ def score_until(episodes: list[Episode], alerts: list[dict], start: int, until: 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, type=Path, help="episode labels written by `smsstream simulate`")
-    parser.add_argument("--alerts", required=True, type=Path, help="alert records (JSONL), e.g. from `smsstream replay -o`")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--alerts", type=Path, help="alert records (JSONL), e.g. from `smsstream replay -o`")
+    source.add_argument("--events", type=Path,
+                        help="replay these events (JSONL, as `smsstream replay` reads them) and score their alerts")
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     parser.add_argument("--days", type=float, help="simulated days for false alarms per day (default: from the manifest)")
+    from smsstream.replay import add_config_options
+
+    add_config_options(parser)
+
+
+def replayed_alerts(args: argparse.Namespace) -> list[dict]:
+    """The alert records ``replay`` writes for ``--events`` under the ``--config`` / ``--config-topic`` controls."""
+    from smsstream.detection.engine import Engine
+    from smsstream.replay import controls_from_args, replay_lines
+
+    settings = Settings.from_env()
+    engine = Engine.from_settings(settings, controls_from_args(args, settings))
+    alerts: list[dict] = []
+    try:
+        with open(args.events, "rb") as lines:
+            replay_lines(lines, engine, alerts.append, None, lambda r: print(
+                f"evaluate: replayed {r.lines:,} lines, {r.alerts} alert records", file=sys.stderr, flush=True))
+    except OSError as exc:
+        raise ConfigError(f"cannot read events file {args.events}: {exc.strerror or exc}") from None
+    return alerts
 
 
 def run(args: argparse.Namespace) -> int:
     if args.days is not None and args.days <= 0:
         raise ConfigError(f"--days {args.days} must be positive")
+    if args.alerts is not None and (args.config or args.config_topic):
+        raise ConfigError("--config and --config-topic apply when evaluate replays the events: give --events "
+                          "EVENTS.jsonl instead of --alerts (alert records were already judged under theirs)")
     episodes = read_episodes(args.labels)
-    alerts = read_alerts(args.alerts)
+    alerts = read_alerts(args.alerts) if args.alerts is not None else replayed_alerts(args)
     key = Settings.from_env().pseudonym_key
     pseudonymise_entities(episodes, Pseudonymizer(key) if key else None)
     if args.days is not None:

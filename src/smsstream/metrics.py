@@ -42,6 +42,8 @@ class Metrics:
     sender_loan_sends: Counter
     sender_non_borrower_sends: Counter
     template_reads: Counter
+    controls_entries: Gauge
+    controls_records: Counter
 
 
 def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream") -> Metrics:
@@ -154,6 +156,16 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream")
             f"{prefix}_template_reads",
             "Sends read against their template, by sender and outcome (fits, drifted).", ["sender_id", "outcome"],
             registry=registry,
+        ),
+        controls_entries=Gauge(
+            f"{prefix}_controls_entries", "Operator control entries (sms.detector-config) this worker holds.",
+            registry=registry,
+        ),
+        controls_records=Counter(
+            f"{prefix}_controls_records",
+            "Records of sms.detector-config this worker read, by outcome: applied, removed (a tombstone), or "
+            "invalid (left out; the worker that consumes the topic in the group dead-letters it).",
+            ["outcome"], registry=registry,
         ),
     )
 

@@ -27,6 +27,8 @@ TEMPLATES = "sms.templates"
 BINDINGS = "sms.bindings"
 ALERTS = "sms.alerts"
 DEAD_LETTER = "sms.dead-letter"
+#: Operator controls (``detection.controls``): every worker reads all of it, outside its consumer group.
+CONTROLS = "sms.detector-config"
 INPUT_TOPICS = (SENDS, RECEIPTS, BORROWERS, TEMPLATES, BINDINGS)
 
 CATEGORIES = frozenset(

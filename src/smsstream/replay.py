@@ -10,6 +10,11 @@ file order; unusable ones (malformed, duplicate, too late) are written to
 and ``offset`` the 1-based line number. Alert records are written one JSON
 object a line, exactly as on ``sms.alerts``; ``detected_at`` is the wall
 clock at writing, everything else depends only on the input and the key.
+
+Operator controls (``detection.controls``) come from ``--config FILE``, from
+the topic itself (``--config-topic``), and from lines of the input whose
+topic is ``sms.detector-config`` (``key``: the entry's id), applied where they
+stand; an entry acts on the events from its ``ts`` on, as in the worker.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ import orjson
 
 from smsstream.config import Settings
 from smsstream.detection.alerts import stamp
+from smsstream.detection.controls import ControlBook, parse_entry
 from smsstream.detection.driver import fewer_gc_passes
 from smsstream.detection.engine import Engine
 from smsstream.errors import ConfigError, InvalidJson, RecordError
-from smsstream.records import dead_letter, decode
+from smsstream.records import CONTROLS, dead_letter, decode
 
 PROGRESS_EVERY_S = 2.0
 
@@ -98,6 +104,9 @@ def _feed(
                 topic, value, key = _split_line(line)
             else:
                 key = obj.get("key")
+            if topic == CONTROLS:
+                engine.controls.apply(key, parse_entry(key, value))
+                continue
             record = decode(topic, value, key)
             alerts = ingest(topic, record)
         except RecordError as exc:
@@ -130,6 +139,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dead-letter", metavar="DL.jsonl",
                         help="where to write unusable input records in the sms.dead-letter form")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_config_options(parser)
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and ``--config-topic``: the operator controls to run under (docs/controls.md)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--config", metavar="ENTRIES.jsonl",
+                       help="operator control entries to apply (one JSON object a line, as `smsstream config show "
+                            "--json` writes them)")
+    group.add_argument("--config-topic", action="store_true",
+                       help="apply the entries on sms.detector-config now (SMSSTREAM_BROKER)")
+
+
+def controls_from_args(args: argparse.Namespace, settings: Settings) -> ControlBook:
+    """The book ``--config`` or ``--config-topic`` names (empty without either)."""
+    from smsstream.controls.store import book_from_topic, read_file
+
+    if getattr(args, "config", None):
+        return read_file(args.config)
+    if getattr(args, "config_topic", False):
+        return book_from_topic(settings)
+    return ControlBook()
 
 
 def _open_out(path: str) -> IO[bytes]:
@@ -137,7 +168,8 @@ def _open_out(path: str) -> IO[bytes]:
 
 
 def run(args: argparse.Namespace) -> int:
-    engine = Engine.from_settings(Settings.from_env())
+    settings = Settings.from_env()
+    engine = Engine.from_settings(settings, controls_from_args(args, settings))
     try:
         source = sys.stdin.buffer if args.events == "-" else open(args.events, "rb")
     except OSError as exc:

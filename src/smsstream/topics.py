@@ -23,7 +23,8 @@ from smsstream.errors import BrokerUnreachable, TopicSpecError
 from smsstream.vocabulary import DAY_MS
 
 CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
-ROLES = ("input", "output")
+#: ``control``: read whole by every worker outside its consumer group (``sms.detector-config``)
+ROLES = ("input", "output", "control")
 SPEC_FIELDS = {
     "name", "description", "role", "required", "partitions", "replication_factor",
     "cleanup_policy", "retention_ms", "key", "value",

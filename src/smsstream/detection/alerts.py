@@ -65,6 +65,8 @@ class Finding:
     firing: bool = True
     #: event time at which the evidence became enough to fire; None: when its window ended (a closed bucket)
     sufficient_at: int | None = None
+    #: ids of the operator controls (``controls``) that shaped this finding: its sensitivity, allowances
+    controls: tuple[str, ...] = ()
 
     @property
     def dedup_key(self) -> str:
@@ -79,6 +81,8 @@ def one_alert(found: list[Finding]) -> list[Finding]:
     for other in found:
         if other is not lead:
             lead.evidence.setdefault("also", []).append(f"{other.reason}: {other.summary}")
+            if other.controls:
+                lead.controls = tuple(dict.fromkeys(lead.controls + other.controls))
     return [lead]
 
 
@@ -177,6 +181,8 @@ class AlertBook:
 
     def _record(self, key: str, episode: Episode, status: str) -> dict:
         f = episode.latest
+        # a finding pickled before it had ``controls`` (a snapshot of an older version) has none
+        controls: tuple[str, ...] = getattr(f, "controls", ())
         if status == RESOLVED:
             quiet_min = self.quiet_ms // MINUTE_MS
             summary = f"RESOLVED after {quiet_min} min back within bounds. Last: {f.summary}"
@@ -208,6 +214,8 @@ class AlertBook:
             "last_seen": f.last_seen if f.last_seen is not None else f.window_end,
             "sufficient_at": window_end if status == RESOLVED or f.sufficient_at is None else f.sufficient_at,
             "detected_at": None,
+            # optional (CONTRACT.md): only where operator controls shaped the alert
+            **({"controls": list(controls[:MAX_EVIDENCE])} if controls else {}),
         }
 
 

@@ -26,10 +26,11 @@ State rules for every part:
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, MutableMapping
 
 from smsstream.detection.alerts import AlertBook, Finding
+from smsstream.detection.controls import ControlBook
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.vocabulary import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
 
@@ -62,13 +63,17 @@ class PartContext:
     idle_ms: int = DEFAULT_IDLE_MS
     #: how long a number's non-borrower loan SMS from one lender wait for another lender's (``shared_list``)
     shared_list_window_ms: int = DAY_MS
+    #: the operator controls in force (``controls``); not part of any state: the worker reads them from
+    #: their topic, replay from its configuration
+    controls: ControlBook = field(default_factory=ControlBook)
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "PartContext":
+    def from_settings(cls, settings: "Settings", controls: ControlBook | None = None) -> "PartContext":
         """The context the settings describe: the worker's and replay's alike."""
         return cls(Pseudonymizer(settings.require_pseudonym_key()), alert_repeat_ms=settings.alert_repeat_s * 1000,
                    lateness_ms=settings.allowed_lateness_s * 1000, late_horizon_ms=settings.late_horizon_s * 1000,
-                   shared_list_window_ms=settings.shared_list_window_s * 1000)
+                   shared_list_window_ms=settings.shared_list_window_s * 1000,
+                   controls=controls if controls is not None else ControlBook())
 
     def pseudonym(self, number: str) -> str:
         return self.pseudonymizer.pseudonym(number)
@@ -150,7 +155,10 @@ class Part:
         that replay and the worker write the same record whatever else they
         have taken of the open bucket by then.
         """
-        self.fired.extend(self.book.offer(finding, key))
+        records = self.book.offer(finding, key)
+        if self.ctx.controls.active:
+            records = [self.ctx.controls.mark(r) for r in records]
+        self.fired.extend(records)
 
     def save(self, key: str, state: Any) -> None:
         """Write a new or replaced state under its key."""
@@ -194,6 +202,9 @@ class Part:
                     out.extend(self.book.offer(finding, key))
         self.closed_until = limit
         out.extend(self.book.advance(limit))
+        if out and self.ctx.controls.active:
+            # silences and shadows only mark what the lifecycle writes (``ControlBook.mark``)
+            out = [self.ctx.controls.mark(r) for r in out]
         return out
 
     def flush(self) -> list[dict]:

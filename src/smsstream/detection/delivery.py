@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, NamedTuple
 
 from smsstream.detection.base import BUCKET_MS, Part
+from smsstream.detection.controls import CARRIER_FAILURES, Subject, ids_of
 from smsstream.detection.facts import BLOCKED, DELIVERED, DELIVERY_OUTCOMES, FAILED, DeliveryOutcome, RoutineCount
 from smsstream.detection.share import Share, SharePart, ShareState
 from smsstream.records import RECEIPTS, SENDS
@@ -195,12 +196,36 @@ class _DeliveryShare(SharePart):
     )
 
     def process(self, topic: str, key: str, value: DeliveryOutcome | RoutineCount):
+        if value.carrier is not None and CARRIER_FAILURES in self.ctx.controls.present and self._ignored(value):
+            return None
         if isinstance(value, RoutineCount):
             self.count_routine(key, value, self.slice_of(value))
         else:
             self.count(key, value.ts, _HIT[value.outcome], value.message_id, self.label_of(value),
                        value.sender_id, value.template_id, self.slice_of(value))
         return None
+
+    def _ignored(self, value: DeliveryOutcome | RoutineCount) -> bool:
+        """Outcomes on a carrier whose failures the operator expects (``carrier_failures``) are not counted.
+
+        Decided per bucket (at its start), so an outcome and the routine
+        count of its bucket are counted alike, as replay counts them.
+        """
+        ts = value.first_ts if isinstance(value, RoutineCount) else value.ts
+        subject = Subject(self.kind, None, value.sender_id, value.template_id)
+        allowed = self.ctx.controls.allowances(CARRIER_FAILURES, subject, ts - ts % BUCKET_MS)
+        return any(value.carrier in e.carriers for e in allowed)
+
+    def allowance(self, subject: Subject, t: int) -> tuple[float, tuple[str, ...]]:
+        """No ceiling; but ignored carriers shaped what was counted, so their allowances are named."""
+        if CARRIER_FAILURES not in self.ctx.controls.present:
+            return 0.0, ()
+        if subject.entity_type == CARRIER:
+            # a carrier's counts lose the outcomes of every sender it is ignored for
+            found = [e for e in self.ctx.controls.allowances(CARRIER_FAILURES, None, t) if subject.entity_id in e.carriers]
+        else:
+            found = self.ctx.controls.allowances(CARRIER_FAILURES, subject, t)
+        return 0.0, ids_of(found)
 
     def label_of(self, outcome: DeliveryOutcome) -> str | None:
         """What a hit is labelled with in the evidence."""

@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any, Iterable
 
 from smsstream.detection.base import BUCKET_MS, DEFAULT_LATE_HORIZON_MS, DEFAULT_LATENESS_MS, Part, PartContext
+from smsstream.detection.controls import ControlBook
 from smsstream.detection.delivery import DELIVERY_PARTS
 from smsstream.detection.driver import EXPIRE_EVERY_MS, Item, Outcome, PartDriver, Source
 from smsstream.detection.non_borrower import NON_BORROWER_PARTS
@@ -46,9 +47,11 @@ class Engine:
         idle_ms: int | None = None,
         late_horizon_ms: int = DEFAULT_LATE_HORIZON_MS,
         shared_list_window_ms: int = DAY_MS,
+        controls: ControlBook | None = None,
     ):
         ctx = PartContext(pseudonymizer, alert_repeat_ms=alert_repeat_s * 1000, lateness_ms=lateness_ms,
-                          late_horizon_ms=max(late_horizon_ms, lateness_ms), shared_list_window_ms=shared_list_window_ms)
+                          late_horizon_ms=max(late_horizon_ms, lateness_ms), shared_list_window_ms=shared_list_window_ms,
+                          controls=controls if controls is not None else ControlBook())
         if idle_ms is not None:
             ctx.idle_ms = idle_ms
         self.ctx = ctx
@@ -70,11 +73,16 @@ class Engine:
         self.alerts: Counter[str] = Counter()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Engine":
+    def from_settings(cls, settings: Settings, controls: ControlBook | None = None) -> "Engine":
         """The engine the worker's settings describe (key, repeat interval, lateness): replay's."""
         return cls(Pseudonymizer(settings.require_pseudonym_key()), alert_repeat_s=settings.alert_repeat_s,
                    lateness_ms=settings.allowed_lateness_s * 1000, late_horizon_ms=settings.late_horizon_s * 1000,
-                   shared_list_window_ms=settings.shared_list_window_s * 1000)
+                   shared_list_window_ms=settings.shared_list_window_s * 1000, controls=controls)
+
+    @property
+    def controls(self) -> ControlBook:
+        """The operator controls the parts consult; replay applies control lines of its input here."""
+        return self.ctx.controls
 
     def ingest(self, topic: str, record: Any, source: Source | None = None) -> list[dict]:
         """Take one decoded record; return the alert records it caused (buckets it closed, evidence it completed).

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Iterable, cast
 
 from smsstream.detection.alerts import Finding
 from smsstream.detection.base import BUCKET_MS, Part
+from smsstream.detection.controls import NON_BORROWER_SENDS, Subject
 from smsstream.detection.facts import LOAN_SENDS, SHARED_NUMBERS, LoanSend, RoutineCount, SharedNumber
 from smsstream.detection.share import Share, SharePart, ShareState, window_samples
 from smsstream.detection.shared_list import NumberLenders, SharedList
@@ -164,6 +165,16 @@ class _NonBorrowerShare(SharePart):
     def why(self, share: Share) -> str:
         return "Likely a purchased number list or another lender's book being messaged as debtors."
 
+    def allowance(self, subject: Subject, t: int) -> tuple[float, tuple[str, ...]]:
+        """An allowed ceiling of non-borrower sends (marketing-like traffic the operator expects): the most
+        specific ``non_borrower_sends`` allowance in force."""
+        if NON_BORROWER_SENDS not in self.ctx.controls.present:
+            return 0.0, ()
+        allowed = self.ctx.controls.allowances(NON_BORROWER_SENDS, subject, t)
+        if not allowed:
+            return 0.0, ()
+        return allowed[0].ceiling or 0.0, (allowed[0].id,)
+
     def evidence(self, state: ShareState, column: int, since: int, k: int, n: int, until: int | None = None) -> dict:
         hits = window_samples(state.samples[column], since, until)
         return {
@@ -249,6 +260,7 @@ def together(found: list[Finding]) -> list[Finding]:
     for other in found:
         if other is not lead:
             lead.evidence.setdefault("also", []).append(f"{other.reason}: {other.summary}")
+            lead.controls = tuple(dict.fromkeys(lead.controls + other.controls))  # every entry that shaped it
             if other.reason == SHARED_LIST:
                 lead.evidence[SHARED_LIST] = other.evidence
     return [lead]

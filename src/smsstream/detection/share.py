@@ -15,6 +15,12 @@ abnormal is held out of the baseline; if the entity stays abnormal for
 ``ACCEPT_AFTER_MS`` the baseline takes the new level (and the alert resolves)
 instead of paging for weeks. A new entity does not page in its first
 ``COLD_MS`` unless the evidence is overwhelming (``COLD_FIRE_SCORE``).
+
+Operator controls (``controls``) move these thresholds per entity and share:
+a sensitivity level scales ``FIRE_SCORE``, ``HOLD_SCORE`` and
+``COLD_FIRE_SCORE`` and shifts ``MIN_EXCESS`` (``LEVEL_STEPS``), and a
+subclass may raise the share tested against (``allowance``: an allowed
+ceiling of non-borrower sends).
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, NamedTuple
 
 from smsstream.detection.base import BUCKET_MS, Finding, Part
+from smsstream.detection.controls import HIGH, LOW, NORMAL, Subject
 from smsstream.detection.facts import RoutineCount
 from smsstream.detection.stats import BucketRing, ShareBaseline, binomial_exact_tail_score, binomial_tail_score
-from smsstream.vocabulary import CARRIER, CRITICAL, HOUR_MS, MINUTE_MS, TEMPLATE, WARNING
+from smsstream.vocabulary import CARRIER, CRITICAL, HOUR_MS, MINUTE_MS, SENDER, TEMPLATE, WARNING
 
 #: Recent hits kept per entity as evidence.
 SAMPLES = 20
@@ -76,6 +83,29 @@ class Share:
     prior_weight: float
     #: words for the summary: "<hits_word> of <n> <trials_word>"
     hits_word: str
+
+
+class Limits(NamedTuple):
+    """The thresholds one share of one entity is judged by, as the operator controls in force set them."""
+
+    fire: float
+    hold: float
+    min_excess: float
+    cold_fire: float
+    #: a share the entity may reach before it counts as abnormal (an allowed ceiling); 0 for none
+    floor: float = 0.0
+    #: ids of the control entries that set these
+    controls: tuple[str, ...] = ()
+
+
+#: Sensitivity levels as (factor on FIRE_SCORE, on HOLD_SCORE, on COLD_FIRE_SCORE, step on MIN_EXCESS);
+#: MIN_EXCESS never goes below ``MIN_EXCESS_FLOOR`` (docs/controls.md lists the resulting figures).
+LEVEL_STEPS: dict[str, tuple[float, float, float, float]] = {
+    LOW: (1.6, 1.5, 1.5, 2.0),
+    NORMAL: (1.0, 1.0, 1.0, 0.0),
+    HIGH: (0.7, 0.7, 0.5, -1.0),
+}
+MIN_EXCESS_FLOOR = 2.0
 
 
 class Verdict(NamedTuple):
@@ -159,6 +189,39 @@ class SharePart(Part):
         super().__init__(ctx)
         self.counters = {}
         self._widths = tuple(w // BUCKET_MS for w in self.WINDOWS_MS)
+        self._normal = [self.limits_at(NORMAL)] * len(self.shares)
+
+    @classmethod
+    def limits_at(cls, level: str, floor: float = 0.0, controls: tuple[str, ...] = ()) -> Limits:
+        """The thresholds of a sensitivity level (``LEVEL_STEPS``)."""
+        fire, hold, cold, step = LEVEL_STEPS[level]
+        min_excess = cls.MIN_EXCESS if not step else max(MIN_EXCESS_FLOOR, cls.MIN_EXCESS + step)
+        return Limits(cls.FIRE_SCORE * fire, cls.HOLD_SCORE * hold, min_excess, cls.COLD_FIRE_SCORE * cold,
+                      floor, controls)
+
+    def limits(self, key: str, state: "ShareState", t: int) -> list[Limits]:
+        """Each share's thresholds for one entity at event time ``t``, under the controls in force."""
+        book = self.ctx.controls
+        if not book.active:
+            return self._normal
+        out = []
+        for share in self.shares:
+            subject = self.subject(key, state, share.reason)
+            level, ids = book.level(subject, t)
+            floor, allowed = self.allowance(subject, t)
+            out.append(self.limits_at(level, floor, ids + allowed))
+        return out
+
+    def subject(self, key: str, state: "ShareState", reason: str) -> Subject:
+        """What a judgement of this entity is about, as control scopes and its alert name it."""
+        entity_type = self.entity_type
+        sender_id = key if entity_type == SENDER else state.sender_id if entity_type == TEMPLATE else None
+        template_id = key if entity_type == TEMPLATE else None
+        return Subject(self.kind, reason, sender_id, template_id, entity_type, self.entity_id(key))
+
+    def allowance(self, subject: Subject, t: int) -> tuple[float, tuple[str, ...]]:
+        """A share ``subject`` may reach before it is abnormal, and the ids of the allowances saying so."""
+        return 0.0, ()
 
     # --- per-event -------------------------------------------------------------
 
@@ -223,13 +286,14 @@ class SharePart(Part):
             if samples and next(iter(samples)) < oldest:
                 for bucket in [b for b in samples if b < oldest]:
                     del samples[bucket]
-        best = self._judge(state.ring, state.baselines, start, end)
+        limits = self.limits(key, state, end)
+        best = self._judge(state.ring, state.baselines, start, end, limits)
         if state.subs and self.JUDGE_SUBS:
             idx = start // BUCKET_MS
             for sub, (ring, baselines) in state.subs.items():
                 if idx > ring.head or not ring.cols[0][idx % ring.SIZE]:
                     continue  # no new data in this slice: nothing new to judge or learn
-                verdict = self._judge(ring, baselines, start, end)
+                verdict = self._judge(ring, baselines, start, end, limits)
                 if verdict is not None and (best is None or verdict.score > best.score):
                     best = verdict._replace(sub=sub)
         self.save(key, state)
@@ -237,7 +301,8 @@ class SharePart(Part):
             return ()
         score, column, window_ms, expected, n, k, sub = best
         cold = end - state.first_ts < self.COLD_MS
-        threshold = self.COLD_FIRE_SCORE if cold else self.FIRE_SCORE
+        lim = limits[column]
+        threshold = lim.cold_fire if cold else lim.fire
         firing = score >= threshold
         dedup_key = f"{self.kind}/{self.entity_type}/{self.entity_id(key)}"
         if firing and not self.may_fire(state, column, end, window_ms, expected, n, k):
@@ -252,6 +317,8 @@ class SharePart(Part):
         evidence = self.evidence(state, column, end - window_ms, int(k), int(n), end)
         if sub is not None:
             evidence[self.sub_name()] = sub
+        if lim.floor:
+            evidence["allowed_share"] = lim.floor
         return (Finding(
             kind=self.kind,
             reason=share.reason,
@@ -270,15 +337,17 @@ class SharePart(Part):
             # bounded by the window, so data already read beyond it (arrival timing) does not show
             last_seen=min(state.last_ts, end),
             firing=firing,
+            controls=lim.controls,
         ),)
 
-    def _judge(self, ring: BucketRing, baselines: list, start: int, end: int) -> Verdict | None:
+    def _judge(self, ring: BucketRing, baselines: list, start: int, end: int, limits: list[Limits]) -> Verdict | None:
         """Test every share over every window; train the baselines with the closed bucket.
 
-        Returns the most surprising share's ``Verdict`` if it reaches ``HOLD_SCORE``.
+        Returns the most surprising share's ``Verdict`` if it reaches its hold score.
         """
         idx = start // BUCKET_MS
-        if ring.most_hits(idx + 1, self._widths[-1]) < self.MIN_EXCESS:
+        least_excess = limits[0].min_excess if len(limits) == 1 else min(lim.min_excess for lim in limits)
+        if ring.most_hits(idx + 1, self._widths[-1]) < least_excess:
             # too few hits in the widest window for any window to reach MIN_EXCESS: just learn
             if ring.head - ring.SIZE < idx <= ring.head:
                 slot = idx % ring.SIZE
@@ -294,12 +363,16 @@ class SharePart(Part):
         best: Verdict | None = None
         for column, share in enumerate(self.shares):
             baseline = baselines[column]
-            expected = baseline.get(share.prior, share.prior_weight)
-            tested = min(expected * self.RATIO + self.MARGIN, 0.999)
+            lim = limits[column]
+            learned = baseline.get(share.prior, share.prior_weight)
+            # an allowed ceiling is tested as it is: the share may reach it, not half as much again
+            expected = max(learned, lim.floor)
+            tested = min(max(learned * self.RATIO + self.MARGIN, lim.floor), 0.999)
+            min_excess = lim.min_excess
             top_score, top_window = 0.0, 0
             for wi, counts in enumerate(sums):
                 n, k = counts[0], counts[column + 1]
-                if n <= 0 or k - n * expected < self.MIN_EXCESS:
+                if n <= 0 or k - n * expected < min_excess:
                     continue
                 if k <= self.EXACT_MAX_HITS:
                     score = binomial_exact_tail_score(k, n, tested)
@@ -307,7 +380,7 @@ class SharePart(Part):
                     score = binomial_tail_score(k, n, tested)
                 if score > top_score:
                     top_score, top_window = score, wi
-            abnormal = top_score >= self.HOLD_SCORE
+            abnormal = top_score >= lim.hold
             if current[0]:
                 if abnormal:
                     if baseline.hold(end, current[0], current[column + 1], self.HALF_LIFE_MS, self.ACCEPT_AFTER_MS):

@@ -42,8 +42,10 @@ import orjson
 from smsstream import kafka, records
 from smsstream.config import Settings
 from smsstream.detection.base import Part, PartContext
+from smsstream.detection.controls import ControlBook
 from smsstream.errors import BrokerUnreachable, ConfigError, RecordError
 from smsstream.metrics import Metrics, create, register_process_metrics
+from smsstream.worker.controls import ControlsReader, dead_letter_agent
 from smsstream.worker.flow import HELD, MISSED, Item, Source, Topology, resume_step
 from smsstream.worker.transport import encode
 from smsstream.worker.router import InputRouter
@@ -64,7 +66,8 @@ def part_topic_name(app_id: str, part: type[Part]) -> str:
     return f"{app_id}-part-{part.name}"
 
 
-async def preflight(settings: Settings, topics: Iterable[str] = (*records.INPUT_TOPICS, records.ALERTS, records.DEAD_LETTER)) -> dict[str, int]:
+async def preflight(settings: Settings, topics: Iterable[str] = (*records.INPUT_TOPICS, records.ALERTS, records.DEAD_LETTER,
+                                                                 records.CONTROLS)) -> dict[str, int]:
     """Partition count of every contract topic; clear errors when the broker or a topic is missing."""
     from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
@@ -112,7 +115,9 @@ class Worker:
         self.settings = settings
         self.registry = registry
         self.metrics: Metrics = create(registry)
-        self.ctx = PartContext.from_settings(settings)
+        self.ctx = PartContext.from_settings(settings, ControlBook())
+        #: the operator controls: read whole before Faust starts (``smsstream worker``), then followed
+        self.controls = ControlsReader(settings, self.ctx.controls, self.metrics)
         self.topology = Topology(parts, topic_partitions, partitions)
         self.parts = self.topology.parts
         self.partitions = partitions
@@ -138,6 +143,10 @@ class Worker:
             # a crashed worker's partitions move to the others after this long
             broker_session_timeout=20.0,
             broker_heartbeat_interval=3.0,
+            # a new deployment's internal topics are created as the worker starts; one created just before the
+            # group's first assignment can be missing from the consumer's metadata, and aiokafka then ignores it
+            # until the next refresh (5 min by default): seconds, not minutes, without its part's stream
+            consumer_metadata_max_age_ms=10_000,
         )
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.alerts_topic = app.topic(records.ALERTS, **raw)
@@ -392,6 +401,11 @@ class Worker:
             for i in range(self.partitions):
                 await self.part_topics[name].send(key=None, value=value, partition=i)
 
+    async def follow_controls(self) -> None:
+        """Apply new entries of the control topic as they come (``worker.controls``)."""
+        app = self.app
+        await self.controls.follow(lambda: bool(app.should_stop), app.sleep)
+
     async def on_revoked(self, app_, revoked, **kwargs) -> None:
         self.router.revoked([(tp.topic, tp.partition) for tp in revoked])
         gone = set()
@@ -421,6 +435,7 @@ class Worker:
             # a shard is idle once every upstream partition has caught up and its merge is empty
             "idle_shards": sum(shard.idle for shard in shards),
             "parts": [p.name for p in self.parts],
+            "controls": self.controls.health(),
         }, ready
 
     def alive(self) -> tuple[dict, bool]:
@@ -438,6 +453,9 @@ class Worker:
         for p in self.parts:
             app.agent(self.part_topics[p.name], name=f"{app_id}.part.{p.name}")(self.part_agent(p.name))
         app.task(self.heartbeat_loop)
+        app.task(self.follow_controls)
+        controls = app.topic(records.CONTROLS, key_serializer="raw", value_serializer="raw")
+        app.agent(controls, name=f"{app_id}.controls")(dead_letter_agent(self.send_dead))
         app.on_partitions_revoked.connect(self.on_revoked)
         app.on_partitions_assigned.connect(self.on_assigned)
 

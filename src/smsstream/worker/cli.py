@@ -65,6 +65,8 @@ def run(args: list[str]) -> int:
         topic_partitions = asyncio.run(preflight(settings))
     worker = build(settings, topic_partitions=topic_partitions)
     if topic_partitions:
+        # every entry written so far is in force before the first event is judged
+        asyncio.run(worker.controls.load())
         metrics.serve(worker.registry, settings.metrics_port, host=settings.bind_host)
     sys.argv = ["smsstream worker", *faust_argv(list(args))]
     with fewer_gc_passes():

@@ -3,7 +3,8 @@
 Keyed by account (``<sender_id>|<account_id>``, from ``sms.bindings``). It
 keeps the account's last ``MAX_MOVES`` moves within ``FLAP_HORIZON_MS``, and
 tells the number part, as ``NumberBinding`` facts, which account arrived at
-and which left each number.
+and which left each number. Sensitivity moves how many changes page
+(``FLAP_LEVELS``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, ClassVar, Iterable, NamedTuple
 
 from smsstream.detection.alerts import Finding
 from smsstream.detection.base import BUCKET_MS, Part
+from smsstream.detection.controls import HIGH, LOW, NORMAL, Subject
 from smsstream.detection.rebind.evidence import keep_in_time_order, shown_account
 from smsstream.detection.rebind.facts import NUMBER_BINDINGS, NumberBinding
 from smsstream.records import BINDINGS
@@ -20,6 +22,9 @@ from smsstream.vocabulary import ACCOUNT, ACCOUNT_FLAPPING, CRITICAL, DAY_MS, HO
 
 FLAP_HORIZON_MS = 2 * DAY_MS
 MAX_MOVES = 8
+#: By sensitivity level: the fewest changes within the horizon that page with a return to a number the
+#: account had left, and without one.
+FLAP_LEVELS = {LOW: (3, 4), NORMAL: (2, 3), HIGH: (2, 2)}
 
 
 def _account_key(b) -> str:
@@ -80,7 +85,14 @@ class AccountRebinds(Part):
             return ()
         moves = [m for m in state.moves if end - FLAP_HORIZON_MS <= m.ts < end]
         changes = [m for m in moves if m.old_pn is not None]
-        if len(changes) < 2:
+        level: str = NORMAL
+        ids: tuple[str, ...] = ()
+        if self.ctx.controls.active:
+            shown_key = shown_account(self.ctx, key)
+            level, ids = self.ctx.controls.level(Subject(REBIND_ANOMALY, ACCOUNT_FLAPPING, shown_key.partition("|")[0],
+                                                         None, ACCOUNT, shown_key), end)
+        with_return, without = FLAP_LEVELS[level]
+        if len(changes) < with_return:
             return ()
         held: list[str] = []
         returns = 0
@@ -92,7 +104,7 @@ class AccountRebinds(Part):
                 returns += 1
             if new not in held:
                 held.append(new)
-        if returns == 0 and len(changes) < 3:
+        if returns == 0 and len(changes) < without:
             return ()
         shown = shown_account(self.ctx, key)
         sender_id, _, account_id = shown.partition("|")
@@ -128,6 +140,7 @@ class AccountRebinds(Part):
             },
             sender_id=sender_id,
             last_seen=changes[-1].ts,
+            controls=ids,
         )]
 
     def idle_since(self, state: AccountState) -> int:

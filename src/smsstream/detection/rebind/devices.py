@@ -2,7 +2,9 @@
 
 Keyed by ``device_id``. A device keeps the rebinds of the last
 ``DEVICE_WINDOW_MS`` (at most ``MAX_DEVICE_ROWS``); staff devices (branch,
-call centre) earn their own higher rate.
+call centre) earn their own higher rate. Sensitivity moves the fire score
+and the fewest numbers (``DEVICE_LEVELS``); a device a ``bulk_rebinds``
+allowance names for a lender does not count that lender's accounts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, ClassVar, Iterable, NamedTuple
 
 from smsstream.detection.alerts import Finding
 from smsstream.detection.base import Part
+from smsstream.detection.controls import BULK_REBINDS, HIGH, LOW, NORMAL, Subject
 from smsstream.detection.rebind.evidence import SAMPLES, keep_in_time_order, shown_account, top_counts
 from smsstream.detection.rebind.rates import BUSINESS_HOURS_FACTOR, HOLD_SCORE, SENDER_PRIOR_DAYS, DelayedRate
 from smsstream.detection.stats import poisson_tail_score
@@ -27,6 +30,8 @@ DEVICE_FIRE_SCORE = 2.5
 DEVICE_PRIOR_PER_DAY = 0.5
 STAFF_DEVICE_PRIOR_PER_DAY = 20.0
 STAFF_CHANNELS = frozenset({"branch", "call_center"})
+#: By sensitivity level: (fire score, fewest distinct numbers left).
+DEVICE_LEVELS = {LOW: (4.0, 4), NORMAL: (DEVICE_FIRE_SCORE, DEVICE_FAN_OUT_MIN), HIGH: (2.0, 3)}
 
 
 def _rebind_device(b) -> str | None:
@@ -81,6 +86,11 @@ class DeviceRebinds(Part):
             return ()
         count = state.pending.pop(start, 0)
         rows = [r for r in state.rows if end - DEVICE_WINDOW_MS <= r.ts < end]
+        level: str = NORMAL
+        ids: tuple[str, ...] = ()
+        if self.ctx.controls.active:
+            rows, level, ids = self._controls(key, rows, end)
+        fire_score, least = DEVICE_LEVELS[level]
         # Distinct numbers the accounts left: one customer moving all their loans counts once.
         origins = {r.old_pn for r in rows}
         n = len(origins)
@@ -93,13 +103,13 @@ class DeviceRebinds(Part):
         young = state.rate.young(start)
         # a branch or call-centre device works business hours; a customer's phone has no such rhythm
         lam = per_day * DEVICE_WINDOW_MS / DAY_MS * (BUSINESS_HOURS_FACTOR if state.staff else 1.0)
-        score = poisson_tail_score(n, lam) if n >= DEVICE_FAN_OUT_MIN else 0.0
+        score = poisson_tail_score(n, lam) if n >= least else 0.0
         accounts = [r.account for r in rows]
         senders = sorted({a.partition("|")[0] for a in accounts})
         # Two people's accounts at two lenders moved from one customer phone: a helpful relative, or the
         # start of a fan-out. Worth an info, never more, until a third account follows.
         early = n == 2 and len(senders) >= 2 and not state.staff and poisson_tail_score(n, lam) >= 1.0
-        abnormal = score >= HOLD_SCORE
+        abnormal = score >= min(HOLD_SCORE, fire_score)
         # as for a young lender: a device's first day is learned whole, so a busy staff device's
         # ordinary day is not held out as abnormal and never learned
         state.rate.observe(start, count, abnormal and not (young and state.staff))
@@ -133,5 +143,27 @@ class DeviceRebinds(Part):
             },
             sender_id=senders[0] if len(senders) == 1 else None,
             last_seen=rows[-1].ts if rows else end,
-            firing=early or score >= DEVICE_FIRE_SCORE,
+            firing=early or score >= fire_score,
+            controls=ids,
         )]
+
+    def _controls(self, key: str, rows: list, t: int) -> tuple[list, str, tuple[str, ...]]:
+        """The rows that count (not those of a lender whose allowance names this device), the sensitivity
+        level in force, and the ids of the entries that shaped them."""
+        book = self.ctx.controls
+        senders = sorted({r.account.partition("|")[0] for r in rows})
+        used: list[str] = []
+        if BULK_REBINDS in book.present:
+            excused = set()
+            for sender in senders:
+                found = [e for e in book.allowances(BULK_REBINDS, Subject(REBIND_ANOMALY, DEVICE_FAN_OUT, sender, None,
+                                                                          DEVICE, key), t) if key in e.devices]
+                if found:
+                    excused.add(sender)
+                    used += [e.id for e in found]
+            if excused:
+                rows = [r for r in rows if r.account.partition("|")[0] not in excused]
+                senders = [s for s in senders if s not in excused]
+        level, ids = book.level(Subject(REBIND_ANOMALY, DEVICE_FAN_OUT, senders[0] if len(senders) == 1 else None,
+                                        None, DEVICE, key), t)
+        return rows, level, tuple(dict.fromkeys(ids + tuple(used)))

@@ -13,7 +13,9 @@ A number keeps at most ``MAX_ARRIVALS`` arrivals within ``FAN_IN_HORIZON_MS``
 and ``MAX_DEPARTURES`` departures within ``STALE_HORIZON_MS``; a number with
 neither is forgotten, so state grows with numbers *rebound* in the last
 month, not with all numbers. Numbers in state are pseudonyms except the
-number a state is keyed by, which is the routing key.
+number a state is keyed by, which is the routing key. Sensitivity moves the
+fewest origins of a fan-in (``FAN_IN_LEVELS``) and how soon stale sends
+page (``STALE_LEVELS``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, ClassVar, Iterable, NamedTuple
 
 from smsstream.detection.alerts import Finding
 from smsstream.detection.base import BUCKET_MS, Part
+from smsstream.detection.controls import HIGH, LOW, NORMAL, Subject
 from smsstream.detection.rebind.evidence import SAMPLES, keep_in_time_order, shown_account
 from smsstream.detection.rebind.facts import NUMBER_BINDINGS, NumberBinding
 from smsstream.records import LOAN_OBLIGATION, SENDS
@@ -39,6 +42,10 @@ STALE_GRACE_MS = 5 * MINUTE_MS
 #: Within the first hour a single send is a stray; two make a pattern. After it, one is enough.
 STALE_SINGLE_AFTER_MS = HOUR_MS
 MAX_DEPARTURES = 16
+#: By sensitivity level: the fewest different numbers an account moves from to one number that page ...
+FAN_IN_LEVELS = {LOW: 4, NORMAL: FAN_IN_MIN, HIGH: 2}
+#: ... and (sends about the account since it left, or time since it left) that make a stale send page.
+STALE_LEVELS = {LOW: (3, 6 * HOUR_MS), NORMAL: (2, STALE_SINGLE_AFTER_MS), HIGH: (1, 0)}
 
 
 def _fact_number(f: NumberBinding) -> str:
@@ -163,8 +170,11 @@ class NumberRebinds(Part):
         row = state.stale.pop(start, None)
         if row is not None:
             left = state.departures.get(row.account)
-            if left is not None and (left.sends_since >= 2 or row.last_ts - left.left_at >= STALE_SINGLE_AFTER_MS):
+            level, ids = self._level(key, STALE_BINDING_SEND, row.account.partition("|")[0], end)
+            least, single_after = STALE_LEVELS[level]
+            if left is not None and (left.sends_since >= least or row.last_ts - left.left_at >= single_after):
                 out.append(self._stale_finding(state, key, start, end, row))
+                out[-1].controls = ids
         if state.fan_in_due.pop(start, None):
             fan = self._fan_in_finding(state, key, end)
             if fan is not None:
@@ -214,13 +224,15 @@ class NumberRebinds(Part):
             origins.setdefault(a.origin_pn, a)
         n = len(origins)
         senders = sorted({a.sender_id for a in recent})
+        level, ids = self._level(key, NUMBER_FAN_IN, senders[0] if len(senders) == 1 else None, end)
+        least = FAN_IN_LEVELS[level]
         # Two accounts from two numbers: a family sharing a phone looks the same, so only across lenders
         # and only as info; from FAN_IN_MIN numbers on, no household explains it.
-        if n < FAN_IN_MIN and not (n == 2 and len(senders) >= 2):
+        if n < least and not (n == 2 and len(senders) >= 2 and level == NORMAL):
             return None
         accounts = [shown_account(self.ctx, f"{a.sender_id}|{a.account_id}") for a in recent]
         span_h = (recent[-1].ts - recent[0].ts) / HOUR_MS
-        if n < FAN_IN_MIN:
+        if n < least:
             severity = INFO
         else:
             severity = CRITICAL if n >= 5 or len(senders) >= 2 else WARNING
@@ -248,7 +260,15 @@ class NumberRebinds(Part):
             },
             sender_id=senders[0] if len(senders) == 1 else None,
             last_seen=recent[-1].ts,
+            controls=ids,
         )
+
+    def _level(self, key: str, reason: str, sender_id: str | None, t: int) -> tuple[str, tuple[str, ...]]:
+        """The sensitivity level in force for this number and reason (numbers are scoped by pseudonym)."""
+        book = self.ctx.controls
+        if not book.active:
+            return NORMAL, ()
+        return book.level(Subject(REBIND_ANOMALY, reason, sender_id, None, NUMBER, self.ctx.pseudonym(key)), t)
 
     def idle_since(self, state: NumberState) -> int:
         # Departures matter for STALE_HORIZON_MS, arrivals for FAN_IN_HORIZON_MS; then the number is forgotten.

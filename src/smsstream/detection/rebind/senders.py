@@ -4,6 +4,9 @@ Keyed by sender. Rebinds in the trailing 10 min / 30 min / 1 h / 6 h are
 judged against the lender's own rate (a big lender's handful a day is its
 normal), with the devices, IPs and channels they came from. A sender keeps
 6 h of per-bucket counts and ``MAX_SENDER_ROWS`` recent rebinds for evidence.
+Sensitivity moves the scores and the fewest accounts (``MASS_REBIND_LEVELS``);
+rebinds from devices or networks a ``bulk_rebinds`` allowance names (a
+branch, a call centre) are not counted in the windows judged.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, ClassVar, Iterable, NamedTuple
 
 from smsstream.detection.alerts import Finding
 from smsstream.detection.base import Part
+from smsstream.detection.controls import BULK_REBINDS, HIGH, LOW, NORMAL, Entry, Subject
 from smsstream.detection.rebind.evidence import SAMPLES, keep_in_time_order, shown_account, top_counts
 from smsstream.detection.rebind.rates import (
     BUSINESS_HOURS_FACTOR, FIRE_SCORE, HOLD_SCORE, SENDER_PRIOR_DAYS, DelayedRate,
@@ -28,6 +32,12 @@ MASS_REBIND_MIN = 5
 SENDER_COLD_FIRE_SCORE = 12.0
 #: Assumed rebinds per day for an entity with no history (and how many days that guess weighs).
 SENDER_PRIOR_PER_DAY = 2.0
+#: By sensitivity level: (fire score, hold score, a young lender's fire score, fewest accounts).
+MASS_REBIND_LEVELS = {
+    LOW: (8.0, 4.0, 16.0, 8),
+    NORMAL: (FIRE_SCORE, HOLD_SCORE, SENDER_COLD_FIRE_SCORE, MASS_REBIND_MIN),
+    HIGH: (4.0, 2.0, 9.0, 4),
+}
 
 
 def _rebind_sender(b) -> str | None:
@@ -98,10 +108,15 @@ class SenderRebinds(Part):
         state.total += count
         young = state.rate.young(end)
         first_ts = state.rate.first_ts or start
+        level, ids, allowed = self._controls(key, end)
+        fire_score, hold_score, cold_fire_score, least = MASS_REBIND_LEVELS[level]
+        recent = state.recent if not allowed else [r for r in state.recent if not _in_bulk(r, allowed)]
+        if len(recent) < len(state.recent):
+            ids += tuple(e.id for e in allowed if any(_in_bulk(r, [e]) for r in state.recent))
         best = WindowScore(0.0, 0, 0.0, SENDER_WINDOWS_MS[0], per_day)
         for w in SENDER_WINDOWS_MS:
             # Accounts, not rebinds: one account flapping is account_flapping's business.
-            n = len({r.account_id for r in state.recent if end - w <= r.ts < end})
+            n = len({r.account_id for r in recent if end - w <= r.ts < end})
             expected_per_day = per_day
             if young:
                 # The learned rate lags a window behind: judge against what came before this window.
@@ -111,19 +126,19 @@ class SenderRebinds(Part):
                 before = state.total - sum(r[1] for r in state.window.rows if end - w <= r[0] < end)
                 expected_per_day = max(per_day, before * DAY_MS / history)
             lam = expected_per_day * w / DAY_MS * BUSINESS_HOURS_FACTOR
-            score = poisson_tail_score(n, lam) if n >= MASS_REBIND_MIN else 0.0
+            score = poisson_tail_score(n, lam) if n >= least else 0.0
             if score > best.score:
                 best = WindowScore(score, n, lam, w, expected_per_day)
         score, n, lam, w, per_day = best
-        abnormal = score >= HOLD_SCORE
+        abnormal = score >= hold_score
         # A young sender's rate is still mostly the prior: learn all of it, or a large lender's
         # ordinary day would be held out as abnormal and never learned.
         state.rate.observe(start, count, abnormal and not young)
         self.save(key, state)
         if not abnormal:
             return ()
-        fire_score = SENDER_COLD_FIRE_SCORE if young else FIRE_SCORE
-        rows = [r for r in state.recent if end - w <= r.ts < end]
+        fire_score = cold_fire_score if young else fire_score
+        rows = [r for r in recent if end - w <= r.ts < end]
         devices = Counter(r.device_id for r in rows)
         ips = Counter(r.source_ip for r in rows)
         channels = Counter(r.channel for r in rows)
@@ -157,4 +172,21 @@ class SenderRebinds(Part):
             sender_id=key,
             last_seen=rows[-1].ts if rows else end,
             firing=score >= fire_score,
+            controls=tuple(dict.fromkeys(ids)),
         )]
+
+    def _controls(self, key: str, t: int) -> tuple[str, tuple[str, ...], list[Entry]]:
+        """The sensitivity level in force for the lender (and its entry's id), and its bulk-rebind allowances."""
+        book = self.ctx.controls
+        if not book.active:
+            return NORMAL, (), []
+        subject = Subject(REBIND_ANOMALY, MASS_REBIND, key, None, SENDER, key)
+        level, ids = book.level(subject, t)
+        allowed = book.allowances(BULK_REBINDS, subject, t) if BULK_REBINDS in book.present else []
+        return level, ids, allowed
+
+
+def _in_bulk(row: Rebind, allowed: list[Entry]) -> bool:
+    """A rebind from a device or network that an allowance says rebinds in bulk."""
+    return any((row.device_id is not None and row.device_id in e.devices) or e.allows_ip(row.source_ip)
+               for e in allowed)

@@ -6,13 +6,16 @@ what differs is tampering), is ``content_drift``; a sender that does not own
 the template is ``foreign_sender``. The bucket's judgement (``content``,
 ``owner``) then finds the same and keeps the episode going. The finding uses
 only the one send and what closed buckets taught the template, so replay and
-the worker write the same record.
+the worker write the same record. Partners allowed on the template, and
+links or callback numbers allowed for its sender (``allowances``), raise no
+alarm.
 """
 
 from __future__ import annotations
 
 from smsstream.detection.alerts import Finding, one_alert
 from smsstream.detection.base import BUCKET_MS, PartContext
+from smsstream.detection.templates.allowances import template_controls, without_allowed
 from smsstream.detection.templates.facts import TemplateAlarm
 from smsstream.detection.templates.state import TemplateState
 from smsstream.vocabulary import CONTENT_DRIFT, CRITICAL, FOREIGN_SENDER, TEMPLATE, TEMPLATE_HIJACK
@@ -22,12 +25,19 @@ def judge_alarm(ctx: PartContext, state: TemplateState, alarm: TemplateAlarm) ->
     """The finding one alarming send makes of its template, or none."""
     if state.registered is None or state.owner is None:
         return []
+    controls = template_controls(ctx, state.template_id, state.owner, alarm.ts)
     found = []
-    if alarm.foreign and alarm.sender_id != state.owner:
+    if alarm.foreign and alarm.sender_id != state.owner and (controls is None
+                                                             or alarm.sender_id not in controls.partners):
         found.append(_foreign(state, alarm))
     # before any send fitted, a marker unlike the registration may mean a stale registration (``content``)
     injected = [k for k in alarm.markers if k not in state.known] if state.fitting else []
-    if injected:
+    if injected and controls is not None:
+        injected, allowed = without_allowed(ctx, controls.links, injected)
+        if injected:
+            found.append(_injected(ctx, state, alarm, injected))
+            found[-1].controls = allowed
+    elif injected:
         found.append(_injected(ctx, state, alarm, injected))
     return one_alert(found)
 

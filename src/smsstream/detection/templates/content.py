@@ -11,13 +11,18 @@ markers in its first hour; a new marker after that must repeat across
 recipients, since loan ids and links vary per message. A marker still
 carried after ``ABSORB_MS`` is the template's new normal. A word-only change
 pages when most of a normally fitting template's recent sends carry it.
+Sensitivity moves how often a new marker must repeat (``SUSPECT_REPEATS``)
+and how many reworded sends page (``WORDS_LEVELS``); markers a ``links``
+allowance lets through are neither known nor suspect.
 """
 
 from __future__ import annotations
 
 from smsstream.detection.alerts import MAX_EVIDENCE, Finding
 from smsstream.detection.base import BUCKET_MS, PartContext
+from smsstream.detection.controls import HIGH, LOW, NORMAL
 from smsstream.detection.facts import TemplateTally, sample_ids
+from smsstream.detection.templates.allowances import TemplateControls, allowed_marker, ids_for, level_of
 from smsstream.detection.stats import poisson_tail_score
 from smsstream.detection.templates.state import MAX_MARKERS, MAX_SUSPECTS, Suspect, TemplateState
 from smsstream.vocabulary import CONTENT_DRIFT, CRITICAL, DAY_MS, HOUR_MS, MINUTE_MS, TEMPLATE, TEMPLATE_HIJACK, WARNING
@@ -32,13 +37,21 @@ SIGNATURE_LEARN_N = 3
 WORDS_WINDOW_MS = 15 * MINUTE_MS
 WORDS_MIN_SENDS = 3
 WORDS_MIN_SHARE = 0.2
+#: By sensitivity level: how many sends, to how many recipients, a new marker needs (unless it differs from
+#: the registration, which pages at once) ...
+SUSPECT_REPEATS = {LOW: (3, 2), NORMAL: (2, 2), HIGH: (1, 1)}
+#: ... and the fewest reworded sends, and their least share, in ``WORDS_WINDOW_MS``.
+WORDS_LEVELS = {LOW: (5, 0.3), NORMAL: (WORDS_MIN_SENDS, WORDS_MIN_SHARE), HIGH: (2, 0.1)}
 
 
 def judge_markers(ctx: PartContext, state: TemplateState, tally: TemplateTally, start: int, end: int,
-                  learning: bool) -> Finding | None:
+                  learning: bool, controls: TemplateControls | None = None) -> Finding | None:
     """``content_drift`` from the bucket's markers (links, numbers, signature) and reworded text, if any."""
     registered = state.registered
     fresh: list[tuple[str, Suspect]] = []
+    links = controls.links if controls is not None else []
+    allowed: list[str] = []
+    min_sends, min_recipients = SUSPECT_REPEATS[level_of(controls, CONTENT_DRIFT)]
     fits = (state.fitting + tally.fitting) > 0
     if state.held:
         if fits:
@@ -60,6 +73,10 @@ def judge_markers(ctx: PartContext, state: TemplateState, tally: TemplateTally, 
         count, samples, recipients = row.sends, sample_ids(row.samples), row.recipients
         if k in state.known:
             state.known[k] += count
+            continue
+        entry = allowed_marker(ctx, links, k)
+        if entry is not None:
+            allowed.append(entry.id)
             continue
         vs_registration = k in tally.unregistered_markers
         if learning and not (vs_registration and fits) and not (
@@ -91,24 +108,35 @@ def judge_markers(ctx: PartContext, state: TemplateState, tally: TemplateTally, 
             if len(state.known) < MAX_MARKERS:
                 state.known[k] = s.sends
             continue
-        if vs_registration or (s.sends >= 2 and len(s.recipients) >= 2):
+        if vs_registration or (s.sends >= min_sends and len(s.recipients) >= min_recipients):
             fresh.append((k, s))
     _forget_suspects(state, end)
+    if links and fresh:
+        # held markers that an allowance lets through by now
+        kept = []
+        for k, s in fresh:
+            entry = allowed_marker(ctx, links, k)
+            if entry is None:
+                kept.append((k, s))
+            else:
+                allowed.append(entry.id)
+        fresh = kept
 
-    words = _words_drift(ctx, state, tally, start, end)
-    if not fresh and words is None:
-        return None
-    if not fresh:
-        return words
-    return _drift_finding(ctx, state, tally, start, end, fresh)
+    words = _words_drift(ctx, state, tally, start, end, controls)
+    found = words if not fresh else _drift_finding(ctx, state, tally, start, end, fresh)
+    if found is not None and controls is not None:
+        found.controls = ids_for(controls, CONTENT_DRIFT, tuple(dict.fromkeys(allowed)))
+    return found
 
 
-def _words_drift(ctx: PartContext, state: TemplateState, tally: TemplateTally, start: int, end: int) -> Finding | None:
+def _words_drift(ctx: PartContext, state: TemplateState, tally: TemplateTally, start: int, end: int,
+                 controls: TemplateControls | None) -> Finding | None:
     if not tally.words_drift or state.registered is None:
         return None
     (total, _, drifted), = state.window.sums(end, (WORDS_WINDOW_MS,))
     normally_fits = state.fitting >= 10 and state.fitting >= 0.8 * state.sends
-    if drifted < WORDS_MIN_SENDS or drifted < WORDS_MIN_SHARE * total or not normally_fits:
+    min_sends, min_share = WORDS_LEVELS[level_of(controls, CONTENT_DRIFT)]
+    if drifted < min_sends or drifted < min_share * total or not normally_fits:
         return None
     samples = [(mid, diff) for _, mid, diff in tally.words_samples]
     return Finding(

@@ -5,24 +5,32 @@ strangers' sends reach this judgement then, and any one of them pages. An
 unregistered template's owner is learned from its traffic: the sender that
 sent at least ``OWNER_MIN_SENDS`` and ``OWNER_MIN_SHARE`` of it. A stranger
 to an unregistered template pages once it has sent twice within the trailing
-window, and never while the template learns.
+window, and never while the template learns (``STRANGER_MIN_SENDS`` by
+sensitivity level). Senders a ``partner_senders`` allowance names for the
+template are not strangers to it.
 """
 
 from __future__ import annotations
 
 from smsstream.detection.alerts import Finding
+from smsstream.detection.controls import HIGH, LOW, NORMAL
 from smsstream.detection.facts import TemplateTally, sample_ids
+from smsstream.detection.templates.allowances import TemplateControls, ids_for, level_of
 from smsstream.detection.templates.state import WINDOW_MS, StrangerSends, TemplateState
 from smsstream.vocabulary import CRITICAL, FOREIGN_SENDER, TEMPLATE, TEMPLATE_HIJACK
 
 #: An unregistered template's owner is learned once one sender sent this many and this share of it.
 OWNER_MIN_SENDS = 20
 OWNER_MIN_SHARE = 0.95
+#: By sensitivity level: a stranger's sends of an unregistered template within the window that page.
+STRANGER_MIN_SENDS = {LOW: 5, NORMAL: 2, HIGH: 1}
 
 
-def judge_owner(state: TemplateState, tally: TemplateTally, start: int, end: int, learning: bool) -> Finding | None:
+def judge_owner(state: TemplateState, tally: TemplateTally, start: int, end: int, learning: bool,
+                controls: TemplateControls | None = None) -> Finding | None:
     """``foreign_sender`` when strangers sent the template this bucket; learns an unregistered one's owner."""
     owner = state.owner
+    partners = controls.partners if controls is not None else frozenset()
     registered = owner is not None
     if registered and not tally.senders:
         return None  # only strangers' sends to a registered template are tallied
@@ -33,7 +41,7 @@ def judge_owner(state: TemplateState, tally: TemplateTally, start: int, end: int
             if state.senders[top] >= OWNER_MIN_SENDS and state.senders[top] >= OWNER_MIN_SHARE * total:
                 owner = top
     senders_seen = sorted(tally.senders.items())
-    foreign = {s: row for s, row in senders_seen if owner is not None and s != owner}
+    foreign = {s: row for s, row in senders_seen if owner is not None and s != owner and s not in partners}
     if not registered:
         for s, row in senders_seen:
             if s in state.senders or len(state.senders) < 8:
@@ -50,7 +58,8 @@ def judge_owner(state: TemplateState, tally: TemplateTally, start: int, end: int
     if not foreign:
         return None
     sends = sum(row.sends for row in foreign.values())
-    if not registered and (learning or sum(state.strangers[s].sends for s in foreign if s in state.strangers) < 2):
+    least = STRANGER_MIN_SENDS[level_of(controls, FOREIGN_SENDER)]
+    if not registered and (learning or sum(state.strangers[s].sends for s in foreign if s in state.strangers) < least):
         return None
     samples = [m for row in foreign.values() for m in sample_ids(row.samples)]
     senders = sorted(foreign, key=lambda s: (-foreign[s].sends, s))
@@ -74,4 +83,5 @@ def judge_owner(state: TemplateState, tally: TemplateTally, start: int, end: int
         sender_id=senders[0],
         template_id=state.template_id,
         last_seen=tally.ts,
+        controls=ids_for(controls, FOREIGN_SENDER),
     )

@@ -14,6 +14,10 @@ history cannot, on ``template_hijack/sender/<id>``:
   driving a template the sender barely uses). A new source that also
   carries the sender's established templates is the sender's own (a key
   rotation or a new host) and is left to those templates to judge.
+
+Operator controls: a domain a ``links`` allowance names for the sender (or
+the template) is not new; sensitivity moves the fewest sends of a burst
+(``volume.BURST_LEVELS``).
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from typing import ClassVar, Iterable, NamedTuple
 
 from smsstream.detection.alerts import MAX_EVIDENCE, Finding, one_alert
 from smsstream.detection.base import Part
+from smsstream.detection.controls import LINKS, NORMAL, Subject
 from smsstream.detection.facts import MAX_SAMPLES, SendsRow
 from smsstream.detection.templates.facts import TEMPLATE_LINKS, TEMPLATE_SOURCES, TemplateLink, TemplateSources
 from smsstream.detection.templates.sources import (
     NEW_SOURCE_MS, is_new_source, knows_its_sources, parts_of, show_source, source_order,
 )
 from smsstream.detection.templates.state import WINDOW_MS
-from smsstream.detection.templates.volume import BURST_MIN_SENDS
+from smsstream.detection.templates.volume import BURST_LEVELS
 from smsstream.vocabulary import CONTENT_DRIFT, CRITICAL, HOUR_MS, SENDER, TEMPLATE_HIJACK, VOLUME_BURST, WARNING
 
 #: A sender's usual link domains are those of its registrations and of its first ``SENDER_LEARN_MS`` of traffic.
@@ -178,8 +183,12 @@ class SenderBook(Part):
             return ()
         found = []
         domains = state.pending.pop(start, None)
+        allowed: tuple[str, ...] = ()
+        if domains and LINKS in self.ctx.controls.present:
+            domains, allowed = self._not_allowed(key, domains, end)
         if domains:
             found.append(self._new_domains(key, state, domains, start, end))
+            found[-1].controls = allowed
         told = state.told.pop(start, None)
         if told:
             burst = self._judge_sources(key, state, told, start, end)
@@ -187,6 +196,20 @@ class SenderBook(Part):
                 found.append(burst)
         self.save(key, state)
         return one_alert(found)
+
+    def _not_allowed(self, key: str, found: list[NewLink], t: int) -> tuple[list[NewLink], tuple[str, ...]]:
+        """The new links no ``links`` allowance of the sender (or of their template) lets through, and the
+        ids of those that let some through."""
+        book = self.ctx.controls
+        kept, used = [], []
+        for link in found:
+            subject = Subject(TEMPLATE_HIJACK, CONTENT_DRIFT, key, link.template_id, SENDER, key)
+            entry = next((e for e in book.allowances(LINKS, subject, t) if e.allows_domain(link.domain)), None)
+            if entry is None:
+                kept.append(link)
+            else:
+                used.append(entry.id)
+        return kept, tuple(dict.fromkeys(used))
 
     def _new_domains(self, key: str, state: SenderBookState, found: list[NewLink], start: int, end: int) -> Finding:
         redact = self.ctx.pseudonymizer.redact
@@ -241,13 +264,20 @@ class SenderBook(Part):
             if entry.template_id in now and _new_to_sender(state, entry.parts, start):
                 burst.setdefault(entry.template_id, []).append(entry)
         best = None
+        level: str = NORMAL
+        ids: tuple[str, ...] = ()
+        if self.ctx.controls.active:
+            level, ids = self.ctx.controls.level(Subject(TEMPLATE_HIJACK, VOLUME_BURST, key, None, SENDER, key), end)
+        least = BURST_LEVELS[level][0]
         for template_id, entries in sorted(burst.items()):
             total = sum(e.sends for e in entries)
-            if total >= BURST_MIN_SENDS and (best is None or total > best[0]):
+            if total >= least and (best is None or total > best[0]):
                 best = (total, template_id, entries)
         if best is None:
             return None
-        return self._burst_finding(key, state, *best, start, end)
+        finding = self._burst_finding(key, state, *best, start, end)
+        finding.controls = ids
+        return finding
 
     @staticmethod
     def _learn_sources(state: SenderBookState, by_template: dict, start: int, end: int) -> None:

@@ -8,7 +8,8 @@ reported either. Nor is a new key from the template's own network (a key
 rotated in place), or a source that took over from the template's main key
 hours before the burst and has sent ever since while the main key (or
 network) stayed silent (a rotation, seen on a template that sends too rarely
-for the hour-by-hour check).
+for the hour-by-hour check). Sensitivity moves the fewest sends and the
+scores a burst needs (``BURST_LEVELS``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Iterable, NamedTuple
 
 from smsstream.detection.alerts import Finding
 from smsstream.detection.base import BUCKET_MS
+from smsstream.detection.controls import HIGH, LOW, NORMAL
 from smsstream.detection.facts import TemplateTally, sample_ids
+from smsstream.detection.templates.allowances import TemplateControls, ids_for, level_of
 from smsstream.detection.stats import DailyProfile, poisson_tail_score
 from smsstream.detection.templates.sources import (
     NEW_SOURCE_MS, is_new_source, parts_of, show_source, source_order,
@@ -33,6 +36,9 @@ BURST_MIN_SENDS = 20
 BURST_MIN_SCORE = 4.0
 #: ... and this score makes a burst clear whatever the template's busiest hour was.
 BURST_CLEAR_SCORE = 30.0
+#: By sensitivity level: (BURST_MIN_SENDS, BURST_MIN_SCORE, BURST_CLEAR_SCORE).
+BURST_LEVELS = {LOW: (40, 6.0, 45.0), NORMAL: (BURST_MIN_SENDS, BURST_MIN_SCORE, BURST_CLEAR_SCORE),
+                HIGH: (10, 3.0, 20.0)}
 
 
 class NewSources(NamedTuple):
@@ -165,7 +171,7 @@ def _main_source_silent(state: TemplateState, expected: float, now: int) -> bool
 
 
 def judge_burst(state: TemplateState, tally: TemplateTally, end: int, new: NewSources,
-                expected_hour: float | None) -> Finding | None:
+                expected_hour: float | None, controls: TemplateControls | None = None) -> Finding | None:
     """``volume_burst`` when this bucket's sends from new sources make the trailing hour a burst."""
     new_sends, new_samples, new_sources = new
     if not new_sends:
@@ -188,9 +194,10 @@ def judge_burst(state: TemplateState, tally: TemplateTally, end: int, new: NewSo
     # Half as much from the new source in an hour as the template ever sent in its busiest hour (the
     # three-in-the-morning burst the size of the nine-o'clock campaign), or far beyond this hour's usual.
     busiest = max(state.profile.maxes)
-    if new_total < BURST_MIN_SENDS or score < BURST_MIN_SCORE:
+    min_sends, min_score, clear_score = BURST_LEVELS[level_of(controls, VOLUME_BURST)]
+    if new_total < min_sends or score < min_score:
         return None
-    if new_total < 0.5 * busiest and score < BURST_CLEAR_SCORE:
+    if new_total < 0.5 * busiest and score < clear_score:
         return None
     if excess < 0.5 * new_total or new_total < 0.5 * excess:
         return None
@@ -216,4 +223,5 @@ def judge_burst(state: TemplateState, tally: TemplateTally, end: int, new: NewSo
         sender_id=state.owner or tally.top_stranger(),
         template_id=state.template_id,
         last_seen=tally.ts,
+        controls=ids_for(controls, VOLUME_BURST),
     )

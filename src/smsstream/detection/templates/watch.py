@@ -18,6 +18,7 @@ from smsstream.detection.alerts import Finding, one_alert
 from smsstream.detection.base import Part
 from smsstream.detection.facts import OTHER, TemplateRead, TemplateTally
 from smsstream.detection.templates.alarm import judge_alarm
+from smsstream.detection.templates.allowances import template_controls
 from smsstream.detection.templates.content import judge_markers
 from smsstream.detection.templates.facts import (
     MAX_LINKS, TEMPLATE_ALARMS, TEMPLATE_LINKS, TEMPLATE_READS, TEMPLATE_SOURCES, SourceCount, TemplateLink,
@@ -150,9 +151,10 @@ class TemplateWatch(Part):
         expected_hour = usual_hour(state.profile, start, end) if burst_possible else None
         state.profile.update(start, tally.count)
 
-        drift = judge_markers(self.ctx, state, tally, start, end, learning)
-        foreign = judge_owner(state, tally, start, end, learning)
-        burst = judge_burst(state, tally, end, new, expected_hour) if burst_possible else None
+        controls = template_controls(self.ctx, key, state.owner, end)
+        drift = judge_markers(self.ctx, state, tally, start, end, learning, controls)
+        foreign = judge_owner(state, tally, start, end, learning, controls)
+        burst = judge_burst(state, tally, end, new, expected_hour, controls) if burst_possible else None
         state.sends += tally.count
         state.fitting += tally.fitting
         self.save(key, state)
