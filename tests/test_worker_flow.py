@@ -7,6 +7,7 @@ uneven speeds; the alerts must be those of ``Engine`` over the same events.
 
 from __future__ import annotations
 
+import json
 import random
 
 import orjson
@@ -25,6 +26,7 @@ from smsstream.worker.transport import encode
 from smsstream.worker.router import InputRouter
 from smsstream.worker.shards import ShardHost
 from traffic import DAY, HOUR, KEY, MINUTE, T0, Sends, book, engine, numbers
+from worker_scenario import record
 
 
 class LocalDataflow:
@@ -219,6 +221,29 @@ class LocalDataflow:
     @staticmethod
     def _owned_by_first(key: tuple[str, int]) -> bool:
         return key[1] % 2 == 0
+
+
+class RawDataflow(LocalDataflow):
+    """``LocalDataflow`` fed with raw records and keys, as producers write them."""
+
+    def produce_raw(self, lines: list[bytes]) -> None:
+        for line in lines:
+            topic, key, value = record(line)
+            by = key.decode() if key else json.loads(value)["message_id"]
+            self.inputs[(topic, partition_of(by, len({i for _, i in self.inputs})))].append((key, value))
+
+    def _read(self, tp, count: int) -> None:
+        topic, partition = tp
+        log = self.inputs[tp]
+        for offset in range(self.read_at[tp], min(self.read_at[tp] + count, len(log))):
+            key, value = log[offset]
+            dead = self.router.take(topic, partition, offset, key, value, event=offset)
+            if dead is not None:
+                self.dead.append(str(dead[1]))
+            self.read_at[tp] = offset + 1
+        messages, _, reached = self.router.take_batch(topic)
+        self._send(messages)
+        self.router.sent(reached)
 
 
 def scenario(seed: int = 3):
