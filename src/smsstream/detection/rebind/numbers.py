@@ -12,8 +12,8 @@ now belong to someone else: a debt disclosed to a stranger).
 A number keeps at most ``MAX_ARRIVALS`` arrivals within ``FAN_IN_HORIZON_MS``
 and ``MAX_DEPARTURES`` departures within ``STALE_HORIZON_MS``; a number with
 neither is forgotten, so state grows with numbers *rebound* in the last
-month, not with all numbers. Numbers in state are pseudonyms except the
-number a state is keyed by, which is the routing key.
+month, not with all numbers. Every number here is a pseudonym, the key
+included (``intake``).
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ class NumberRebinds(Part):
             reason=STALE_BINDING_SEND,
             severity=severity,
             entity_type=NUMBER,
-            entity_id=self.ctx.pseudonym(key),
+            entity_id=key,
             window_start=start,
             window_end=end,
             observed=since_move,
@@ -229,7 +229,7 @@ class NumberRebinds(Part):
             reason=NUMBER_FAN_IN,
             severity=severity,
             entity_type=NUMBER,
-            entity_id=self.ctx.pseudonym(key),
+            entity_id=key,
             window_start=recent[0].ts - recent[0].ts % BUCKET_MS,
             window_end=end,
             observed=n,
