@@ -120,7 +120,7 @@ def test_a_snapshot_save_killed_after_its_deletes_leaves_the_next_save_and_resto
     save_snapshot(table, 3, big)  # slot 1, three chunks
     # a worker saving `small` into slot 0 deleted the slot's second chunk, then was killed
     # before the manifest switched: its successor's table has the tombstone, not the switch
-    del table[b"3/0/1"]
+    del table[b"s1/3/0/1"]
     assert load_snapshot(table, 3) == big
     save_snapshot(table, 3, small)
     assert load_snapshot(table, 3) == small

@@ -22,9 +22,11 @@ from smsstream.detection.base import PartContext, partition_of
 from smsstream.worker.flow import (
     HELD, MISSED, EventTimeMerge, Heartbeat, Item, Outbox, Source, Topology, resume_step,
 )
-from smsstream.worker.transport import encode
+from smsstream.detection.intake import Intake
+from smsstream.worker.flow import read_snapshot
+from smsstream.worker.transport import encode, format_of
 from smsstream.worker.router import InputRouter
-from smsstream.worker.shards import ShardHost
+from smsstream.worker.shards import Earlier, ShardHost
 from traffic import DAY, HOUR, KEY, MINUTE, T0, Sends, book, engine, numbers
 from worker_scenario import record
 
@@ -51,7 +53,7 @@ class LocalDataflow:
         self.ctx = PartContext(Pseudonymizer(KEY))
         topics = {t: topic_partitions for t in (SENDS, RECEIPTS, BORROWERS, "sms.templates", "sms.bindings")}
         self.topology = Topology(DETECTOR_PARTS, topics, partitions)
-        self.router = InputRouter(self.topology)
+        self.router = InputRouter(self.topology, Intake(self.ctx.pseudonymizer))
         self.partitions = partitions
         self.inputs: dict = {(t, i): [] for t in self.topology.input_topics for i in range(topic_partitions)}
         self.read_at = dict.fromkeys(self.inputs, 0)
@@ -86,7 +88,18 @@ class LocalDataflow:
             key = (name, partition)
             return snapshots[key] if key in snapshots else self.saved.get(key, (None, 0))[0]
 
+        self.load = load
         return ShardHost(self.topology, self.ctx, load)
+
+    def _earlier(self, name: str) -> Earlier:
+        """What release 0.1 left on every partition of a part: its snapshot, and its messages after it."""
+        partitions = {}
+        for q in range(self.partitions):
+            raw = self.load(name, q)
+            covered = read_snapshot(raw)[1]["covered"] if raw and raw[:1] != b"S" else -1
+            log = self.inbox[(name, q)]
+            partitions[q] = (raw, [(o, log[o]) for o in range(covered + 1, len(log)) if format_of(log[o]) == 0])
+        return Earlier(partitions)
 
     def produce(self, events) -> None:
         n = len({i for _, i in self.inputs})
@@ -138,13 +151,18 @@ class LocalDataflow:
     def _take(self, name: str, partition: int, offset: int) -> None:
         """One message of a part's topic, as the worker's part agent takes it."""
         host, log = self.host, self.inbox[(name, partition)]
-        shard = host.shard(name, partition)
-        step = resume_step(shard.covered, offset)
+        earlier = self._earlier(name) if host.needs_earlier(name, partition) else None
+        shard = host.shard(name, partition, earlier)
+        step = resume_step(shard.covered, offset, shard.rebuilding)
         if step is HELD:
             self.held_over += 1
             return
         if step is MISSED:
-            for missed in range(shard.covered + 1, offset):
+            start = shard.covered + 1
+            if shard.rebuilding:
+                host.rebuild_from(shard, offset)
+                start = 0
+            for missed in range(start, offset):
                 self.read_again += 1
                 self._run(shard, name, partition, missed, log[missed])
         self._run(shard, name, partition, offset, log[offset])
@@ -534,7 +552,7 @@ def test_items_and_heartbeats_come_off_the_internal_topic_as_they_went_on():
     sends = [Send("m1", T0, "lender-a", "tpl", "+8613800000000", "repayment_reminder", "body", "acc-1",
                   Origin("key-1", "10.0.0.1", "api"), "cmcc"),
              Send("m2", T0 + 1, "lender-a", None, "+8613800000001", "otp", "code")]
-    items = [Item(SENDS, s.number, s, s.ts, "sms.sends/0", Source(SENDS, 0, i, b"k", b"{}"), i)
+    items = [Item(SENDS, s.number, s, s.ts, "sms.sends/0", Source(SENDS, 0, i, None, None), i)
              for i, s in enumerate(sends)]
     items += [Item(BORROWERS, "+8613800000000", Borrower("lender-a", "+8613800000000", None, "closed", 0, True),
                    T0, "sms.borrowers/1", None, 7),

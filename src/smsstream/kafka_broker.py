@@ -216,17 +216,41 @@ class KafkaBroker:
         self.log_path = self._workdir / "kafka.log"
         try:
             self._format(self._server_properties())
-            with open(self.log_path, "ab") as log:
-                self._process = subprocess.Popen(
-                    self.java("kafka.Kafka", str(self._workdir / "server.properties")),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self._workdir,
-                    start_new_session=True, preexec_fn=die_with_parent,
-                )
-            self._wait_until_answering()
+            self._launch()
         except BaseException:
             self.stop(keep_log=True)
             raise
         return self
+
+    def _launch(self) -> None:
+        assert self._workdir is not None and self.log_path is not None
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                self.java("kafka.Kafka", str(self._workdir / "server.properties")),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self._workdir,
+                start_new_session=True, preexec_fn=die_with_parent,
+            )
+        self._wait_until_answering()
+
+    def restart(self, down_s: float = 0.0, crash: bool = False) -> None:
+        """Stop the broker (SIGTERM, or SIGKILL with ``crash``) and start it again on the same port and data.
+
+        For fault tests: unlike Tansu's memory storage, its log directories
+        keep every topic, offset and committed position across the restart.
+        """
+        process, self._process = self._process, None
+        assert process is not None and self._workdir is not None, "broker not started"
+        if crash:
+            process.kill()
+        else:
+            process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        time.sleep(down_s)
+        self._launch()
 
     def _format(self, config: Path) -> None:
         """KRaft storage must be formatted with a cluster id before the first start."""

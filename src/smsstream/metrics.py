@@ -42,6 +42,8 @@ class Metrics:
     sender_loan_sends: Counter
     sender_non_borrower_sends: Counter
     template_reads: Counter
+    broker_connected: Gauge
+    broker_disconnections: Counter
 
 
 def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream") -> Metrics:
@@ -153,6 +155,17 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream")
         template_reads=Counter(
             f"{prefix}_template_reads",
             "Sends read against their template, by sender and outcome (fits, drifted).", ["sender_id", "outcome"],
+            registry=registry,
+        ),
+        broker_connected=Gauge(
+            f"{prefix}_broker_connected",
+            "1 while the worker's probe of the Kafka cluster gets answers, 0 while it does not (it reconnects by "
+            "itself and catches up once the broker is back).",
+            registry=registry,
+        ),
+        broker_disconnections=Counter(
+            f"{prefix}_broker_disconnections",
+            "Times the worker lost the Kafka cluster (its probe went unanswered after having been answered).",
             registry=registry,
         ),
     )
