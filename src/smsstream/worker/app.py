@@ -54,7 +54,7 @@ from smsstream.worker.snapshots import checkpoint, load_snapshot
 from smsstream.worker.telemetry import Telemetry
 from smsstream.worker import reread
 from smsstream.worker.connection import BrokerConnection
-from smsstream.worker.shutdown import ShutdownGuard, app_class, fold_client_repeats, worker_class
+from smsstream.worker.shutdown import ShutdownGuard, app_class, fold_client_repeats, log_thread_exceptions, worker_class
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class Worker:
         self.parts = self.topology.parts
         self.partitions = partitions
         self.connection = BrokerConnection(settings, self.metrics)
-        self.guard = ShutdownGuard(settings.shutdown_timeout_s, self.unsaved, lambda: self.connection.connected)
+        self.guard = ShutdownGuard(settings.shutdown_timeout_s, self.unsaved, self.connection.probe)
         app_id = settings.app_id
         self.app = app = app_class(self.guard)(
             app_id,
@@ -434,12 +434,13 @@ class Worker:
         """One line on what this worker's shards hold that no saved snapshot covers (said when it stops)."""
         held = {f"{name}/{partition}": len(slot.held) for (name, partition), slot in list(self.shards.slots.items())
                 if slot.held}
-        if not held:
-            return "Every event this worker took is covered by a saved snapshot."
-        shown = ", ".join(f"{k}: {n}" for k, n in sorted(held.items(), key=lambda kv: -kv[1])[:10])
-        return (f"{sum(held.values())} events in {len(held)} shards are not covered by a saved snapshot ({shown}"
-                f"{', ...' if len(held) > 10 else ''}); they stay unacknowledged, and whoever owns those "
-                "partitions next reads them again from the last snapshot.")
+        routing = sum(len(batch.held) for batch in list(self.router.batches.values()))
+        if not held and not routing:
+            return "Everything this worker read is covered by a saved snapshot."
+        shown = ", ".join(f"{k}: {n}" for k, n in sorted(held.items(), key=lambda kv: -kv[1])[:8])
+        return (f"Not covered by a saved snapshot: {sum(held.values())} part-topic messages of {len(held)} shards "
+                f"({shown}{', ...' if len(held) > 8 else ''}) and {routing} input records not yet routed; none of "
+                "them was acknowledged, so whoever owns those partitions next reads them again.")
 
     def health(self) -> tuple[dict, bool]:
         """What ``/health`` says, and whether the worker is ready (broker answering, partitions assigned,
@@ -481,6 +482,7 @@ class Worker:
 
         app.task(watch_broker)
         fold_client_repeats()
+        log_thread_exceptions()
         app.on_partitions_revoked.connect(self.on_revoked)
         app.on_partitions_assigned.connect(self.on_assigned)
 

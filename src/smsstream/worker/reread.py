@@ -38,15 +38,22 @@ async def with_raw(settings: Settings, dead: list[tuple[Source, RecordError]]) -
             wanted.setdefault((source.topic, source.partition), []).append(source.offset)
     found: dict[tuple[str, int], dict[int, tuple[Any, Any]]] = {}
     for (topic, partition), offsets in wanted.items():
-        found[(topic, partition)] = await kafka.read_offsets(settings, topic, partition, offsets)
+        try:
+            found[(topic, partition)] = await kafka.read_offsets(settings, topic, partition, offsets)
+        except Exception as exc:  # noqa: BLE001 - the dead letter goes out without its raw bytes then
+            log.warning("could not read back %d refused record(s) of %s partition %d to dead-letter them (%s: %s); "
+                        "they are dead-lettered without their raw bytes", len(offsets), topic, partition,
+                        type(exc).__name__, exc)
     out = []
     for source, error in dead:
-        got = found.get((source.topic, source.partition or 0), {}).get(source.offset)
         if source.raw is None and source.partition is not None:
-            if got is None:
-                error = type(error)(f"{error} (the record is no longer on {source.topic}: raw not kept)")
-            else:
+            read = found.get((source.topic, source.partition))
+            got = None if read is None else read.get(source.offset)
+            if got is not None:
                 source = Source(source.topic, source.partition, source.offset, got[0], got[1])
+            else:
+                why = "could not be read back" if read is None else f"is no longer on {source.topic} (retention)"
+                error = type(error)(f"{error} (the record {why}: raw not kept)")
         out.append((source, error))
     return out
 

@@ -1,21 +1,27 @@
 """Stopping a worker within a bounded time, whatever its broker's state, and saying what was not saved.
 
 Faust stops on SIGTERM or SIGINT by stopping its services in turn; with the
-broker gone, the last of them waits on the producer for as long as the
-producer's request timeout (aiokafka flushes what it holds before it stops,
-and retries a gone broker), minutes. So the worker's stop is bounded:
+broker gone, it waits on the producer and the consumer for as long as their
+request timeouts (aiokafka flushes what it holds before it stops, and
+retries a gone broker), minutes. So the worker's stop is bounded
+(``ShutdownGuard``):
 
-- on the signal, ``ShutdownGuard`` starts a watchdog thread; if the process
-  is still there after ``SMSSTREAM_SHUTDOWN_TIMEOUT_S``, it logs one line
-  (what was not checkpointed) and exits with ``EXIT_FORCED``, whatever the
-  event loop is doing;
-- the producer flush is bounded by what is left of that time, and with the
-  broker known to be away (``BrokerConnection``) it fails what the producer
-  holds at once instead of waiting: none of it can be delivered, and the
-  events that made it are not acknowledged, so the partitions' next owner
-  makes it again (at least once);
-- a clean stop ends with the same one line.
+- with the broker answering, Faust stops as usual (a few seconds), its
+  producer flush bounded by half the time left;
+- with the broker not answering (``BrokerConnection``, probed every second
+  while stopping), nothing can be delivered or saved any more: the worker
+  says so and exits at once;
+- whatever happens, a watchdog thread ends the process after
+  ``SMSSTREAM_SHUTDOWN_TIMEOUT_S`` (exit status ``EXIT_FORCED``), even with
+  the event loop stuck.
 
+Each way ends with one log line saying what no saved snapshot covers: those
+events were never acknowledged, so whoever owns their partitions next reads
+them again (at least once).
+
+Tracebacks of threads that die (the Kafka client's, while stopping) are
+logged as one record (``log_thread_exceptions``; Faust would write them to
+stderr, which it turns into one log record per fragment), and
 ``RepeatedLines`` folds the Kafka client's reconnect errors, logged several
 times a second while a broker is away, into one line every ``REPEAT_S``.
 """
@@ -27,7 +33,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +41,35 @@ log = logging.getLogger(__name__)
 EXIT_FORCED = 70
 #: A log line repeated by the Kafka client is written at most once this often, with how often it came.
 REPEAT_S = 30.0
+#: While stopping, the broker is probed this often.
+PROBE_S = 1.0
 
 
 class ShutdownGuard:
-    """Bounds a worker's stop: a watchdog thread, a bounded producer flush, one line on what was not saved."""
+    """Bounds a worker's stop (see the module's docstring) and says what was not saved."""
 
-    def __init__(self, timeout_s: float, unsaved: Callable[[], str], connected: Callable[[], bool] = lambda: True,
-                 exit: Callable[[int], Any] = os._exit):
+    def __init__(self, timeout_s: float, unsaved: Callable[[], str],
+                 probe: Callable[[], Awaitable[bool]] | None = None, exit: Callable[[int], Any] = os._exit):
         self.timeout_s = timeout_s
-        #: describes, in a few words, what the worker's shards hold that no snapshot covers
+        #: describes, in one sentence, what the worker's shards hold that no saved snapshot covers
         self.unsaved = unsaved
-        self.connected = connected
+        #: asks the broker for an answer; True if it gave one
+        self.probe = probe
         self._exit = exit
         self.started: float | None = None
+        self.broker_gone = threading.Event()
         self.done = threading.Event()
+        self._probing: asyncio.Task | None = None
 
     def begin(self, reason: str) -> None:
-        """A stop was asked for (a signal): from now on it ends within ``timeout_s``."""
+        """A stop was asked for (a signal, handled on the event loop): from now on it ends within ``timeout_s``."""
         if self.started is not None:
             return
         self.started = time.monotonic()
         log.info("%s: stopping within %.0f s (SMSSTREAM_SHUTDOWN_TIMEOUT_S)", reason, self.timeout_s)
         threading.Thread(target=self._watch, name="smsstream-shutdown-watchdog", daemon=True).start()
+        if self.probe is not None:
+            self._probing = asyncio.get_event_loop().create_task(self._probe_while_stopping())
 
     def left(self) -> float:
         """Seconds left before the watchdog ends the process (the whole timeout before ``begin``)."""
@@ -64,17 +77,37 @@ class ShutdownGuard:
             return self.timeout_s
         return max(0.0, self.started + self.timeout_s - time.monotonic())
 
+    async def _probe_while_stopping(self) -> None:
+        assert self.probe is not None
+        while not self.done.is_set():
+            if not await self.probe():
+                self.broker_gone.set()
+                return
+            await asyncio.sleep(PROBE_S)
+
     def _watch(self) -> None:
-        if self.done.wait(self.left()):
+        """The watchdog thread: exit at once once the broker is known gone, or at the deadline."""
+        while not self.done.wait(min(0.2, self.left())):
+            if self.broker_gone.is_set():
+                self._end(0, "the Kafka broker does not answer, so nothing more can be delivered or saved; "
+                             "stopping now.")
+                return
+            if not self.left():
+                broker = "" if self.probe is None or not self.broker_gone.is_set() else " (no broker)"
+                self._end(EXIT_FORCED, f"did not stop within {self.timeout_s:.0f} s{broker}; exiting now.")
+                return
+
+    def _end(self, status: int, why: str) -> None:
+        if self.done.is_set():
             return
-        broker = "" if self.connected() else " (the Kafka broker does not answer)"
-        log.error("did not stop within %.0f s%s; exiting now. %s", self.timeout_s, broker, self._describe())
+        self.done.set()
+        log.warning("%s %s", why, self._describe())
         for handler in logging.getLogger().handlers:
             try:
                 handler.flush()
             except Exception:  # noqa: BLE001 - exiting anyway
                 pass
-        self._exit(EXIT_FORCED)
+        self._exit(status)
 
     def finished(self) -> None:
         """The stop is complete: say how long it took and what was not saved."""
@@ -90,26 +123,14 @@ class ShutdownGuard:
         except Exception as exc:  # noqa: BLE001 - read from another thread while the loop changes it
             return f"(what was not saved could not be told: {type(exc).__name__})"
 
-    async def flush(self, producer: Any, flushing: Any) -> None:
-        """Await the producer's flush ``flushing`` for at most half the time left; with no broker, not at all."""
-        if not self.connected():
-            _fail_pending(producer, "the Kafka broker does not answer")
+    async def flush(self, flushing: Awaitable) -> None:
+        """Await a producer flush for at most half the time left."""
+        limit = max(0.1, self.left() / 2)
         try:
-            await asyncio.wait_for(flushing, max(0.1, self.left() / 2))
+            await asyncio.wait_for(flushing, limit)
         except asyncio.TimeoutError:
-            log.warning("the producer did not deliver what it held within %.0f s; giving it up (the events that "
-                        "made it are not acknowledged and are read again)", max(0.1, self.left() / 2))
-            _fail_pending(producer, "stopping: not delivered in time")
-
-
-def _fail_pending(producer: Any, why: str) -> None:
-    """Fail the batches an aiokafka producer still holds, so that stopping it does not wait for them."""
-    from aiokafka.errors import KafkaConnectionError
-
-    inner = getattr(producer, "_producer", None)
-    accumulator = getattr(inner, "_message_accumulator", None)
-    if accumulator is not None:
-        accumulator.fail_all(KafkaConnectionError(why))
+            log.warning("the producer did not deliver what it held within %.0f s; stopping without it (the events "
+                        "that made it were not acknowledged and are read again)", limit)
 
 
 def worker_class(guard: ShutdownGuard) -> type:
@@ -142,9 +163,21 @@ def app_class(guard: ShutdownGuard) -> type:
         async def _producer_flush(self, logger: Any) -> None:
             if self._producer is not None:
                 logger.info("Flush producer buffer...")
-                await guard.flush(self._producer, self._producer.flush())
+                await guard.flush(self._producer.flush())
 
     return App
+
+
+def log_thread_exceptions() -> None:
+    """An exception that ends a thread is logged as one record (with its traceback), not written to stderr."""
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "a thread"
+        log.warning("%s stopped with %s", name, args.exc_type.__name__,
+                    exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    threading.excepthook = hook
 
 
 class RepeatedLines(logging.Filter):
