@@ -47,12 +47,20 @@ class NoFlush(Engine):
 
 
 def prepared(broker_url: str, bootstrap: str, tmp: Path) -> dict:
-    """Topics applied, scenario produced (once per broker), and the alerts replay expects."""
+    """Topics applied, scenario produced (once per broker), and the alerts replay expects.
+
+    Before the scenario come the ``MALFORMED`` sends and a copy of the
+    scenario's first send (``duplicate``), so the scenario's own copy is the
+    one a part refuses as a duplicate and dead-letters.
+    """
     if broker_url not in _prepared:
         apply_topics(broker_url)
         lines, expected = simulated(tmp)
-        asyncio.run(produce(bootstrap, lines, MALFORMED))
-        _prepared[broker_url] = {"lines": lines, "expected": expected}
+        first = next(line for line in lines if record(line)[0] == SENDS)
+        _, key, value = record(first)
+        duplicate = (key or b"", value or b"")
+        asyncio.run(produce(bootstrap, lines, [*MALFORMED, duplicate]))
+        _prepared[broker_url] = {"lines": lines, "expected": expected, "duplicate": duplicate}
     return _prepared[broker_url]
 
 
@@ -111,6 +119,29 @@ async def _stop(consumer) -> None:
     # group-less consumer stops right after starting
     with contextlib.suppress(asyncio.CancelledError):
         await consumer.stop()
+
+
+async def topics_named(broker_url: str, prefix: str) -> dict[str, dict[int, list[tuple]]]:
+    """``topic -> partition -> [(key, value)]`` of every topic named ``prefix...`` (a worker's internal topics)."""
+    from aiokafka import AIOKafkaConsumer
+
+    from smsstream.config import Settings
+    from smsstream.kafka import client_kwargs, read_range
+
+    settings = Settings.from_env({"SMSSTREAM_BROKER": broker_url})
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None)
+    await consumer.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        names = sorted(t for t in cluster.topics() if t.startswith(prefix))
+        partitions = {t: sorted(cluster.partitions_for_topic(t) or ()) for t in names}
+    finally:
+        await _stop(consumer)
+    out: dict[str, dict[int, list[tuple]]] = {}
+    for topic, ps in partitions.items():
+        out[topic] = {p: [(key, value) for _, key, value in await read_range(settings, topic, p, 0, None)]
+                      for p in ps}
+    return out
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict:
