@@ -532,7 +532,8 @@ def chart(result: dict, path: Path) -> None:
     bars = ax.bar([STAGE_NAMES[k][:3] for k, _ in stages], [s["rate"] for _, s in stages],
                   color=["#888888", "#4c72b0", "#dd8452", "#55a868"][:len(stages)])
     ax.bar_label(bars, labels=[f"{s['rate']:,.0f}" for _, s in stages], fontsize=8)
-    ax.set_yscale("log")
+    if any(s["rate"] > 0 for _, s in stages):
+        ax.set_yscale("log")
     ax.set_ylabel("records/s (log)")
     ax.set_title("backlog throughput\n(a) aiokafka  (b) bare Faust  (c) worker  (d) replay", fontsize=9)
     for ax, cls, goal in ((axes[1], "per-record", 5), (axes[2], "count-based", 90)):
@@ -662,9 +663,9 @@ def main() -> int:
     except BaseException:
         print(f"(scenario and logs kept in {workdir})", file=sys.stderr)
         raise
-    json_path, png_path = save(result, args.results)
     print()
     print(table(result))
+    json_path, png_path = save(result, args.results)
     print(f"\nwrote {json_path} and {png_path} (also as throughput-latest.json/png)")
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)

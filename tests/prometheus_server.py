@@ -70,6 +70,9 @@ class PrometheusServer:
         assert body["status"] == "success", body
         return body["data"]
 
+    def query(self, expr: str) -> list[dict]:
+        return self.api("query", query=expr)["result"]
+
     def query_range(self, expr: str, seconds: int = 120, step: str = "5s") -> list[dict]:
         now = time.time()
         return self.api("query_range", query=expr, start=str(now - seconds), end=str(now), step=step)["result"]

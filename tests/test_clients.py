@@ -30,7 +30,7 @@ from smsstream.kafka_broker import console_consumer, resolve_jars
 from smsstream.records import ALERTS, DEAD_LETTER, SENDS
 from smsstream.topics import apply_topics, load_specs
 from smsstream.worker.process import WorkerProcess
-from worker_scenario import MALFORMED, comparable, consume, record, simulated, worker_env
+from worker_scenario import MALFORMED, consume, episodes, record, simulated, worker_env
 
 pytestmark = pytest.mark.broker
 
@@ -204,9 +204,9 @@ def scenario(own_broker, kcat, tmp_path_factory):
     worker = WorkerProcess(env, free_port(), tmp / "worker.log").start()
     try:
         worker.wait_ready()
-        want = set(comparable(expected))
+        want = set(episodes(expected))
         alerts = asyncio.run(consume(
-            own_broker.bootstrap, ALERTS, lambda ms: set(comparable([orjson.loads(m.value) for m in ms])) >= want,
+            own_broker.bootstrap, ALERTS, lambda ms: set(episodes([orjson.loads(m.value) for m in ms])) >= want,
             300))
         dead = asyncio.run(consume(own_broker.bootstrap, DEAD_LETTER, lambda ms: len(ms) >= len(MALFORMED), 60))
     finally:
@@ -249,7 +249,7 @@ def test_the_worker_reads_their_records_as_it_reads_aiokafkas(scenario):
     """Same alerts as replay (the worker tests show aiokafka's records give exactly these), same dead letters."""
     expected = scenario["expected"]
     assert len({a["kind"] for a in expected}) >= 2
-    assert comparable([orjson.loads(m.value) for m in scenario["alerts"]]) == comparable(expected)
+    assert episodes([orjson.loads(m.value) for m in scenario["alerts"]]) == episodes(expected)
     dead = {m.key: orjson.loads(m.value) for m in scenario["dead"]}
     assert set(dead) == {key for key, _ in MALFORMED}
     assert dead[b"\xff\xfe"]["raw_encoding"] == "base64" and "not valid JSON" in dead[b"bad-json"]["error"]

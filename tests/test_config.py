@@ -196,3 +196,13 @@ def test_notifier_settings_have_working_defaults_and_name_the_variable_when_wron
 def test_the_webhook_secret_does_not_show_in_settings_repr():
     settings = Settings.from_env({"SMSSTREAM_WEBHOOK_URL": "http://hook", "SMSSTREAM_WEBHOOK_SECRET": "whsec-123"})
     assert settings.webhook_secret == "whsec-123" and "whsec-123" not in repr(settings)
+
+
+def test_faust_options_given_to_smsstream_worker_go_before_its_worker_command():
+    from smsstream.worker.cli import faust_argv
+
+    assert faust_argv(["--loop", "uvloop", "-l", "info", "--web-port", "6067"]) == [
+        "--loop", "uvloop", "worker", "-l", "info", "--web-port", "6067"]
+    assert faust_argv(["--loop=uvloop"]) == ["--loop=uvloop", "worker"]
+    assert faust_argv([]) == ["worker"]
+    assert faust_argv(["tables"]) == ["tables"]

@@ -23,7 +23,7 @@ from prometheus_server import PrometheusServer
 from smsstream.broker import free_port
 from smsstream.monitoring import RULES_FILE, names
 from smsstream.worker.process import WorkerProcess
-from worker_scenario import log_digest, prepared, worker_env
+from worker_scenario import MALFORMED, log_digest, prepared, worker_env
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -61,7 +61,7 @@ def has_data(result: list[dict]) -> bool:
 def scraped(broker_url, bootstrap, tmp_path_factory):
     """A worker over the shared scenario, scraped by Prometheus with the project's rules loaded."""
     tmp = tmp_path_factory.mktemp("monitoring")
-    prepared(broker_url, bootstrap, tmp)
+    scenario = prepared(broker_url, bootstrap, tmp)
     env = worker_env(broker_url, tmp)
     prometheus = PrometheusServer({names.WORKER_JOB: [f"127.0.0.1:{env['SMSSTREAM_METRICS_PORT']}"]},
                                   [DEPLOY / "prometheus" / RULES_FILE])
@@ -71,14 +71,19 @@ def scraped(broker_url, bootstrap, tmp_path_factory):
     worker = WorkerProcess(env, free_port(), tmp / "worker.log").start()
     try:
         worker.wait_ready()
-        wanted = [q for q in dashboard_queries() if q[:3] not in EXPECTED_MISSING]
-        deadline = time.monotonic() + 300
+        # every input record read (the malformed ones too), every shard idle, then a few more scrapes
+        total = len(scenario["lines"]) + len(MALFORMED)
+        deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            if all(has_data(prometheus.query_range(filled(q[3]))) for q in wanted):
+            health = worker.health() or {}
+            read = prometheus.query(f"sum({names.EVENTS_IN})")
+            if (read and float(read[0]["value"][1]) >= total and health.get("shards")
+                    and health.get("idle_shards") == health.get("shards")):
                 break
-            time.sleep(5)
-        # the scenario is read in under a minute: rates (and shares of them) are data only while it is,
-        # so every query looks back to the start of the scrape
+            time.sleep(2)
+        time.sleep(5)
+        # rates (and shares of them) are data only while the scenario is read: every query looks back to
+        # the start of the scrape
         prometheus.query_since = lambda expr: prometheus.query_range(expr, seconds=int(time.time() - started) + 10)
         yield prometheus
     except BaseException:

@@ -186,7 +186,7 @@ def episodes(alerts: list[dict]) -> list[tuple]:
 
     Their figures agree too, bar records that arrived later than the allowed
     lateness: those count in the first bucket still open, and which bucket
-    that is depends on how the input partitions interleaved (README, "Late
+    that is depends on how the input partitions interleaved (docs/detection.md, "Late
     records"), so a baseline may differ in its last digits.
     """
     return sorted({(a["dedup_key"], a["alert_id"], a["status"], a["reason"], a["severity"], a["window_start"],

@@ -15,10 +15,8 @@ clock at writing, everything else depends only on the input and the key.
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable
 
@@ -26,27 +24,12 @@ import orjson
 
 from smsstream.config import Settings
 from smsstream.detection.alerts import stamp
+from smsstream.detection.driver import fewer_gc_passes
 from smsstream.detection.engine import Engine
 from smsstream.errors import ConfigError, InvalidJson, RecordError
 from smsstream.records import dead_letter, decode
 
 PROGRESS_EVERY_S = 2.0
-#: Young-generation threshold of the cyclic collector while replaying (CPython's default is 700).
-#: The loop allocates records, facts and per-bucket tallies that die young and form no cycles;
-#: at the default the collector walks them (and, every few passes, the whole detection state)
-#: hundreds of times per simulated day and finds next to nothing, a few percent of the replay.
-REPLAY_GC_YOUNG = 10_000
-
-
-@contextmanager
-def _fewer_gc_passes():
-    thresholds = gc.get_threshold()
-    gc.set_threshold(max(thresholds[0], REPLAY_GC_YOUNG), *thresholds[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-
 
 @dataclass
 class ReplayReport:
@@ -82,7 +65,7 @@ def replay_lines(
     progress: Callable[[ReplayReport], None] | None = None,
 ) -> ReplayReport:
     """Feed replay lines to ``engine``; the CLI and the tests share this loop."""
-    with _fewer_gc_passes():
+    with fewer_gc_passes():
         return _feed(lines, engine, write_alert, write_dead_letter, progress)
 
 

@@ -96,6 +96,8 @@ class Part:
     inputs: ClassVar[dict[str, KeyFn]] = {}
     #: Fact streams this part emits (for wiring and documentation).
     emits: ClassVar[tuple[str, ...]] = ()
+    #: Whether the part reads a send's ``body``: the worker sends the others a copy without it.
+    reads_body: ClassVar[bool] = False
 
     def __init__(self, ctx: PartContext):
         self.ctx = ctx

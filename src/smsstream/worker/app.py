@@ -348,7 +348,6 @@ class Worker:
             self.shards.retry_later(name, partition, time.monotonic())
             return []
         self.metrics.snapshot_seconds.labels(name).observe(outcome.seconds)
-        self._observe(name)
         return self.shards.checkpointed(name, partition, outcome.seconds)
 
     def _observe(self, name: str) -> None:
@@ -408,6 +407,8 @@ class Worker:
                                        time.monotonic())
         self.telemetry.consumer_lag(self.router.lag(ends_of))
         self.telemetry.episodes(self.shards.shards.values())
+        for p in self.parts:
+            self._observe(p.name)
         for name, more in self.shards.heartbeats().items():
             beats.setdefault(name, []).extend(more)
         for name, batch in beats.items():

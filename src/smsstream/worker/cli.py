@@ -20,6 +20,31 @@ from smsstream.config import Secret, Settings
 PASSTHROUGH = True
 
 FAUST_COMMANDS = ("worker", "agents", "tables", "livecheck", "model", "models", "send", "status")
+#: Options of Faust's own command line (they come before its subcommand), with whether each takes a value.
+FAUST_OPTIONS = {"--loop": True, "-L": True, "--json": False, "--no-color": False, "--debug": False,
+                 "--no-debug": False, "--quiet": False, "-q": False, "--workdir": True, "-W": True,
+                 "--datadir": True, "--blocking-timeout": True, "--console-port": True}
+
+
+def faust_argv(args: list[str]) -> list[str]:
+    """``smsstream worker ARGS`` as Faust's command line: its own options first, then ``worker`` and the rest.
+
+    ``smsstream worker --loop uvloop -l info`` is ``faust --loop uvloop worker -l info``.
+    """
+    own: list[str] = []
+    rest: list[str] = []
+    it = iter(args)
+    for arg in it:
+        name, eq, _ = arg.partition("=")
+        if name in FAUST_OPTIONS:
+            own.append(arg)
+            if FAUST_OPTIONS[name] and not eq:
+                own.append(next(it, ""))
+        else:
+            rest.append(arg)
+    if not rest or rest[0] not in FAUST_COMMANDS:
+        rest = ["worker", *rest]
+    return [*own, *rest]
 
 
 def configure(parser) -> None:
@@ -28,6 +53,7 @@ def configure(parser) -> None:
 
 def run(args: list[str]) -> int:
     from smsstream import metrics
+    from smsstream.detection.driver import fewer_gc_passes
     from smsstream.worker.app import build, preflight
 
     settings = Settings.from_env()
@@ -40,9 +66,7 @@ def run(args: list[str]) -> int:
     worker = build(settings, topic_partitions=topic_partitions)
     if topic_partitions:
         metrics.serve(worker.registry, settings.metrics_port, host=settings.bind_host)
-    argv = list(args)
-    if not argv or argv[0] not in FAUST_COMMANDS:
-        argv = ["worker", *argv]
-    sys.argv = ["smsstream worker", *argv]
-    worker.app.main()
+    sys.argv = ["smsstream worker", *faust_argv(list(args))]
+    with fewer_gc_passes():
+        worker.app.main()
     return 0

@@ -12,7 +12,7 @@ partition's event-time progress, which the heartbeats tell every shard.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from smsstream import records
@@ -21,8 +21,9 @@ from smsstream.detection.intake import Intake
 from smsstream.errors import RecordError
 from smsstream.worker.flow import Heartbeat, Outbox, Topology
 
-#: A route agent sends what its input records fan out to once it holds this many items, or after this long.
-ROUTE_BATCH_ITEMS = 2_000
+#: A route agent sends what its input records fan out to once it holds this many items, or after this long
+#: (the items spread over every part partition: a message carries a few hundred).
+ROUTE_BATCH_ITEMS = 10_000
 ROUTE_BATCH_S = 0.25
 #: An input partition counts as idle once it has been caught up for this long.
 IDLE_AFTER_S = 3.0
@@ -59,6 +60,8 @@ class InputRouter:
         self.resumed: set[Partition] = set()
         #: told every record read and every record decoded (``telemetry.Telemetry``), or None
         self.telemetry = telemetry
+        #: the parts that read a send's body; the others get a copy without it (a fraction of the bytes)
+        self.body_readers = frozenset(p.name for p in topology.parts if p.reads_body)
 
     def skipped_before(self, topic: str, partition: int, offset: int) -> int | None:
         """For the first record of a partition given back to this worker: the first offset its consumer skipped.
@@ -103,12 +106,19 @@ class InputRouter:
             origin = f"{topic}/{partition}"
             topology = self.topology
             reporter = topology.reporter.get(topic)
+            # raw bytes are read back from the input when a part dead-letters (numbers in clear stay there)
             source = Source(topic, partition, offset, None, None)
             size = len(raw or b"")
+            bodiless = None
             add = batch.outbox.add
             for name, part_key, route_key in topology.route(topic, record):
+                value = record
+                if topic == records.SENDS and name not in self.body_readers:
+                    if bodiless is None:
+                        bodiless = replace(record, body="")
+                    value = bodiless
                 # the reporting part's copy counts the record's size: one per record
-                add(name, route_key, Item(topic, part_key, record, record.ts or ts, origin, source, offset),
+                add(name, route_key, Item(topic, part_key, value, record.ts or ts, origin, source, offset),
                     size if name == reporter else 0)
         batch.reached[tp] = (ts, offset)
         if event is not None:

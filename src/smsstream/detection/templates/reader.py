@@ -110,6 +110,7 @@ class TemplateReader(Part):
     name = "template_hijack_reader"
     inputs: ClassVar = {SENDS: _reader_of, TEMPLATES: _readers_of}
     emits = (TEMPLATE_READS, TEMPLATE_LINKS, TEMPLATE_ALARMS)
+    reads_body = True
 
     @classmethod
     def spread_over(cls, partitions: int) -> type[Part]:
