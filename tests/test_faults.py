@@ -2,8 +2,8 @@
 
 Each compares the alerts with replay's for the same input (``worker_scenario.same_episodes``:
 the same episodes, with the same alert ids, none twice). The broker-restart test needs a broker
-that keeps its data across a restart: Apache Kafka (Tansu's memory storage keeps nothing), so on
-a Tansu run it is skipped and it runs in the Apache Kafka pass of ``.ci/run``.
+that keeps its data across a restart: Apache Kafka (Tansu's memory storage keeps nothing). To keep
+``.ci/run`` short, each test runs on the one broker it says (``brokers.only_on``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 import orjson
 import pytest
 
-from brokers import choice, running_broker
+from brokers import only_on, running_broker
 from paging import wait_for
 from smsstream.broker import free_port
 from smsstream.records import ALERTS
@@ -43,6 +43,7 @@ def alerts_of(records: list) -> list[dict]:
 
 
 @pytest.mark.broker
+@only_on("tansu", "restoring from its own snapshots and part topics is the worker's, whatever the broker")
 def test_a_worker_killed_mid_stream_and_restarted_writes_the_alerts_of_an_uninterrupted_run(broker_url, bootstrap,
                                                                                            tmp_path):
     expected = prepared(broker_url, bootstrap, tmp_path)["expected"]
@@ -72,6 +73,7 @@ def test_a_worker_killed_mid_stream_and_restarted_writes_the_alerts_of_an_uninte
 
 
 @pytest.mark.broker
+@only_on("kafka", "group rebalances are the broker's coordinator at work: Apache Kafka's is the production one")
 def test_alerts_are_those_of_one_worker_while_the_group_grows_from_two_to_three_and_shrinks_to_one(broker_url,
                                                                                                   bootstrap, tmp_path):
     expected = prepared(broker_url, bootstrap, tmp_path)["expected"]
@@ -109,6 +111,7 @@ def test_alerts_are_those_of_one_worker_while_the_group_grows_from_two_to_three_
 
 
 @pytest.mark.broker
+@only_on("tansu", "a broker gone is the same to the worker whichever it was")
 def test_a_worker_whose_broker_is_gone_stops_at_once_on_sigterm_and_says_what_it_did_not_save(tmp_path):
     with running_broker() as broker:
         apply_topics(broker.url)
@@ -140,6 +143,7 @@ def test_a_worker_whose_broker_is_gone_stops_at_once_on_sigterm_and_says_what_it
 
 
 @pytest.mark.broker
+@only_on("tansu", "stopping is the worker's own work")
 def test_a_worker_stopped_with_its_broker_up_stops_cleanly_and_says_what_it_did_not_save(broker_url, bootstrap,
                                                                                          tmp_path):
     prepared(broker_url, bootstrap, tmp_path)
@@ -159,8 +163,7 @@ def test_a_worker_stopped_with_its_broker_up_stops_cleanly_and_says_what_it_did_
 
 
 @pytest.mark.broker
-@pytest.mark.skipif(choice() != "kafka", reason="needs a broker that keeps its data across a restart: Apache Kafka "
-                                                 "(SMSSTREAM_TEST_BROKER=kafka); Tansu's memory storage keeps nothing")
+@only_on("kafka", "needs a broker that keeps its data across a restart; Tansu's memory storage keeps nothing")
 def test_a_worker_rides_out_a_broker_restart_says_so_and_writes_the_alerts_of_an_uninterrupted_run(tmp_path):
     lines, expected = simulated(tmp_path, SMALL)
     with running_broker("kafka") as broker:
