@@ -9,6 +9,7 @@ config is asked for, so ``topics apply`` stays cheap.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from typing import Any
 
@@ -85,6 +86,33 @@ def client_kwargs(settings: Settings, broker: str | None = None) -> dict[str, An
         kwargs["sasl_plain_username"] = security.sasl_username
         kwargs["sasl_plain_password"] = str(security.sasl_password) if security.sasl_password else None
     return kwargs
+
+
+def cannot_connect(exc: BaseException, kwargs: dict[str, Any]) -> str:
+    """Why a client built from ``kwargs`` (:func:`client_kwargs`) could not start, and the fix.
+
+    A broker that takes the TCP connection but refuses the client's TLS or SASL
+    handshake looks to aiokafka like one that is not there; the settings are named instead.
+    """
+    servers = kwargs["bootstrap_servers"]
+    shown = ",".join(servers)
+    protocol = kwargs.get("security_protocol", "PLAINTEXT")
+    if protocol != "PLAINTEXT" and any(_port_open(server) for server in servers):
+        return (f"the Kafka broker at {shown} answers but refused this client over {protocol} "
+                f"({exc.__class__.__name__}): check SMSSTREAM_KAFKA_SASL_USERNAME, SMSSTREAM_KAFKA_SASL_PASSWORD and "
+                "SMSSTREAM_KAFKA_SASL_MECHANISM, and that SMSSTREAM_KAFKA_SSL_CAFILE holds the CA that signed its "
+                "certificate")
+    return (f"no Kafka broker answers at {shown} ({exc.__class__.__name__}); start one with "
+            "`smsstream broker` or point SMSSTREAM_BROKER (or --broker) at yours")
+
+
+def _port_open(server: str) -> bool:
+    host, _, port = server.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def faust_credentials(security: KafkaSecurity) -> Any:

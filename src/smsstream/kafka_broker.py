@@ -132,14 +132,18 @@ class KafkaBroker:
     Used like :class:`smsstream.broker.EmbeddedBroker`: ``port=0`` picks a free
     port; a context manager, or :meth:`start` and :meth:`stop`. ``properties``
     override or add ``server.properties`` entries (the tests shorten the log
-    cleaner's pause). On Linux the JVM dies with the thread that started it.
+    cleaner's pause); ``listeners`` adds listeners beside the PLAINTEXT one, by
+    security protocol and port (the SASL_SSL test: their settings go in
+    ``properties``). On Linux the JVM dies with the thread that started it.
     """
 
     name = "Apache Kafka"
 
     def __init__(self, port: int = 0, host: str = DEFAULT_HOST, startup_timeout: float = 120.0,
-                 heap: str = "768m", properties: dict[str, str] | None = None, settings: Settings | None = None):
+                 heap: str = "768m", properties: dict[str, str] | None = None, settings: Settings | None = None,
+                 listeners: dict[str, int] | None = None):
         self.host = host
+        self.listeners = dict(listeners or {})
         self.port = port
         self.startup_timeout = startup_timeout
         self.heap = heap
@@ -171,15 +175,17 @@ class KafkaBroker:
     def _server_properties(self) -> Path:
         assert self._workdir is not None
         controller_port = free_port(self.host)
+        extra = "".join(f",{protocol}://{self.host}:{port}" for protocol, port in self.listeners.items())
+        protocols = "".join(f",{protocol}:{protocol}" for protocol in self.listeners)
         properties = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{self.host}:{controller_port}",
-            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{controller_port}{extra}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}{extra}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": f"PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocols}",
             "log.dirs": str(self._workdir / "data"),
             "num.partitions": "1",
             "auto.create.topics.enable": "true",
