@@ -44,8 +44,10 @@ class LocalDataflow:
 
     def __init__(self, topic_partitions: int = 3, partitions: int = 4, seed: int = 0,
                  heartbeat_mid_run: bool = False, lagging: frozenset[str] = frozenset(),
-                 commit_lags: bool = False, consumer_skips: bool = False):
+                 commit_lags: bool = False, consumer_skips: bool = False, snapshots_lost: bool = False):
         self.rng = random.Random(seed)
+        #: a crash also leaves the crashed shards' snapshots unreadable (a torn write, a disk gone bad)
+        self.snapshots_lost = snapshots_lost
         #: send heartbeats between a shard's run and the sending of its facts, as the worker's timer may
         self.heartbeat_mid_run = heartbeat_mid_run
         #: parts whose shards process nothing until all input has been read
@@ -229,6 +231,8 @@ class LocalDataflow:
                     position = self.committed.get(key, 0)
                 if self.consumer_skips and position < len(self.inbox[key]):
                     position += 1
+                if self.snapshots_lost and key in self.saved:
+                    self.saved[key] = (b"S" + self.rng.randbytes(40), self.saved[key][1])
                 self.host.revoked(*key)
                 self.inbox_at[key] = position
         crashed = [tp for tp in self.inputs if self._owned_by_first(tp)]
@@ -329,6 +333,19 @@ def test_a_crashed_half_resuming_from_older_snapshots_loses_and_doubles_nothing(
     flow.produce(events)
     alerts = flow.run(checkpoint_every=4, crash_at=(30, 61, 97))
     # a record written again after the crash is the same record
+    assert sorted(set(comparable(alerts))) == comparable(replay(events))
+    assert flow.dead == []
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_shard_whose_snapshot_cannot_be_read_rebuilds_its_state_from_its_partition_and_loses_nothing(seed, caplog):
+    events = scenario()
+    flow = LocalDataflow(seed=seed, snapshots_lost=True)
+    flow.produce(events)
+    with caplog.at_level("ERROR", logger="smsstream"):
+        alerts = flow.run(checkpoint_every=4, crash_at=(40,))
+    said = [r.getMessage() for r in caplog.records if "snapshot cannot be read" in r.getMessage()]
+    assert said and all("rebuilding its state from its partition" in line for line in said)
     assert sorted(set(comparable(alerts))) == comparable(replay(events))
     assert flow.dead == []
 
