@@ -3,6 +3,9 @@
 Every good record is counted and makes the alerts a clean run makes; every
 bad one lands on the dead-letter topic once, with an error naming what is
 wrong; the worker's memory stays flat while it works through them.
+
+It starts a broker of its own (Tansu starts in under a second): on the
+session's broker, every later worker test would read the flood too.
 """
 
 from __future__ import annotations
