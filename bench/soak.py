@@ -3,6 +3,7 @@
     python bench/soak.py                       # 30 minutes (measures capacity first, ~2 minutes)
     python bench/soak.py --minutes 5           # to try it out
     python bench/soak.py --rate 4000           # a fixed offered load instead of half the measured capacity
+    python bench/soak.py --capacity 1635       # half of a capacity measured by an earlier run
 
 1. Capacity: one simulated scenario (attacks included) is produced to an
    embedded broker as a backlog and read by a fresh worker until every shard
@@ -17,9 +18,9 @@
 Every ``--every`` seconds it samples the worker's RSS (``VmRSS``), records
 produced and read, consumer lag (records produced and not read yet) and
 event-time lag: the wall-clock seconds since the producer first sent the event
-time that the slowest part has reached (from ``smsstream_event_time_lag_seconds``),
-so a worker keeping up stays near the merge delay and one falling behind
-climbs. The RSS slope is a least-squares fit over the samples after the first
+time each part has reached (from ``smsstream_event_time_lag_seconds``), the
+median over parts and the slowest, so a worker keeping up stays near the merge
+delay and one falling behind climbs; and the entities the parts hold in state. The RSS slope is a least-squares fit over the samples after the first
 ``--warmup`` minutes, in MiB an hour.
 
 Writes ``bench/results/soak-<date>-<time>.json`` and ``.png``, copied to
@@ -52,6 +53,7 @@ from throughput import KEY, Deadline, Produced, StageFailed, machine, say, worke
 
 BENCH = Path(__file__).resolve().parent
 LAG_SECONDS = re.compile(r'^smsstream_event_time_lag_seconds\{part="([^"]+)"\} ([0-9.e+-]+)$', re.M)
+STATE = re.compile(r'^smsstream_state_entities\{part="([^"]+)"\} ([0-9.e+-]+)$', re.M)
 RSS = re.compile(r"^VmRSS:\s+(\d+) kB", re.M)
 
 
@@ -62,16 +64,16 @@ def rss_mib(pid: int) -> float | None:
         return None
 
 
-def slowest_part_lag_s(port: int) -> float | None:
-    """The largest ``smsstream_event_time_lag_seconds`` over the parts (wall now minus the event time reached)."""
+def worker_figures(port: int) -> tuple[dict[str, float], int | None]:
+    """Per part, ``smsstream_event_time_lag_seconds`` (wall now minus the event time it reached); entities in state."""
     import urllib.request
 
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
     except OSError:
-        return None
-    values = [float(v) for _, v in LAG_SECONDS.findall(text)]
-    return max(values) if values else None
+        return {}, None
+    return ({part: float(v) for part, v in LAG_SECONDS.findall(text)},
+            int(sum(float(v) for _, v in STATE.findall(text))))
 
 
 class Laps:
@@ -141,16 +143,22 @@ async def produce_laps(bootstrap: str, laps: Laps, rate: float, seconds: float, 
 
 
 def sample(worker: WorkerProcess, port: int, produced: Produced, started: float) -> dict:
+    """One sample. Event-time lag per part: wall seconds since the producer first sent the event time the part
+    has reached. Parts fed by sparse topics (borrowers, templates: each lap sends them at its start) reach
+    their event time in jumps, so the median over parts is the headline and the slowest is kept beside it."""
     read = events_read([port])
-    lag = slowest_part_lag_s(port)
-    event_lag = None
-    if lag is not None:
-        now = time.time()
-        reached = int((now - lag) * 1000)
-        sent_at = produced.event_time_reached(reached)
-        event_lag = max(0.0, now - sent_at) if sent_at is not None else None
+    lags, entities = worker_figures(port)
+    now = time.time()
+    by_part = {}
+    for part, lag in lags.items():
+        sent_at = produced.event_time_reached(int((now - lag) * 1000))
+        if sent_at is not None:
+            by_part[part] = round(max(0.0, now - sent_at), 1)
+    ordered = sorted(by_part.values())
     return {"t_s": round(time.monotonic() - started, 1), "rss_mib": rss_mib(worker.pid), "produced": produced.count,
-            "read": read, "consumer_lag": max(0, produced.count - read), "event_time_lag_s": event_lag}
+            "read": read, "consumer_lag": max(0, produced.count - read), "state_entities": entities,
+            "event_time_lag_s": ordered[len(ordered) // 2] if ordered else None,
+            "event_time_lag_slowest_s": ordered[-1] if ordered else None, "event_time_lag_by_part": by_part}
 
 
 def slope_per_hour(points: list[tuple[float, float]]) -> float | None:
@@ -186,7 +194,8 @@ def soak(lines: list[bytes], rate: float, minutes: float, every: float, workdir:
                 samples.append(sample(worker, port, produced, started))
                 s = samples[-1]
                 say(f"  {s['t_s'] / 60:5.1f} min: RSS {s['rss_mib'] or 0:,.0f} MiB, produced {s['produced']:,}, "
-                    f"lag {s['consumer_lag']:,} records, event time {s['event_time_lag_s'] or 0:.1f} s behind")
+                    f"lag {s['consumer_lag']:,} records, event time {s['event_time_lag_s'] or 0:.1f} s behind "
+                    f"(slowest part {s['event_time_lag_slowest_s'] or 0:.1f} s), {s['state_entities'] or 0:,} entities")
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and events_read([port]) < produced.count:
                 time.sleep(1)
@@ -203,6 +212,7 @@ def summarise(result: dict, warmup_min: float) -> dict:
     settled = [(s["t_s"], s["rss_mib"]) for s in samples if s["t_s"] >= warmup_min * 60 and s["rss_mib"]]
     lags = [s["consumer_lag"] for s in samples]
     event_lags = [s["event_time_lag_s"] for s in samples if s["event_time_lag_s"] is not None]
+    entities = [s["state_entities"] for s in samples if s.get("state_entities") is not None]
     rss = [s["rss_mib"] for s in samples if s["rss_mib"]]
     return {"rss_slope_mib_per_hour": slope_per_hour(settled), "rss_first_mib": rss[0] if rss else None,
             "rss_after_warmup_mib": settled[0][1] if settled else None, "rss_last_mib": rss[-1] if rss else None,
@@ -210,6 +220,9 @@ def summarise(result: dict, warmup_min: float) -> dict:
             "consumer_lag_last": lags[-1] if lags else None,
             "event_time_lag_max_s": max(event_lags, default=None),
             "event_time_lag_median_s": sorted(event_lags)[len(event_lags) // 2] if event_lags else None,
+            "state_entities_after_warmup": next((s["state_entities"] for s in samples if s["t_s"] >= warmup_min * 60
+                                                  and s.get("state_entities") is not None), None),
+            "state_entities_last": entities[-1] if entities else None,
             "read_all": samples[-1]["read"] >= result["soak"]["produced"] if samples else False}
 
 
@@ -230,8 +243,15 @@ def chart(result: dict, path: Path) -> None:
     axes[0].legend(fontsize=7)
     axes[1].plot(minutes, [s["consumer_lag"] for s in samples], color="#dd8452")
     axes[1].set_ylabel("consumer lag (records)")
-    axes[2].plot(minutes, [s["event_time_lag_s"] for s in samples], color="#55a868")
+    axes[2].plot(minutes, [s["event_time_lag_s"] for s in samples], color="#55a868", label="median part")
+    axes[2].plot(minutes, [s.get("event_time_lag_slowest_s") for s in samples], color="#c44e52", linewidth=0.8,
+                 label="slowest part")
     axes[2].set_ylabel("event-time lag (s)")
+    axes[2].legend(fontsize=7)
+    if any(s.get("state_entities") is not None for s in samples):
+        twin = axes[0].twinx()
+        twin.plot(minutes, [s.get("state_entities") for s in samples], color="#8172b3", linewidth=0.8)
+        twin.set_ylabel("entities in state", color="#8172b3")
     axes[2].set_xlabel("minutes")
     m = result["machine"]
     fig.suptitle(f"smsstream soak.py {result['date']}: {result['offered_rate']:,.0f} records/s offered "
@@ -262,7 +282,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     say(f"simulating {args.days} day(s), {args.senders} senders, rate {args.scale}, seed {args.seed}")
     lines = simulate(events, args.days, args.senders, args.scale, args.seed, env)
     result["scenario"]["records"] = len(lines)
-    if args.rate:
+    if args.capacity:
+        result["capacity"] = {"rate": args.capacity, "measured_earlier": True}
+    elif args.rate:
         result["capacity"] = {"rate": 2 * args.rate, "given": True}
     else:
         with EmbeddedBroker() as broker:
@@ -282,6 +304,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--rate", type=float, help="records/s offered (default: half of the measured capacity)")
+    parser.add_argument("--capacity", type=float, help="a capacity measured before, records/s: skip measuring it")
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples (default %(default)s)")
     parser.add_argument("--warmup", type=float, default=5.0,
                         help="minutes left out of the RSS slope (default %(default)s)")
