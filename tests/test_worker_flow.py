@@ -337,10 +337,9 @@ def test_a_crashed_half_resuming_from_older_snapshots_loses_and_doubles_nothing(
     assert flow.dead == []
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_a_shard_whose_snapshot_cannot_be_read_rebuilds_its_state_from_its_partition_and_loses_nothing(seed, caplog):
+def test_a_shard_whose_snapshot_cannot_be_read_rebuilds_its_state_from_its_partition_and_loses_nothing(caplog):
     events = scenario()
-    flow = LocalDataflow(seed=seed, snapshots_lost=True)
+    flow = LocalDataflow(seed=1, snapshots_lost=True)
     flow.produce(events)
     with caplog.at_level("ERROR", logger="smsstream"):
         alerts = flow.run(checkpoint_every=4, crash_at=(40,))
