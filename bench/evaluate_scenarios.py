@@ -3,7 +3,10 @@
 This is the command behind docs/evaluation.md. Besides CONTRACT.md's scores
 it counts the episodes detected later than issue 4 allows (max(30 min, a
 quarter of the episode's duration)) and lists them, with the missed episodes
-and the false alarms.
+and the false alarms. For a scenario named after a reason (``shared_list``,
+``stale_binding_send``, ...) it also gives, per intensity, the time to the
+first alert that gives that reason, as its own or as evidence riding along in
+another reason's alert: an episode can be detected first by another reason.
 
     python bench/evaluate_scenarios.py --markdown docs/evaluation.md            # every block, ~40 min
     python bench/evaluate_scenarios.py --markdown docs/evaluation.md --blocks tuned held-out   # ~10 min
@@ -34,12 +37,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from smsstream.evaluate import Episode, pseudonymise_entities, read_alerts, read_episodes, score, simulated_days
+from smsstream.evaluate import (GRACE_MS, Episode, pseudonymise_entities, read_alerts, read_episodes, score,
+                                simulated_days)
 from smsstream.pseudonym import Pseudonymizer
-from smsstream.vocabulary import KINDS
+from smsstream.vocabulary import FIRING, KINDS, REASONS
 
 KEY = "bench-evaluate-key"
 REPO = Path(__file__).resolve().parent.parent
+#: scenarios named after the reason that should find them get the ``by_own_reason`` table
+REASON_NAMES = frozenset(reason for of_kind in REASONS.values() for reason in of_kind)
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,8 @@ class Scored:
     seconds: float
     #: the code that wrote the alerts (``code_version`` when they were replayed)
     version: str
+    #: episode id -> time to the first alert giving the scenario's own reason (scenarios named after one)
+    own_reason_ms: dict[str, float]
 
 
 def run_scenario(run: Run, workdir: Path, rescore: bool, keep_events: bool) -> Scored:
@@ -127,7 +135,27 @@ def run_scenario(run: Run, workdir: Path, rescore: bool, keep_events: bool) -> S
     manifest = json.loads((workdir / f"{run.name}.manifest.json").read_text())
     version_file = workdir / f"{run.name}.version"
     version = version_file.read_text() if version_file.exists() else "an unrecorded version"
-    return Scored(run, score(episodes, alert_records, span), episodes, manifest, time.monotonic() - started, version)
+    result = score(episodes, alert_records, span)
+    own = own_reason_times(episodes, manifest, alert_records)
+    return Scored(run, result, episodes, manifest, time.monotonic() - started, version, own)
+
+
+def own_reason_times(episodes: list[Episode], manifest: dict, alerts: list[dict]) -> dict[str, float]:
+    """For episodes of a scenario named after a reason: time from the start to the first firing alert of
+    the episode's kind that names one of its entities and gives that reason, scored as ``score`` does."""
+    found: dict[str, float] = {}
+    for episode in episodes:
+        reason = scenario_of(episode, manifest)[0]
+        if reason not in REASON_NAMES:
+            continue
+        times = [a["window_end"] for a in alerts
+                 if a.get("status") == FIRING and a.get("kind") == episode.kind
+                 and (a.get("entity_type"), a.get("entity_id")) in episode.entities
+                 and (a.get("reason") == reason or reason in (a.get("evidence") or {}))
+                 and episode.start <= a["window_end"] <= episode.end + GRACE_MS]
+        if times:
+            found[episode.episode_id] = min(times) - episode.start
+    return found
 
 
 # --- tables ---------------------------------------------------------------------
@@ -192,6 +220,24 @@ def by_scenario(scored: list[Scored]) -> list[str]:
     return out
 
 
+def by_own_reason(scored: list[Scored]) -> list[str]:
+    """Per scenario named after a reason and intensity: how many episodes that reason found, and when."""
+    groups: dict[tuple[str, str], list[float | None]] = {}
+    for s in scored:
+        for e in s.episodes:
+            scenario, intensity = scenario_of(e, s.manifest)
+            if scenario in REASON_NAMES:
+                groups.setdefault((scenario, intensity), []).append(s.own_reason_ms.get(e.episode_id))
+    out = ["| scenario | intensity | episodes | found by its reason | median | worst |", "|---|---|---|---|---|---|"]
+    order = {"low": 0, "medium": 1, "high": 2}
+    for scenario, intensity in sorted(groups, key=lambda g: (g[0], order.get(g[1], 3))):
+        found = [ms for ms in groups[scenario, intensity] if ms is not None]
+        median = statistics.median(found) if found else None
+        out.append(f"| `{scenario}` | {intensity} | {len(groups[scenario, intensity])} | {len(found)} | "
+                   f"{fmt(median)} | {fmt(max(found) if found else None)} |")
+    return out
+
+
 def by_run(scored: list[Scored], with_options: bool) -> list[str]:
     head = "| seed | options | days | records |" if with_options else "| seed | records |"
     out = [head + " episodes | detected | recall | false alarms | per day | median TTD | worst TTD | late |",
@@ -241,6 +287,8 @@ def tables(scored: list[Scored], shapes: bool = False) -> str:
     versions = sorted({s.version for s in scored})
     out = [f"{what}: {days:g} simulated days, {records:,} records; detectors at {', '.join(versions)}.", ""]
     out += by_kind(scored) + ["", "By attack scenario:", ""] + by_scenario(scored)
+    out += ["", "Scenarios named after a reason, by intensity: the first alert that gives that reason (as its own "
+            "or as evidence in another's alert).", ""] + by_own_reason(scored)
     out += ["", "By shape:" if shapes else "By seed:", ""] + by_run(scored, shapes)
     if shapes:
         out += ["", f"Late episodes: {sum(late(e) for s in scored for e in s.episodes)}, by scenario above."]

@@ -27,9 +27,10 @@ from collections import defaultdict
 from smsstream.detection.base import BUCKET_MS, PartContext
 from smsstream.detection.delivery import CarrierDelivery, ReceiptJoin, SenderDelivery, TemplateDelivery
 from smsstream.detection.engine import DETECTOR_PARTS, Engine
-from smsstream.detection.facts import DeliveryOutcome, LoanSend
+from smsstream.detection.facts import LOAN_SENDS, SHARED_NUMBERS, DeliveryOutcome, LoanSend, SharedNumber
 from smsstream.detection.gate import EventGate
 from smsstream.detection.non_borrower import BorrowerBook, SenderShare, TemplateShare
+from smsstream.detection.shared_list import NumberLenders, SharedList
 from smsstream.detection.templates import SenderBook, TemplateSources
 from smsstream.detection.templates.facts import SourceCount
 from smsstream.pseudonym import Pseudonymizer
@@ -163,6 +164,29 @@ def memory() -> None:
             part.advance(ts)
         return part
 
+    def strays(lenders):
+        def build(n):
+            part = NumberLenders(ctx())
+            for i in range(n):
+                pn = f"pn:{i:016x}"
+                for lender in lenders:
+                    part.process(LOAN_SENDS, pn, LoanSend(T0 + i, lender, "t1", f"m{i:010d}", True, pn))
+            return part
+        return build
+
+    def sender_side(shared):
+        def build(n):
+            sides = []
+            for _ in range(n):
+                side = SharedList()
+                for hour in range(24):
+                    side.count_stray(T0 + hour * 3_600_000)
+                for j in range(shared):
+                    side.take(SharedNumber(T0 + j, "lender-a", "lender-b", f"pn:{j:016x}", f"m{j:010d}"), T0)
+                sides.append(side)
+            return sides
+        return build
+
     measure("borrower book, number owing one lender", "number", 100_000, book)
     measure("borrower book, number owing two lenders", "number", 50_000, book_two)
     measure("receipt join, send waiting for its receipt", "message", 100_000, join)
@@ -173,6 +197,11 @@ def memory() -> None:
     measure("delivery per template (after 90 min)", "template", 2_000, shares(TemplateDelivery, outcome))
     measure("delivery per carrier (after 90 min)", "carrier", 200, shares(CarrierDelivery, outcome))
     measure("template_hijack_sender, 10 templates, 3 keys (after 90 min)", "sender", 1_000, sender_book)
+    measure("shared_list, number with one lender's strays in the window", "number", 100_000,
+            strays(("lender-a",)))
+    measure("shared_list, number two lenders sent strays to", "number", 50_000, strays(("lender-a", "lender-b")))
+    measure("shared_list per sender, strays every hour of the day", "sender", 2_000, sender_side(0))
+    measure("shared_list per sender, the same with 100 shared numbers", "sender", 200, sender_side(100))
 
 
 def main() -> int:

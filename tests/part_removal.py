@@ -24,8 +24,8 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 #: The detectors' own tests first, so a run stopped at its first failure is short.
-FIRST = ["test_non_borrower.py", "test_delivery.py", "test_template_hijack.py", "test_rebind.py", "test_alerts.py",
-         "test_state_roundtrip.py", "test_replay.py", "test_worker_flow.py"]
+FIRST = ["test_non_borrower.py", "test_shared_list.py", "test_delivery.py", "test_template_hijack.py", "test_rebind.py",
+         "test_alerts.py", "test_state_roundtrip.py", "test_replay.py", "test_worker_flow.py"]
 
 
 def part_names() -> list[str]:

@@ -15,6 +15,7 @@ from smsstream.cli import main
 from smsstream.errors import RecordError
 from smsstream.records import BINDINGS, BORROWERS, LOAN_OBLIGATION, RECEIPTS, SENDS, TEMPLATES, decode
 from smsstream.simulate import Options, simulate
+from smsstream.simulate.attacks import SCENARIO_NAMES
 from smsstream.simulate.output import JsonlWriter
 from smsstream.simulate.world import REGIONS
 from smsstream.simulate.world import World as WorldModel
@@ -236,6 +237,19 @@ def test_each_label_is_true_inside_its_window_and_not_outside(small):
             assert stale and all(within(t) for t in stale)
             moved = {b["old_number"] for b in world.bindings if b["sender_id"] == d["sender_id"]}
             assert set(d["numbers"]) <= moved
+        elif reason == "shared_list":
+            # the list's sends draw their ids from the episode's own sequence
+            worked = [x for x in world.sends if x["message_id"].startswith("a")]
+            assert worked and all(within(x["ts"]) for x in worked)
+            reached = defaultdict(set)
+            for x in worked:
+                reached[x["sender_id"]].add(x["number"])
+            assert set(reached) == set(d["senders"]) and 3 <= len(reached) <= 5
+            assert {e["entity_id"] for e in label["entities"] if e["entity_type"] == "sender"} == set(d["senders"])
+            assert len(set().union(*reached.values())) <= d["list_size"]
+            assert sum(x["non_borrower"] for x in worked) >= 0.9 * len(worked)
+            by_several = Counter(n for numbers in reached.values() for n in numbers)
+            assert sum(1 for c in by_several.values() if c >= 2) >= 3
         elif reason in ("carrier_blocking", "failure_rate_jump"):
             def failed(r):
                 return r["status"] == "BLOCKED" if reason == "carrier_blocking" else r["status"] != "DELIVRD"
@@ -437,6 +451,33 @@ def test_single_scenarios_can_be_chosen_by_name(tmp_path):
                  "--attacks", "account_flapping_slow,carrier_blocking"]) == 0
     manifest = json.loads((tmp_path / "run.manifest.json").read_text())
     assert {e["reason"] for e in manifest["episodes"]} == {"account_flapping_slow", "carrier_blocking"}
+
+
+def test_a_list_worked_by_several_lenders_is_labelled_with_every_one_of_them():
+    _, labels, manifest = run(days=3, senders=60, rate=0.2, seed=5, attacks=("shared_list",))
+    episodes = manifest["episodes"]
+    assert len(episodes) == 2 and {e["reason"] for e in episodes} == {"shared_list"}
+    for label, episode in zip(labels, episodes):
+        senders = {e["entity_id"] for e in label["entities"] if e["entity_type"] == "sender"}
+        assert senders == set(episode["details"]["senders"]) and 3 <= len(senders) <= 5
+        assert any(e["entity_type"] == "template" for e in label["entities"])
+
+
+def test_adding_the_shared_list_scenario_leaves_every_other_record_of_a_seed_as_it_was():
+    """It is planned last and draws from its own random stream: the other episodes and all normal traffic
+    are the same records in the same order, with the list's records among them."""
+    others = tuple(name for name in SCENARIO_NAMES if name != "shared_list")
+    without, labels_without, _ = run(days=3, senders=60, rate=0.2, seed=5, attacks=others)
+    with_it, labels_with, manifest = run(days=3, senders=60, rate=0.2, seed=5, attacks=(*others, "shared_list"))
+    assert any(e["reason"] == "shared_list" for e in manifest["episodes"])
+    before, after = without.splitlines(), with_it.splitlines()
+    kept = set(before)
+    assert [line for line in after if line in kept] == before
+    assert all(b'"a0' in line for line in after if line not in kept)  # the list's sends, receipts and noise
+
+    def strip(labels):
+        return [{k: v for k, v in label.items() if k != "episode_id"} for label in labels]
+    assert [label for label in strip(labels_with) if label in strip(labels_without)] == strip(labels_without)
 
 
 def test_unknown_attack_kind_is_a_one_line_error_listing_the_kinds(tmp_path, capsys):

@@ -465,6 +465,30 @@ def test_another_lenders_template_read_on_every_partition_is_reported_once_as_by
     assert comparable(flow.run()) == comparable(expected)
 
 
+def test_a_list_worked_by_three_lenders_is_found_by_the_partitioned_worker_as_by_replay():
+    # each number's lenders are kept on its own shard, each lender's judgement on another
+    rng = random.Random(10)
+    shared = numbers(rng, 40, prefix="+86150")
+    events = []
+    for i, name in enumerate(("lender-a", "lender-b", "lender-c")):
+        borrowers = numbers(rng, 1000, prefix=f"+8613{i}")
+        events += book(name, borrowers) + Sends(rng, name, f"tpl-{name}", borrowers).run(T0, 5 * 60, 4)
+        # collection notices typed by hand (no template), within the lender's usual share of strays
+        events += Sends(rng, name, None, borrowers).run(T0 + HOUR, 4 * 60, 0.1, stranger_share=1.0,
+                                                        strangers=shared, category="collection")
+    events.sort(key=lambda e: e[1].ts)
+    expected = replay(events)
+    listed = {a["entity_id"] for a in expected if a["status"] == "firing" and a["reason"] == "shared_list"}
+    assert listed == {"lender-a", "lender-b", "lender-c"}
+    flow = LocalDataflow(partitions=4)
+    flow.produce(events)
+    assert comparable(flow.run()) == comparable(expected)
+    # and the same from snapshots, half of the shards crashing twice
+    flow = LocalDataflow(partitions=4, seed=2)
+    flow.produce(events)
+    assert sorted(set(comparable(flow.run(checkpoint_every=4, crash_at=(30, 61))))) == comparable(expected)
+
+
 def test_a_routine_count_sent_again_after_its_producer_restarted_counts_once():
     topology = Topology(DETECTOR_PARTS, {t: 1 for t in (SENDS, RECEIPTS, BORROWERS)}, 1)
     shard = topology.new_shard("non_borrower_sender", PartContext(Pseudonymizer(KEY)))

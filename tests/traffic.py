@@ -50,7 +50,7 @@ class Sends:
 
     counter = 0
 
-    def __init__(self, rng: random.Random, sender: str, template: str, borrowers: list[str]):
+    def __init__(self, rng: random.Random, sender: str, template: str | None, borrowers: list[str]):
         self.rng = rng
         self.sender = sender
         self.template = template

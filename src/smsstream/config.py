@@ -94,6 +94,8 @@ class Settings:
     allowed_lateness_s: int = 10
     #: how far behind it one may arrive and still count (in the first open bucket); later is dead-lettered
     late_horizon_s: int = 1800
+    #: how long a number's non-borrower loan SMS from one lender wait for another lender's (``shared_list``)
+    shared_list_window_s: int = 86400
     metrics_port: int = 9108
     #: interface for /health and /metrics: loopback by default, 0.0.0.0 for Kubernetes probes and scrapes
     bind_host: str = "127.0.0.1"
@@ -125,6 +127,8 @@ class Settings:
             alert_repeat_s=_int(env, "SMSSTREAM_ALERT_REPEAT_S", cls.alert_repeat_s, minimum=1),
             allowed_lateness_s=_int(env, "SMSSTREAM_ALLOWED_LATENESS_S", cls.allowed_lateness_s, minimum=0),
             late_horizon_s=_int(env, "SMSSTREAM_LATE_HORIZON_S", cls.late_horizon_s, minimum=0),
+            shared_list_window_s=_int(env, "SMSSTREAM_SHARED_LIST_WINDOW_S", cls.shared_list_window_s,
+                                      minimum=3600, maximum=7 * 86400),
             metrics_port=_int(env, "SMSSTREAM_METRICS_PORT", cls.metrics_port, minimum=0),
             bind_host=env.get("SMSSTREAM_BIND_HOST") or cls.bind_host,
             metrics_port_set=bool(env.get("SMSSTREAM_METRICS_PORT")),
@@ -162,7 +166,7 @@ def _cache_dir(env: Mapping[str, str]) -> str:
     return os.path.join(base, "smsstream")
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -172,6 +176,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
         raise ConfigError(f"{name}={raw!r} is not an integer; unset it for the default {default}") from None
     if value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}; unset it for the default {default}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={value} must be at most {maximum}; unset it for the default {default}")
     return value
 
 

@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, MutableMapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, MutableMapping
 
 from smsstream.detection.alerts import AlertBook, Finding
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.vocabulary import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
+
+if TYPE_CHECKING:
+    from smsstream.config import Settings
 
 __all__ = ["BUCKET_MS", "DEFAULT_LATENESS_MS", "DEFAULT_LATE_HORIZON_MS", "DEFAULT_IDLE_MS", "Finding", "Part",
            "PartContext", "partition_of"]
@@ -58,6 +61,15 @@ class PartContext:
     lateness_ms: int = DEFAULT_LATENESS_MS
     late_horizon_ms: int = DEFAULT_LATE_HORIZON_MS
     idle_ms: int = DEFAULT_IDLE_MS
+    #: how long a number's non-borrower loan SMS from one lender wait for another lender's (``shared_list``)
+    shared_list_window_ms: int = DAY_MS
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "PartContext":
+        """The context the settings describe: the worker's and replay's alike."""
+        return cls(Pseudonymizer(settings.require_pseudonym_key()), alert_repeat_ms=settings.alert_repeat_s * 1000,
+                   lateness_ms=settings.allowed_lateness_s * 1000, late_horizon_ms=settings.late_horizon_s * 1000,
+                   shared_list_window_ms=settings.shared_list_window_s * 1000)
 
     def pseudonym(self, number: str) -> str:
         return self.pseudonymizer.pseudonym(number)

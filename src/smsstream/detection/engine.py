@@ -23,6 +23,7 @@ from smsstream.detection.routing import Routes
 from smsstream.detection.templates import TEMPLATE_PARTS
 from smsstream.config import Settings
 from smsstream.pseudonym import Pseudonymizer
+from smsstream.vocabulary import DAY_MS
 
 __all__ = ["DETECTOR_PARTS", "Engine"]
 
@@ -45,9 +46,10 @@ class Engine:
         parts: Iterable[type[Part]] | None = None,
         idle_ms: int | None = None,
         late_horizon_ms: int = DEFAULT_LATE_HORIZON_MS,
+        shared_list_window_ms: int = DAY_MS,
     ):
         ctx = PartContext(pseudonymizer, alert_repeat_ms=alert_repeat_s * 1000, lateness_ms=lateness_ms,
-                          late_horizon_ms=max(late_horizon_ms, lateness_ms))
+                          late_horizon_ms=max(late_horizon_ms, lateness_ms), shared_list_window_ms=shared_list_window_ms)
         if idle_ms is not None:
             ctx.idle_ms = idle_ms
         self.ctx = ctx
@@ -73,7 +75,8 @@ class Engine:
     def from_settings(cls, settings: Settings) -> "Engine":
         """The engine the worker's settings describe (key, repeat interval, lateness): replay's."""
         return cls(Pseudonymizer(settings.require_pseudonym_key()), alert_repeat_s=settings.alert_repeat_s,
-                   lateness_ms=settings.allowed_lateness_s * 1000, late_horizon_ms=settings.late_horizon_s * 1000)
+                   lateness_ms=settings.allowed_lateness_s * 1000, late_horizon_ms=settings.late_horizon_s * 1000,
+                   shared_list_window_ms=settings.shared_list_window_s * 1000)
 
     def ingest(self, topic: str, record: Any, source: Source | None = None) -> list[dict]:
         """Take one decoded record; return the alert records it caused (buckets it closed, evidence it completed).

@@ -30,6 +30,8 @@ from smsstream.detection.base import BUCKET_MS
 LOAN_SENDS = "fact.loan-sends"
 #: Sends joined to their final receipt (message-keyed -> sender/template/carrier-keyed).
 DELIVERY_OUTCOMES = "fact.delivery-outcomes"
+#: Numbers two lenders both sent non-borrower loan SMS to (number-keyed -> sender-keyed).
+SHARED_NUMBERS = "fact.shared-numbers"
 
 
 @dataclass(slots=True)
@@ -47,6 +49,22 @@ class LoanSend:
     @property
     def routine(self) -> bool:
         return not self.non_borrower
+
+
+@dataclass(slots=True)
+class SharedNumber:
+    """A number ``sender_id`` and ``other_id`` both sent loan-obligation SMS to, owing neither, within the window.
+
+    One per lender of the pair; ``ts`` is when the later of the two sends
+    happened. ``message_id`` is ``sender_id``'s send when it was the later
+    one (the number part keeps no message ids), else None.
+    """
+
+    ts: int
+    sender_id: str
+    other_id: str
+    number_pn: str
+    message_id: str | None = None
 
 
 #: Outcome classes of a final delivery receipt.

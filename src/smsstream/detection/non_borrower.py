@@ -1,6 +1,6 @@
 """``non_borrower_spike``: loan-obligation SMS going to numbers that owe the sender nothing.
 
-Two steps, each keyed by one entity:
+Parts, each keyed by one entity:
 
 - ``BorrowerBook`` (keyed by recipient number) holds the lenders each number
   owes (from ``sms.borrowers``, tombstones included) and turns every
@@ -8,7 +8,11 @@ Two steps, each keyed by one entity:
   not;
 - ``SenderShare`` and ``TemplateShare`` judge, per sender and per template,
   the share of those sends to non-borrowers against the entity's own
-  baseline (reason ``non_borrower_share``).
+  baseline (reason ``non_borrower_share``);
+- ``NumberLenders`` (keyed by the number's pseudonym) tells each sender which
+  of the numbers it sent non-borrower loan SMS to other lenders sent them
+  too, and ``SenderShare`` judges whether that overlap is beyond chance
+  (reason ``shared_list``, module ``shared_list``).
 
 Reminders to *former* borrowers (the pair was removed recently, e.g. the
 account moved to a new number) are stale data and not counted as
@@ -21,13 +25,18 @@ by far more than its usual wobble and fire within minutes.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable, cast
 
-from smsstream.detection.base import Part
-from smsstream.detection.facts import LOAN_SENDS, LoanSend, RoutineCount
+from smsstream.detection.alerts import Finding
+from smsstream.detection.base import BUCKET_MS, Part
+from smsstream.detection.facts import LOAN_SENDS, SHARED_NUMBERS, LoanSend, RoutineCount, SharedNumber
 from smsstream.detection.share import Share, SharePart, ShareState, window_samples
+from smsstream.detection.shared_list import NumberLenders, SharedList
 from smsstream.records import BORROWERS, LOAN_OBLIGATION, SENDS
-from smsstream.vocabulary import DAY_MS, NON_BORROWER_SHARE, NON_BORROWER_SPIKE, SENDER, TEMPLATE
+from smsstream.vocabulary import (
+    DAY_MS, HOUR_MS, NON_BORROWER_SHARE, NON_BORROWER_SPIKE, SENDER, SEVERITIES, SHARED_LIST, TEMPLATE,
+)
 
 
 def _loan_send_number(send) -> str | None:
@@ -164,7 +173,7 @@ class _NonBorrowerShare(SharePart):
         }
 
 
-def _fact_sender(fact: LoanSend | RoutineCount) -> str:
+def _fact_sender(fact: LoanSend | RoutineCount | SharedNumber) -> str:
     return fact.sender_id
 
 
@@ -172,10 +181,76 @@ def _fact_template(fact: LoanSend | RoutineCount) -> str | None:
     return fact.template_id
 
 
+@dataclass(slots=True)
+class SenderShareState(ShareState):
+    """A sender's share state, with its side of ``shared_list`` once it has sent to a non-borrower."""
+
+    listed: SharedList | None = None
+
+
 class SenderShare(_NonBorrowerShare):
+    """Per sender: the non-borrower share (``non_borrower_share``) and numbers shared with other lenders
+    (``shared_list``, ``shared_list.SharedList``), both on ``non_borrower_spike/sender/<id>``."""
+
     name = "non_borrower_sender"
     entity_type = SENDER
-    inputs: ClassVar = {LOAN_SENDS: _fact_sender}
+    inputs: ClassVar = {LOAN_SENDS: _fact_sender, SHARED_NUMBERS: _fact_sender}
+    state_class = SenderShareState
+
+    def process(self, topic: str, key: str, value: LoanSend | RoutineCount | SharedNumber):
+        if isinstance(value, SharedNumber):
+            state = cast(SenderShareState, self.entities.get(key) or self.new_state(value.ts))
+            listed = state.listed
+            if listed is None:
+                listed = state.listed = SharedList()
+            listed.take(value, self.mark(key, value.ts))
+            self.entities[key] = state
+            return None
+        super().process(topic, key, value)
+        if isinstance(value, LoanSend) and value.non_borrower:
+            state = self.entities[key]
+            if state.listed is None:
+                state.listed = SharedList()
+            state.listed.count_stray(self.mark(key, value.ts))  # the bucket it counted in
+        return None
+
+    def close(self, key: str, start: int, end: int) -> Iterable[Finding]:
+        found = super().close(key, start, end)
+        state: SenderShareState | None = self.entities.get(key)
+        if state is None or state.listed is None:
+            return found
+        listed = state.listed
+        idx = start // BUCKET_MS
+        strays = state.ring.get(idx)[1]
+        if not listed.shared and not listed.fresh:
+            listed.learn_quiet(end, strays, self.ctx.shared_list_window_ms)
+            if listed.empty:
+                state.listed = None
+            return found
+        this_hour = state.ring.sums(idx + 1, (idx + 1 - (start - start % HOUR_MS) // BUCKET_MS,))[0][1]
+        firing = self.book.is_firing(f"{NON_BORROWER_SPIKE}/{SENDER}/{key}")
+        finding = listed.judge(key, start, end, strays, this_hour, self.ctx.shared_list_window_ms, firing)
+        if finding is None:
+            return found
+        return together([*found, finding])
+
+
+def together(found: list[Finding]) -> list[Finding]:
+    """One finding per sender and bucket: a firing one leads (the stronger, if both fire), the other rides along.
+
+    A ``shared_list`` finding that rides along keeps its evidence (the other
+    lenders, the shared numbers) under its reason, so the alert points to
+    the related senders whichever reason leads.
+    """
+    if len(found) < 2:
+        return found
+    lead = max(found, key=lambda f: (f.firing, SEVERITIES.index(f.severity), f.score))
+    for other in found:
+        if other is not lead:
+            lead.evidence.setdefault("also", []).append(f"{other.reason}: {other.summary}")
+            if other.reason == SHARED_LIST:
+                lead.evidence[SHARED_LIST] = other.evidence
+    return [lead]
 
 
 class TemplateShare(_NonBorrowerShare):
@@ -184,4 +259,4 @@ class TemplateShare(_NonBorrowerShare):
     inputs: ClassVar = {LOAN_SENDS: _fact_template}
 
 
-NON_BORROWER_PARTS = [BorrowerBook, SenderShare, TemplateShare]
+NON_BORROWER_PARTS = [BorrowerBook, SenderShare, TemplateShare, NumberLenders]

@@ -135,6 +135,8 @@ class SharePart(Part):
     entity_type: ClassVar[str] = ""
     shares: ClassVar[tuple[Share, ...]] = ()
     trials_word: ClassVar[str] = "events"
+    #: what one entity keeps: ``ShareState``, or a subclass with more
+    state_class: ClassVar[type[ShareState]] = ShareState
 
     WINDOWS_MS: ClassVar[tuple[int, ...]] = (1 * MINUTE_MS, 5 * MINUTE_MS, 15 * MINUTE_MS, 60 * MINUTE_MS)
     HALF_LIFE_MS: ClassVar[int] = 72 * HOUR_MS
@@ -161,7 +163,7 @@ class SharePart(Part):
     # --- per-event -------------------------------------------------------------
 
     def new_state(self, ts: int) -> ShareState:
-        return ShareState(ring=BucketRing(1 + len(self.shares)), baselines=[ShareBaseline() for _ in self.shares],
+        return self.state_class(ring=BucketRing(1 + len(self.shares)), baselines=[ShareBaseline() for _ in self.shares],
                           first_ts=ts, last_ts=ts, samples=[{} for _ in self.shares])
 
     def count(self, key: str, ts: int, hit: int, message_id: str | None, label: str | None,

@@ -56,11 +56,13 @@ class Stream:
         self.duplicates: Counter[str] = Counter()
         self.malformed: Counter[str] = Counter()
 
-    def emit(self, topic: str, key: str, value: dict | None, ts: int, noisy: bool = True) -> None:
+    def emit(self, topic: str, key: str, value: dict | None, ts: int, noisy: bool = True,
+             rng: random.Random | None = None) -> None:
+        """``rng``: the random stream the record's noise is drawn from, when not the stream's own."""
         payload = None if value is None else _compact(orjson.dumps(value))
         arrival = ts
         if noisy:
-            rng = self.rng
+            rng = rng or self.rng
             noise = self.noise
             roll = rng.random()
             if roll < noise.reorder:

@@ -51,7 +51,7 @@ def simulate(options: Options, writer: Writer, progress: Progress | None = None)
     noise = Noise() if options.noise else Noise(0, 0, 0, 0)
     stream = Stream(writer, random.Random(f"{seed}/noise"), noise)
     sim = Simulation(world, stream, random.Random(f"{seed}/traffic"), end)
-    plan = plan_attacks(sim, random.Random(f"{seed}/attacks"), options.attacks, options.days)
+    plan = plan_attacks(sim, seed, options.attacks, options.days)
     hours = options.days * 24
     written = 0
     for h in range(hours):

@@ -75,6 +75,7 @@ class Simulation:
         self._events: list[tuple[int, int, Callable, tuple]] = []
         self._event_seq = 0
         self.message_seq = 0
+        self.side_message_seq = 0
         self.binding_seq = 0
         self.recycle_pool: list[tuple[int, str]] = []  # (free from ts, number) numbers carriers may reissue
         self.send_effects: dict[str, list] = {}  # sender_id -> effects on its sends
@@ -401,8 +402,14 @@ class Simulation:
         self.message_seq += 1
         return f"m{self.message_seq:010d}"
 
-    def render(self, sender: Sender, template: Template | None, due_dates: list[str], account_id: str | None) -> str:
-        rng = self.rng
+    def next_side_message_id(self) -> str:
+        """An id for a send drawn from an attack's own random stream (``send(rng=...)``): its own sequence."""
+        self.side_message_seq += 1
+        return f"a{self.side_message_seq:010d}"
+
+    def render(self, sender: Sender, template: Template | None, due_dates: list[str], account_id: str | None,
+               rng: random.Random | None = None) -> str:
+        rng = rng or self.rng
         text = template.text if template else rng.choice(MANUAL_TEXTS).replace("{sig}", sender.signature)
         return text.format(
             name=self.region.names[int(rng.random() * len(self.region.names))],
@@ -417,11 +424,18 @@ class Simulation:
 
     def send(self, sender: Sender, ts: int, category: str, template: Template | None, number: str,
              account_id: str | None, due_dates: list[str], body: str | None = None,
-             source: dict | None = None, episode=None) -> str:
-        """One SMS handed to a carrier, with the receipt the carrier will send back (if any)."""
-        rng = self.rng
+             source: dict | None = None, episode=None, rng: random.Random | None = None) -> str:
+        """One SMS handed to a carrier, with the receipt the carrier will send back (if any).
+
+        ``rng``: an attack's own random stream. Everything about this send and
+        its receipt is then drawn from it (noise included) and its message id
+        comes from a sequence of its own, so the attack leaves the rest of the
+        run exactly as it would be without it.
+        """
+        side = rng
+        rng = rng or self.rng
         if body is None:
-            body = self.render(sender, template, due_dates, account_id)
+            body = self.render(sender, template, due_dates, account_id, rng)
         template_id = template.template_id if template else None
         effects = self.send_effects.get(sender.sender_id)
         if effects:
@@ -432,7 +446,7 @@ class Simulation:
             sources = sender.sources
             source = sources[0] if len(sources) == 1 else rng.choices(sources, sender.source_weights)[0]
         carrier = self.region.carrier_of(number)
-        message_id = self.next_message_id()
+        message_id = self.next_message_id() if side is None else self.next_side_message_id()
         value = {
             "message_id": message_id, "ts": ts, "sender_id": sender.sender_id,
             "template_id": template_id, "number": number, "category": category, "body": body,
@@ -444,8 +458,8 @@ class Simulation:
             # the gateway log is flushed late: the receipt may reach the feed first
             self.stream.emit_late(SENDS, number, value, ts, rng.randrange(10_000, 180_000))
         else:
-            self.stream.emit(SENDS, number, value, ts)
-        self._receipt(sender, ts, message_id, carrier, category)
+            self.stream.emit(SENDS, number, value, ts, rng=side)
+        self._receipt(sender, ts, message_id, carrier, category, side)
         return message_id
 
     def _failure_table(self, sender: Sender, carrier: str) -> list[tuple[float, str, str]]:
@@ -459,8 +473,9 @@ class Simulation:
             self._failure_tables[key] = table
         return table
 
-    def _receipt(self, sender: Sender, send_ts: int, message_id: str, carrier: str, category: str) -> None:
-        rng = self.rng
+    def _receipt(self, sender: Sender, send_ts: int, message_id: str, carrier: str, category: str,
+                 side: random.Random | None = None) -> None:
+        rng = side or self.rng
         profile = self._carrier_tables[carrier]
         status, code = "DELIVRD", "000"
         effects = self.receipt_effects.get(sender.sender_id)
@@ -488,7 +503,7 @@ class Simulation:
                 self.stream.emit(RECEIPTS, message_id, {
                     "message_id": message_id, "ts": interim, "status": "ACCEPTD", "error_code": None,
                     "carrier": carrier,
-                }, interim)
+                }, interim, rng=side)
         if status == "EXPIRED":
             delay = rng.randrange(2 * HOUR_MS, 26 * HOUR_MS)
         else:
@@ -502,7 +517,7 @@ class Simulation:
             forcing.episode.touch(ts)
         self.stream.emit(RECEIPTS, message_id, {
             "message_id": message_id, "ts": ts, "status": status, "error_code": code, "carrier": carrier,
-        }, ts)
+        }, ts, rng=side)
 
 
 def customer_ip(rng: random.Random) -> str:

@@ -45,7 +45,6 @@ from smsstream.detection.base import Part, PartContext
 from smsstream.detection.intake import Intake
 from smsstream.errors import BrokerUnreachable, ConfigError, RecordError
 from smsstream.metrics import Metrics, create, register_process_metrics
-from smsstream.pseudonym import Pseudonymizer
 from smsstream.worker.flow import HELD, MISSED, Item, Source, Topology, resume_step
 from smsstream.worker.transport import encode
 from smsstream.worker.router import InputRouter
@@ -117,10 +116,7 @@ class Worker:
         self.settings = settings
         self.registry = registry
         self.metrics: Metrics = create(registry)
-        self.ctx = PartContext(Pseudonymizer(settings.require_pseudonym_key()),
-                               alert_repeat_ms=settings.alert_repeat_s * 1000,
-                               lateness_ms=settings.allowed_lateness_s * 1000,
-                               late_horizon_ms=settings.late_horizon_s * 1000)
+        self.ctx = PartContext.from_settings(settings)
         self.topology = Topology(parts, topic_partitions, partitions)
         self.parts = self.topology.parts
         self.partitions = partitions

@@ -9,6 +9,7 @@ detector of that kind might name.
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -66,6 +67,17 @@ class Planner:
         self.earliest = sim.start_ts + min(DAY_MS // 2, int(run * 0.3))
         self.busy: dict[str, list[tuple[int, int]]] = {}
         self.episodes: list[Episode] = []
+
+    def fork(self, rng: random.Random) -> "Planner":
+        """This planner drawing from ``rng``: same run, episodes and claims, its own random stream.
+
+        Earlier scenarios keep drawing from the first planner's stream while the
+        run goes on (their steps pick at run time), so a scenario planned after
+        them must not draw from it.
+        """
+        twin = copy.copy(self)
+        twin.rng = rng
+        return twin
 
     # -- helpers -----------------------------------------------------------------
 
