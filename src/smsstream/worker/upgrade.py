@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 import re
-from dataclasses import fields, is_dataclass
+from dataclasses import MISSING, fields, is_dataclass
 from typing import Any, Iterable
 
 from smsstream import records
@@ -108,6 +108,8 @@ class Release01:
         self._done.add(id(obj))
         if cls is NumberBinding and not obj.number.startswith("pn:"):
             obj.number = self.intake.pseudonym(obj.number)
+        if is_dataclass(obj):
+            _fill_defaults(obj)
         for attr in _attributes(obj):
             try:
                 setattr(obj, attr, self._walk(getattr(obj, attr)))
@@ -131,9 +133,11 @@ class Release01:
         driver = data["driver"]
         part = driver["part"]
         rekey = name in REKEYED
+        state_class = getattr(self.parts[name], "state_class", None)
         for attr, value in list(part.items()):
-            if attr == "entities" and rekey:
-                part[attr] = {self.key(name, k): self.value(v) for k, v in value.items()}
+            if attr == "entities":
+                part[attr] = {self.key(name, k) if rekey else self.value(k): _as_class(self.value(v), state_class)
+                              for k, v in value.items()}
             elif attr == "_due" and rekey:
                 part[attr] = {start: {self.key(name, k): None for k in keys} for start, keys in value.items()}
             else:
@@ -210,6 +214,28 @@ class Release01:
                 merge._seq += 1
                 heapq.heappush(merge._heap, (item.ts, item.origin, item.seq, merge._seq, item))
         return {**mine, "driver": {**mine["driver"], "part": part, "gate": gate}, "merge": merge}
+
+
+def _fill_defaults(obj: Any) -> None:
+    """Give a state object the fields its class gained since 0.1 pickled it, at their defaults."""
+    for f in fields(obj):
+        if not hasattr(obj, f.name):
+            if f.default is not MISSING:
+                setattr(obj, f.name, f.default)
+            elif f.default_factory is not MISSING:
+                setattr(obj, f.name, f.default_factory())
+
+
+def _as_class(state: Any, cls: type | None) -> Any:
+    """An entity's state as the part's state class, where that class now extends the one 0.1 pickled."""
+    if cls is None or state.__class__ is cls or not issubclass(cls, state.__class__):
+        return state
+    promoted = cls.__new__(cls)
+    for f in fields(cls):
+        if hasattr(state, f.name):
+            setattr(promoted, f.name, getattr(state, f.name))
+    _fill_defaults(promoted)
+    return promoted
 
 
 def _attributes(obj: Any) -> list[str]:
