@@ -15,7 +15,7 @@ topic for a record that cannot be used.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, overload
 
 from smsstream.detection.textshape import pseudonymise_phones
 from smsstream.pseudonym import Pseudonymizer
@@ -59,7 +59,14 @@ class Intake:
         """Free text (a body, a template text) with its phone numbers pseudonymised."""
         return pseudonymise_phones(text, self.pseudonym)
 
+    @overload
+    def account(self, account_id: str) -> str: ...
+
+    @overload
+    def account(self, account_id: None) -> None: ...
+
     def account(self, account_id: str | None) -> str | None:
+        """An account id that is a phone number, as its pseudonym; any other as it is."""
         if account_id is not None and NUMBER_AS_ID.match(account_id):
             return self.pseudonym(account_id)
         return account_id
