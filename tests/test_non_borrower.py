@@ -198,7 +198,7 @@ def test_a_number_removed_long_ago_counts_as_a_non_borrower_again():
     sends = []
     for day in (1, 40):
         send = Send(f"m{day}", T0 + day * DAY, "lender-a", None, number, "repayment_reminder", "pay")
-        sends += book.process(SENDS, number, send)
+        sends += book.process(SENDS, eng.ctx.pseudonym(number), eng.intake(SENDS, send))
     assert [fact.non_borrower for _, fact in sends] == [False, True]
 
 
@@ -234,7 +234,8 @@ def test_a_number_owing_two_lenders_is_a_borrower_of_both_and_of_no_third():
     for lender in ("lender-a", "lender-b"):
         eng.ingest(BORROWERS, Borrower(lender, number, None, "active", T0))
     book = next(p for p in eng.parts if p.name == "borrower_book")
-    facts = [book.process(SENDS, number, Send(f"m-{s}", T0 + 1, s, None, number, "collection", "pay"))[0][1]
+    facts = [book.process(SENDS, eng.ctx.pseudonym(number),
+                          eng.intake(SENDS, Send(f"m-{s}", T0 + 1, s, None, number, "collection", "pay")))[0][1]
              for s in ("lender-a", "lender-b", "lender-c")]
     assert [f.non_borrower for f in facts] == [False, False, True]
 

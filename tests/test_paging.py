@@ -24,6 +24,7 @@ from paging import (
     Alertmanager, NotifierProcess, PagingSetupError, Receiver, alert_record, committed_and_end, notifier_env,
     resolved, wait_for, write,
 )
+from brokers import only_on
 from smsstream.broker import free_port
 from smsstream.topics import apply_topics
 
@@ -245,6 +246,52 @@ def test_with_alertmanager_stopped_for_a_while_nothing_is_lost_once_it_is_back(b
         assert before["dedup_key"] not in held and short["dedup_key"] not in held
         wait_for(lambda: all_committed(bootstrap, group), 20, "the group to commit everything once delivered")
         assert notifier.metric("smsstream_notify_sent_total", target="alertmanager") == 6
+    finally:
+        notifier.stop()
+        am.close()
+        receiver.close()
+
+
+@pytest.mark.broker
+@only_on("tansu", "the notifier's bound is its own; the outage test before it runs on both brokers")
+def test_an_alertmanager_outage_longer_than_the_notifier_may_hold_pauses_reading_and_loses_nothing(
+        broker_url, bootstrap, tmp_path):
+    apply_topics(broker_url)
+    receiver = Receiver()
+    am = start_alertmanager(receiver)
+    env = notifier_env(broker_url, tmp_path, SMSSTREAM_ALERTMANAGER_URL=am.url, SMSSTREAM_NOTIFY_MAX_INFLIGHT="5")
+    group = env["SMSSTREAM_NOTIFY_GROUP"]
+    notifier = NotifierProcess(env, tmp_path / "notify.log").start()
+    try:
+        notifier.wait_ready()
+        am.stop()
+        _, before = committed_and_end(bootstrap, group)
+        outage = [alert_record() for _ in range(30)]  # six times what it may hold
+        write(bootstrap, *outage)
+        most_queued = 0
+
+        def held_back() -> bool:
+            nonlocal most_queued
+            health = notifier.health() or {"targets": {}, "paused": False}
+            most_queued = max(most_queued, health["targets"].get("alertmanager", {}).get("queued", 0))
+            return health["paused"] and notifier.metric("smsstream_notify_retried_total", target="alertmanager") >= 2
+
+        wait_for(held_back, 30, "the notifier to pause reading and retry the stopped Alertmanager", every=0.1)
+        time.sleep(2)
+        held_back()
+        assert 0 < most_queued <= 5
+        committed, _ = committed_and_end(bootstrap, group)
+        assert all((committed[p] if committed[p] is not None else before[p]) <= before[p] for p in before), \
+            "a record not delivered was committed"
+
+        am.start()
+        keys = {r["dedup_key"] for r in outage}
+        wait_for(lambda: keys <= {a["labels"]["dedup_key"] for a in am.alerts()}, 60,
+                 "every alert of the outage in Alertmanager once it is back")
+        wait_for(lambda: all_committed(bootstrap, group), 20, "the group to commit everything once delivered")
+        assert notifier.metric("smsstream_notify_read_pauses_total") >= 1
+        assert sum(notifier.metric("smsstream_notify_dropped_total", target="alertmanager", reason=reason)
+                   for reason in ("invalid_json", "invalid_record", "rejected", "gave_up", "too_many_firing")) == 0
     finally:
         notifier.stop()
         am.close()

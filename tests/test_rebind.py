@@ -390,7 +390,7 @@ def test_rebind_state_survives_pickling_and_stays_bounded():
         for state in part.entities.values():
             assert differences(pickle.loads(pickle.dumps(state)), state) == []
     numbers = next(p for p in w.engine.parts if p.name == "rebind_number")
-    assert len(numbers.entities[collector].arrivals) <= 32
+    assert len(numbers.entities[w.engine.ctx.pseudonym(collector)].arrivals) <= 32
     device = next(p for p in w.engine.parts if p.name == "rebind_device")
     assert len(device.entities["dev-y"].rows) <= 64
 

@@ -16,10 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from smsstream.detection.intake import Intake
 from smsstream.errors import RecordError
+from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import (
     BINDINGS,
     BORROWERS,
+    MAX_BODY_CHARS,
+    MAX_ID_CHARS,
     MAX_RECORD_BYTES,
     RECEIPTS,
     SENDS,
@@ -242,3 +246,125 @@ def test_any_field_replaced_by_any_json_value_never_raises_anything_but_a_record
     letter = to_dead_letter(topic, json.dumps(value).encode())
     if letter is not None:
         assert NUMBER[1:] not in letter["error"]
+
+
+# --- near-valid records, property-based: each field dropped, retyped, oversized or mutated ----------------
+
+INTAKE = Intake(Pseudonymizer("test-records"))
+#: The longest text each field accepts (the others: identifiers, MAX_ID_CHARS).
+TEXT_LIMITS = {"body": MAX_BODY_CHARS, "text": MAX_BODY_CHARS}
+JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array",
+              dict: "object"}
+
+
+def fields_of(topic: str) -> list[str]:
+    """Every field of the topic's good record; a send's source fields as ``source.<name>``."""
+    value = GOOD[topic]
+    return sorted([f for f in value] + [f"source.{f}" for f in value.get("source") or {}])
+
+
+def outcome(topic: str, value: dict) -> tuple[object, dict | None]:
+    """What the worker makes of one record: ``(record with its numbers as pseudonyms, None)`` or ``(None, dead letter)``.
+
+    Anything but a RecordError escaping ``decode``, or any error from intake, fails the test.
+    """
+    raw = json.dumps(value).encode()
+    try:
+        record = decode(topic, raw)
+    except RecordError as exc:
+        letter = dead_letter(topic, 3, 42, str(exc), raw)
+        Draft202012Validator(DEAD_LETTER_SCHEMA).validate(letter)
+        for number in (NUMBER, OTHER_NUMBER):
+            assert number[1:] not in letter["error"], letter["error"]
+        return None, letter
+    return INTAKE(topic, record), None
+
+
+def changed(topic: str, field: str, new) -> dict:
+    """The good record with ``field`` set to ``new`` (or dropped, for the DROP marker)."""
+    value = json.loads(json.dumps(GOOD[topic]))
+    holder, name = (value["source"], field[7:]) if field.startswith("source.") else (value, field)
+    if new is DROP:
+        del holder[name]
+    else:
+        holder[name] = new
+    return value
+
+
+DROP = object()
+
+
+def named(letter: dict, field: str) -> bool:
+    return f"'{field.removeprefix('source.')}'" in letter["error"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(topic=st.sampled_from(list(GOOD)), data=st.data())
+def test_a_record_with_one_field_dropped_parses_or_is_dead_lettered_naming_that_field(topic, data):
+    field = data.draw(st.sampled_from(fields_of(topic)))
+    record, letter = outcome(topic, changed(topic, field, DROP))
+    if field in REQUIRED[topic]:
+        assert letter is not None and named(letter, field), letter
+    else:
+        assert record is not None, f"dropping optional field '{field}': {letter}"
+
+
+@settings(max_examples=400, deadline=None)
+@given(topic=st.sampled_from(list(GOOD)), data=st.data())
+def test_a_record_with_one_field_of_another_json_type_is_dead_lettered_naming_that_field(topic, data):
+    field = data.draw(st.sampled_from(fields_of(topic)))
+    original = GOOD[topic]["source"][field[7:]] if field.startswith("source.") else GOOD[topic][field]
+    new = data.draw(JSON_VALUES.filter(lambda v: v is not None and JSON_TYPES[type(v)] != JSON_TYPES[type(original)]))
+    record, letter = outcome(topic, changed(topic, field, new))
+    if original is None:  # a field that may be null: its type was not pinned by the good record
+        assert letter is None or named(letter, field), letter
+    else:
+        assert letter is not None and named(letter, field), f"'{field}' = {new!r} was accepted"
+
+
+@settings(max_examples=200, deadline=None)
+@given(topic=st.sampled_from(list(GOOD)), data=st.data())
+def test_a_record_with_one_field_oversized_is_dead_lettered_naming_that_field(topic, data):
+    field = data.draw(st.sampled_from(fields_of(topic)))
+    limit = TEXT_LIMITS.get(field, MAX_ID_CHARS)
+    if field == "ts":
+        new = data.draw(st.integers(4_102_444_800_000, 2**200))
+    else:
+        new = data.draw(st.sampled_from("x7 é")) * data.draw(st.integers(limit + 1, 40_000))
+    value = changed(topic, field, new)
+    record, letter = outcome(topic, value)
+    assert letter is not None, f"'{field}' of {len(str(new))} characters was accepted"
+    if len(json.dumps(value).encode()) > MAX_RECORD_BYTES:  # refused before it is parsed: the size is named
+        assert letter["error"].startswith("record is ") and "accepted" in letter["error"], letter["error"]
+    else:
+        assert named(letter, field), letter["error"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(topic=st.sampled_from(list(GOOD)), data=st.data())
+def test_a_record_with_one_field_mutated_parses_or_is_dead_lettered_naming_that_field(topic, data):
+    field = data.draw(st.sampled_from(fields_of(topic)))
+    original = GOOD[topic]["source"][field[7:]] if field.startswith("source.") else GOOD[topic][field]
+    if isinstance(original, int):
+        new = data.draw(st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False))
+    else:
+        text = str(original or "")
+        new = data.draw(st.text(max_size=40) | st.builds(lambda i, c: text[:i] + c + text[i + 1:],
+                                                         st.integers(0, max(0, len(text) - 1)), st.characters()))
+    record, letter = outcome(topic, changed(topic, field, new))
+    assert letter is None or named(letter, field), letter
+    if record is not None:
+        for number in (NUMBER, OTHER_NUMBER):
+            assert number not in repr(record), f"a number in clear got past intake: {record!r}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(topic=st.sampled_from(list(GOOD)), raw=st.binary(max_size=300), key=st.none() | st.binary(max_size=40))
+def test_arbitrary_bytes_and_keys_are_parsed_or_dead_lettered_and_intake_takes_whatever_parses(topic, raw, key):
+    for value in (raw, None):
+        try:
+            record = decode(topic, value, key)
+        except RecordError as exc:
+            Draft202012Validator(DEAD_LETTER_SCHEMA).validate(dead_letter(topic, 3, 42, str(exc), value))
+        else:
+            INTAKE(topic, record)

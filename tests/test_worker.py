@@ -21,7 +21,10 @@ from smsstream.worker.snapshots import (
     CHUNK_BYTES, checkpoint, delivered, forget_delivered, load_snapshot, save_snapshot,
 )
 from smsstream.worker.process import WorkerProcess
-from worker_scenario import MALFORMED, comparable, consume, end_offsets, episodes, prepared, worker_env
+from clear_numbers import dead_letter_texts, input_numbers, scan
+from worker_scenario import (
+    MALFORMED, comparable, consume, end_offsets, episodes, prepared, record, topics_named, worker_env,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +50,14 @@ def streamed(broker_url, bootstrap, tmp_path_factory):
         def inputs(ms):
             return [m for m in ms if orjson.loads(m.value)["topic"] != CONTROLS]
 
-        dead = inputs(asyncio.run(consume(bootstrap, DEAD_LETTER, lambda ms: len(inputs(ms)) >= len(MALFORMED), 30,
+        dead = inputs(asyncio.run(consume(bootstrap, DEAD_LETTER, lambda ms: len(inputs(ms)) >= len(MALFORMED) + 1, 30,
                                           start=dead_start)))
         metrics_text = urllib.request.urlopen(
             f"http://127.0.0.1:{env['SMSSTREAM_METRICS_PORT']}/metrics", timeout=5).read().decode()
+        internal = asyncio.run(topics_named(broker_url, env["SMSSTREAM_APP_ID"]))
         yield {"expected": expected, "records": records, "dead": dead, "metrics": metrics_text,
-               "health": worker.health(), "alive": worker.running()}
+               "health": worker.health(), "alive": worker.running(), "scenario": scenario, "internal": internal,
+               "app_id": env["SMSSTREAM_APP_ID"], "worker": worker}
     finally:
         worker.stop()
 
@@ -73,7 +78,8 @@ def test_worker_writes_the_alerts_replay_writes(streamed):
 @pytest.mark.broker
 def test_malformed_records_land_on_the_dead_letter_topic_and_the_worker_keeps_going(streamed):
     dead = {m.key: orjson.loads(m.value) for m in streamed["dead"]}
-    assert set(dead) == {key for key, _ in MALFORMED}
+    duplicate_key, duplicate = streamed["scenario"]["duplicate"]
+    assert set(dead) == {key for key, _ in MALFORMED} | {duplicate_key}
     assert "not valid JSON" in dead[b"bad-json"]["error"]
     assert dead[b"bad-field"]["error"].startswith("field '")
     assert dead[b"\xff\xfe"]["raw_encoding"] == "base64"
@@ -83,6 +89,67 @@ def test_malformed_records_land_on_the_dead_letter_topic_and_the_worker_keeps_go
     assert 'smsstream_dead_letters_total{reason="invalid_json",topic="sms.sends"} 2.0' in streamed["metrics"]
     assert 'smsstream_dead_letters_total{reason="invalid_record",topic="sms.sends"} 1.0' in streamed["metrics"]
     assert "+91" not in streamed["metrics"]
+
+
+@pytest.mark.broker
+def test_a_record_a_part_refuses_is_dead_lettered_with_its_raw_bytes_read_back_from_the_input(streamed):
+    key, value = streamed["scenario"]["duplicate"]
+    letter = next(orjson.loads(m.value) for m in streamed["dead"] if m.key == key)
+    assert letter["error"].startswith("duplicate send")
+    assert letter["raw"] == value.decode() and letter["topic"] == SENDS
+    assert 'smsstream_dead_letters_total{reason="duplicate",topic="sms.sends"} 1.0' in streamed["metrics"]
+
+
+def snapshots_of(changelog: dict[int, list[tuple]]) -> list[bytes]:
+    """The latest snapshot of each partition of a table, from its changelog."""
+    blobs = []
+    for partition, messages in changelog.items():
+        table: dict = {}
+        for key, value in messages:
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+        blob = load_snapshot(table, partition)
+        if blob:
+            blobs.append(blob)
+    return blobs
+
+
+@pytest.mark.broker
+def test_no_output_of_a_worker_holds_a_phone_number_in_clear(streamed):
+    numbers = input_numbers(streamed["scenario"]["lines"])
+    assert len(numbers) > 100
+    internal = streamed["internal"]
+    part_topics = [v for topic, ps in internal.items() if "-part-" in topic for m in ps.values() for _, v in m]
+    snapshots = [blob for topic, ps in internal.items() if topic.endswith("-changelog") for blob in snapshots_of(ps)]
+    assert len(part_topics) > 100 and len(snapshots) >= 20
+    assert all(blob[:2] == b"S\x01" for blob in snapshots)  # today's format, pseudonyms only
+    worker = streamed["worker"]
+    outputs = {
+        "alerts": [m.value for m in streamed["records"]],
+        "dead letters (but their raw record and key)": dead_letter_texts(m.value for m in streamed["dead"]),
+        "part topics": part_topics,
+        "table snapshots": snapshots,
+        "the worker's log": [worker.log_path.read_bytes()],
+        "/metrics": [streamed["metrics"]],
+        "/health": [orjson.dumps(streamed["health"])],
+    }
+    assert scan(outputs, numbers) == {}
+
+
+def test_the_scan_finds_the_numbers_release_0_1_kept_in_clear():
+    import base64
+    import gzip
+    import json
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "release-0.1"
+    state = json.loads(gzip.decompress((fixture / "state.json.gz").read_bytes()))
+    numbers = input_numbers(gzip.decompress((fixture / "events.jsonl.gz").read_bytes()).splitlines())
+    found = scan({"0.1 snapshots": [base64.b64decode(s) for s in state["snapshots"].values()],
+                  "0.1 part topics": [base64.b64decode(m) for ms in state["unread"].values() for m in ms]}, numbers)
+    assert set(found) == {"0.1 snapshots", "0.1 part topics"}
 
 
 @pytest.mark.broker
@@ -125,7 +192,7 @@ def test_a_snapshot_save_killed_after_its_deletes_leaves_the_next_save_and_resto
     save_snapshot(table, 3, big)  # slot 1, three chunks
     # a worker saving `small` into slot 0 deleted the slot's second chunk, then was killed
     # before the manifest switched: its successor's table has the tombstone, not the switch
-    del table[b"3/0/1"]
+    del table[b"s1/3/0/1"]
     assert load_snapshot(table, 3) == big
     save_snapshot(table, 3, small)
     assert load_snapshot(table, 3) == small

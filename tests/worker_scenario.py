@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -46,19 +47,27 @@ class NoFlush(Engine):
 
 
 def prepared(broker_url: str, bootstrap: str, tmp: Path) -> dict:
-    """Topics applied, scenario produced (once per broker), and the alerts replay expects."""
+    """Topics applied, scenario produced (once per broker), and the alerts replay expects.
+
+    Before the scenario come the ``MALFORMED`` sends and a copy of the
+    scenario's first send (``duplicate``), so the scenario's own copy is the
+    one a part refuses as a duplicate and dead-letters.
+    """
     if broker_url not in _prepared:
         apply_topics(broker_url)
         lines, expected = simulated(tmp)
-        asyncio.run(produce(bootstrap, lines, MALFORMED))
-        _prepared[broker_url] = {"lines": lines, "expected": expected}
+        first = next(line for line in lines if record(line)[0] == SENDS)
+        _, key, value = record(first)
+        duplicate = (key or b"", value or b"")
+        asyncio.run(produce(bootstrap, lines, [*MALFORMED, duplicate]))
+        _prepared[broker_url] = {"lines": lines, "expected": expected, "duplicate": duplicate}
     return _prepared[broker_url]
 
 
-def simulated(tmp: Path) -> tuple[list[bytes], list[dict]]:
+def simulated(tmp: Path, scenario: list[str] = SCENARIO) -> tuple[list[bytes], list[dict]]:
     """The scenario's lines (replay format) and the alerts replay writes for them before its final flush."""
     path = tmp / "events.jsonl"
-    subprocess.run([sys.executable, "-m", "smsstream", "simulate", *SCENARIO, "-q", "-o", str(path)],
+    subprocess.run([sys.executable, "-m", "smsstream", "simulate", *scenario, "-q", "-o", str(path)],
                    check=True, capture_output=True)
     lines = path.read_bytes().splitlines()
     expected: list[dict] = []
@@ -110,6 +119,29 @@ async def _stop(consumer) -> None:
     # group-less consumer stops right after starting
     with contextlib.suppress(asyncio.CancelledError):
         await consumer.stop()
+
+
+async def topics_named(broker_url: str, prefix: str) -> dict[str, dict[int, list[tuple]]]:
+    """``topic -> partition -> [(key, value)]`` of every topic named ``prefix...`` (a worker's internal topics)."""
+    from aiokafka import AIOKafkaConsumer
+
+    from smsstream.config import Settings
+    from smsstream.kafka import client_kwargs, read_range
+
+    settings = Settings.from_env({"SMSSTREAM_BROKER": broker_url})
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None)
+    await consumer.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        names = sorted(t for t in cluster.topics() if t.startswith(prefix))
+        partitions = {t: sorted(cluster.partitions_for_topic(t) or ()) for t in names}
+    finally:
+        await _stop(consumer)
+    out: dict[str, dict[int, list[tuple]]] = {}
+    for topic, ps in partitions.items():
+        out[topic] = {p: [(key, value) for _, key, value in await read_range(settings, topic, p, 0, None)]
+                      for p in ps}
+    return out
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict:
@@ -172,6 +204,40 @@ def comparable(alerts: list[dict]) -> list[bytes]:
         return {k: v for k, v in a.items() if k != "detected_at"}
 
     return sorted({orjson.dumps(strip(a), option=orjson.OPT_SORT_KEYS) for a in alerts})
+
+
+def metric(port: int | str, name: str, **labels: str) -> float | None:
+    """One sample of a worker's ``/metrics`` (None when it does not answer or has no such sample)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+def same_episodes(alerts: list[dict], expected: list[dict], *workers) -> None:
+    """The worker's alerts are replay's: every episode once, with replay's ids, and records re-sent unchanged."""
+    missing = set(episodes(expected)) - set(episodes(alerts))
+    assert not missing, (f"{len(missing)} of {len(expected)} alert records never came: {sorted(missing)[:5]}\n"
+                         f"{log_digest(*workers)}")
+    assert episodes(alerts) == episodes(expected), log_digest(*workers)
+    # no duplicated episode: one alert_id per (dedup_key, first_seen), and the same ids as replay
+    ids = {(a["dedup_key"], a["first_seen"]): a["alert_id"] for a in alerts}
+    assert len(set(ids.values())) == len(ids) == len({a["alert_id"] for a in alerts})
+    assert {a["alert_id"] for a in alerts} == {a["alert_id"] for a in expected}
+    # a record written twice (before and after a crash or a rebalance) is the same record, bar detected_at
+    by_change: dict[tuple, set] = {}
+    for a in alerts:
+        by_change.setdefault((a["alert_id"], a["status"], a["window_end"]), set()).add(
+            orjson.dumps({k: v for k, v in a.items() if k not in ("detected_at", "evidence")},
+                         option=orjson.OPT_SORT_KEYS))
+    assert all(len(v) == 1 for v in by_change.values())
 
 
 def log_digest(*workers, lines: int = 40) -> str:

@@ -113,6 +113,8 @@ class Settings:
     #: Downloads kept between runs: Apache Kafka's jars for ``smsstream broker --engine kafka``.
     cache_dir: str = "~/.cache/smsstream"
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    #: SIGTERM/SIGINT stop a worker within this long, whatever the broker's state (then it exits anyway)
+    shutdown_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -139,6 +141,7 @@ class Settings:
             app_id=env.get("SMSSTREAM_APP_ID") or cls.app_id,
             cache_dir=env.get("SMSSTREAM_CACHE_DIR") or _cache_dir(env),
             security=_security(env),
+            shutdown_timeout_s=_float(env, "SMSSTREAM_SHUTDOWN_TIMEOUT_S", cls.shutdown_timeout_s, minimum=1),
         )
 
     def __post_init__(self) -> None:

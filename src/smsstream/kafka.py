@@ -9,6 +9,7 @@ config is asked for, so ``topics apply`` stays cheap.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from typing import Any
 
@@ -87,6 +88,33 @@ def client_kwargs(settings: Settings, broker: str | None = None) -> dict[str, An
     return kwargs
 
 
+def cannot_connect(exc: BaseException, kwargs: dict[str, Any]) -> str:
+    """Why a client built from ``kwargs`` (:func:`client_kwargs`) could not start, and the fix.
+
+    A broker that takes the TCP connection but refuses the client's TLS or SASL
+    handshake looks to aiokafka like one that is not there; the settings are named instead.
+    """
+    servers = kwargs["bootstrap_servers"]
+    shown = ",".join(servers)
+    protocol = kwargs.get("security_protocol", "PLAINTEXT")
+    if protocol != "PLAINTEXT" and any(_port_open(server) for server in servers):
+        return (f"the Kafka broker at {shown} answers but refused this client over {protocol} "
+                f"({exc.__class__.__name__}): check SMSSTREAM_KAFKA_SASL_USERNAME, SMSSTREAM_KAFKA_SASL_PASSWORD and "
+                "SMSSTREAM_KAFKA_SASL_MECHANISM, and that SMSSTREAM_KAFKA_SSL_CAFILE holds the CA that signed its "
+                "certificate")
+    return (f"no Kafka broker answers at {shown} ({exc.__class__.__name__}); start one with "
+            "`smsstream broker` or point SMSSTREAM_BROKER (or --broker) at yours")
+
+
+def _port_open(server: str) -> bool:
+    host, _, port = server.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def faust_credentials(security: KafkaSecurity) -> Any:
     """``broker_credentials`` for ``faust.App``: SASL or TLS credentials, or None for PLAINTEXT."""
     import faust
@@ -113,15 +141,16 @@ def faust_config(settings: Settings, broker: str | None = None) -> dict[str, Any
     return config
 
 
-async def read_range(settings: Settings, topic: str, partition: int, start: int, end: int) -> list[tuple[int, Any, Any]]:
-    """(offset, key, value) of the messages of one partition from ``start`` up to ``end`` (exclusive).
+async def read_range(settings: Settings, topic: str, partition: int, start: int,
+                     end: int | None) -> list[tuple[int, Any, Any]]:
+    """(offset, key, value) of the messages of one partition from ``start`` up to ``end`` (exclusive; None: its end).
 
     A short-lived reader outside any consumer group. Fewer come back when the
     topic no longer holds some of them (retention): the first offset says so.
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    if start >= end:
+    if end is not None and start >= end:
         return []
     tp = TopicPartition(topic, partition)
     reader = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
@@ -130,6 +159,8 @@ async def read_range(settings: Settings, topic: str, partition: int, start: int,
     got: list[tuple[int, Any, Any]] = []
     try:
         reader.assign([tp])
+        if end is None:
+            end = (await reader.end_offsets([tp]))[tp]
         reader.seek(tp, start)
         while await reader.position(tp) < end:
             batch = await reader.getmany(tp, timeout_ms=5_000)
@@ -145,3 +176,44 @@ async def read_range(settings: Settings, topic: str, partition: int, start: int,
             if asyncio.current_task().cancelling():
                 raise
     return got
+
+
+async def read_offsets(settings: Settings, topic: str, partition: int,
+                       offsets: list[int]) -> dict[int, tuple[Any, Any]]:
+    """``offset -> (key, value)`` of the given messages of one partition; those gone to retention are missing.
+
+    One short-lived reader outside any consumer group; it seeks once per gap,
+    so offsets close together cost one fetch.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    wanted = sorted(set(offsets))
+    members = set(wanted)
+    if not wanted:
+        return {}
+    tp = TopicPartition(topic, partition)
+    reader = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
+                              auto_offset_reset="earliest")
+    await reader.start()
+    got: dict[int, tuple[Any, Any]] = {}
+    try:
+        reader.assign([tp])
+        i = 0
+        while i < len(wanted):
+            reader.seek(tp, wanted[i])
+            batch = (await reader.getmany(tp, timeout_ms=5_000)).get(tp, ())
+            if not batch:
+                break
+            for message in batch:
+                if message.offset in members:
+                    got[message.offset] = (message.key, message.value)
+            last = batch[-1].offset
+            i = next((j for j in range(i, len(wanted)) if wanted[j] > last), len(wanted))
+    finally:
+        try:
+            await reader.stop()
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise
+    return got
+

@@ -132,14 +132,18 @@ class KafkaBroker:
     Used like :class:`smsstream.broker.EmbeddedBroker`: ``port=0`` picks a free
     port; a context manager, or :meth:`start` and :meth:`stop`. ``properties``
     override or add ``server.properties`` entries (the tests shorten the log
-    cleaner's pause). On Linux the JVM dies with the thread that started it.
+    cleaner's pause); ``listeners`` adds listeners beside the PLAINTEXT one, by
+    security protocol and port (the SASL_SSL test: their settings go in
+    ``properties``). On Linux the JVM dies with the thread that started it.
     """
 
     name = "Apache Kafka"
 
     def __init__(self, port: int = 0, host: str = DEFAULT_HOST, startup_timeout: float = 120.0,
-                 heap: str = "768m", properties: dict[str, str] | None = None, settings: Settings | None = None):
+                 heap: str = "768m", properties: dict[str, str] | None = None, settings: Settings | None = None,
+                 listeners: dict[str, int] | None = None):
         self.host = host
+        self.listeners = dict(listeners or {})
         self.port = port
         self.startup_timeout = startup_timeout
         self.heap = heap
@@ -171,15 +175,17 @@ class KafkaBroker:
     def _server_properties(self) -> Path:
         assert self._workdir is not None
         controller_port = free_port(self.host)
+        extra = "".join(f",{protocol}://{self.host}:{port}" for protocol, port in self.listeners.items())
+        protocols = "".join(f",{protocol}:{protocol}" for protocol in self.listeners)
         properties = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{self.host}:{controller_port}",
-            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{controller_port}{extra}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}{extra}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": f"PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocols}",
             "log.dirs": str(self._workdir / "data"),
             "num.partitions": "1",
             "auto.create.topics.enable": "true",
@@ -216,17 +222,41 @@ class KafkaBroker:
         self.log_path = self._workdir / "kafka.log"
         try:
             self._format(self._server_properties())
-            with open(self.log_path, "ab") as log:
-                self._process = subprocess.Popen(
-                    self.java("kafka.Kafka", str(self._workdir / "server.properties")),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self._workdir,
-                    start_new_session=True, preexec_fn=die_with_parent,
-                )
-            self._wait_until_answering()
+            self._launch()
         except BaseException:
             self.stop(keep_log=True)
             raise
         return self
+
+    def _launch(self) -> None:
+        assert self._workdir is not None and self.log_path is not None
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                self.java("kafka.Kafka", str(self._workdir / "server.properties")),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self._workdir,
+                start_new_session=True, preexec_fn=die_with_parent,
+            )
+        self._wait_until_answering()
+
+    def restart(self, down_s: float = 0.0, crash: bool = False) -> None:
+        """Stop the broker (SIGTERM, or SIGKILL with ``crash``) and start it again on the same port and data.
+
+        For fault tests: unlike Tansu's memory storage, its log directories
+        keep every topic, offset and committed position across the restart.
+        """
+        process, self._process = self._process, None
+        assert process is not None and self._workdir is not None, "broker not started"
+        if crash:
+            process.kill()
+        else:
+            process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        time.sleep(down_s)
+        self._launch()
 
     def _format(self, config: Path) -> None:
         """KRaft storage must be formatted with a cluster id before the first start."""

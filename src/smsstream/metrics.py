@@ -44,6 +44,8 @@ class Metrics:
     template_reads: Counter
     controls_entries: Gauge
     controls_records: Counter
+    broker_connected: Gauge
+    broker_disconnections: Counter
 
 
 def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream") -> Metrics:
@@ -166,6 +168,17 @@ def create(registry: CollectorRegistry | None = None, prefix: str = "smsstream")
             "Records of sms.detector-config this worker read, by outcome: applied, removed (a tombstone), or "
             "invalid (left out; the worker that consumes the topic in the group dead-letters it).",
             ["outcome"], registry=registry,
+        ),
+        broker_connected=Gauge(
+            f"{prefix}_broker_connected",
+            "1 while the worker's probe of the Kafka cluster gets answers, 0 while it does not (it reconnects by "
+            "itself and catches up once the broker is back).",
+            registry=registry,
+        ),
+        broker_disconnections=Counter(
+            f"{prefix}_broker_disconnections",
+            "Times the worker lost the Kafka cluster (its probe went unanswered after having been answered).",
+            registry=registry,
         ),
     )
 

@@ -18,6 +18,8 @@ PREFIX = "pn:"
 #: spaces, dashes, dots, commas, slashes, colons or brackets (``98765.43210``, ``+91 (987) 654-3210``).
 #: As wide as the body tokenizer's numbers (``textshape``), so whatever it reports was redacted first.
 _NUMBER_LIKE = re.compile(r"\+?\d[\d\-/.,:() ]{5,30}\d")
+#: A pseudonym, or a number-like run: digits inside a pseudonym are not a number to redact.
+_PSEUDONYM_OR_NUMBER = re.compile(r"pn:[0-9a-f]{16}|" + _NUMBER_LIKE.pattern)
 #: Fewer digits than any E.164 number: an amount (``9,000.00``) or a clock time, left as written.
 _MIN_DIGITS = 7
 _NOT_DIGIT = re.compile(r"[^\d+]")
@@ -27,9 +29,11 @@ def _replace_numbers(text: str, replace) -> str:
     """``text`` with every number-like run of at least ``_MIN_DIGITS`` digits replaced by ``replace(run)``."""
     def one(m: re.Match) -> str:
         run = m.group(0)
+        if run[0] == "p":
+            return run
         return replace(run) if sum(c.isdigit() for c in run) >= _MIN_DIGITS else run
 
-    return _NUMBER_LIKE.sub(one, text)
+    return _PSEUDONYM_OR_NUMBER.sub(one, text)
 
 
 class Pseudonymizer:

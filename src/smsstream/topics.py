@@ -205,6 +205,8 @@ async def apply(specs: list[TopicSpec], client_kwargs: dict[str, Any], timeout_s
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
+    from smsstream.kafka import cannot_connect
+
     servers = ",".join(client_kwargs["bootstrap_servers"])
     admin = AIOKafkaAdminClient(**client_kwargs, request_timeout_ms=int(timeout_s * 1000))
     client_log = logging.getLogger("aiokafka")
@@ -214,10 +216,7 @@ async def apply(specs: list[TopicSpec], client_kwargs: dict[str, Any], timeout_s
         await admin.start()
     except (KafkaConnectionError, OSError) as exc:
         await admin.close()
-        raise BrokerUnreachable(
-            f"no Kafka broker answers at {servers} ({exc.__class__.__name__}); start one with "
-            "`smsstream broker` or point SMSSTREAM_BROKER (or --broker) at yours"
-        ) from None
+        raise BrokerUnreachable(cannot_connect(exc, client_kwargs)) from None
     finally:
         client_log.setLevel(level)
     try:

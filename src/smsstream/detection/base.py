@@ -20,7 +20,8 @@ State rules for every part:
 - ``entities`` values are plain picklable objects (slotted dataclasses,
   dicts, tuples): the worker snapshots a whole part into its table;
 - bounded: idle entities go in ``expire``; per-number state is small;
-- no phone number in clear in a finding or a fact: ``ctx.pseudonym(number)``.
+- numbers arrive as pseudonyms (``intake``); free text that may hide one
+  (a link host, a signature) goes through ``ctx.pseudonymizer.redact``.
 """
 
 from __future__ import annotations

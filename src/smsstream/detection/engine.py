@@ -17,6 +17,7 @@ from smsstream.detection.base import BUCKET_MS, DEFAULT_LATE_HORIZON_MS, DEFAULT
 from smsstream.detection.controls import ControlBook
 from smsstream.detection.delivery import DELIVERY_PARTS
 from smsstream.detection.driver import EXPIRE_EVERY_MS, Item, Outcome, PartDriver, Source
+from smsstream.detection.intake import Intake
 from smsstream.detection.non_borrower import NON_BORROWER_PARTS
 from smsstream.detection.rebind import REBIND_PARTS
 from smsstream.detection.routing import Routes
@@ -55,6 +56,7 @@ class Engine:
         if idle_ms is not None:
             ctx.idle_ms = idle_ms
         self.ctx = ctx
+        self.intake = Intake(pseudonymizer)
         given = DETECTOR_PARTS if parts is None else list(parts)
         self.routes = Routes(given)
         #: producers first (``Routes``), so routine counts reach their consumers before a bucket closes
@@ -92,6 +94,7 @@ class Engine:
         """
         if record is None:
             return []
+        record = self.intake(topic, record)
         ts = record.ts or self.max_ts
         if ts > self.max_ts:
             self.max_ts = ts

@@ -98,10 +98,9 @@ class BorrowerBook(Part):
             if former:
                 self.counters["loan_sends_to_former_borrowers"] += 1
             non_borrower = not borrower and not former
-            fact = LoanSend(
-                value.ts, sender, value.template_id, value.message_id, non_borrower,
-                self.ctx.pseudonym(key) if non_borrower else None,
-            )
+            # the key is the recipient's pseudonym (``intake``)
+            fact = LoanSend(value.ts, sender, value.template_id, value.message_id, non_borrower,
+                            key if non_borrower else None)
             return [(LOAN_SENDS, fact)]
         sender = value.sender_id
         if not value.removed and (lenders is None or lenders == sender):

@@ -14,6 +14,12 @@ Two views of a body serve ``template_hijack``:
 Matching is linear in the body length (no backtracking regular expression over
 attacker-controlled text): constant chunks are found left to right, which is
 exact when variables may hold any text, and variable values are judged after.
+
+Bodies and template texts reach the detectors with their phone numbers
+already replaced by pseudonyms (``pseudonymise_phones``, run at intake):
+a ``pn:`` token counts as a phone number wherever a digit run would, so a
+callback number is still a marker (``p:pn:...``) and still differs from the
+template's own hotline, without the number itself going any further.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -43,15 +49,21 @@ _DATE_TIME = re.compile(
 )
 #: Not inside an id such as ``QUI015-0000856`` or a path: no word character, dot, comma, dash or slash before.
 _PHONE = re.compile(r"(?<![\w.,/-])\+?\d[\d\- ()]{5,18}\d(?![\w]|[.,]\d)")
+#: A phone number as intake left it: its pseudonym (``smsstream.pseudonym``), read as a phone number.
+_PSEUDONYM = re.compile(r"pn:[0-9a-f]{16}")
+#: Either form of phone number, the token first: digits inside a token are not a number of their own.
+_PHONE_OR_PSEUDONYM = re.compile(_PSEUDONYM.pattern + "|" + _PHONE.pattern)
 #: The digit run of ``_PHONE`` alone: a text without one has no phone in it, and this is found faster.
 _DIGIT_RUN = re.compile(r"\d[\d\- ()]{5,18}\d")
 #: Either probe in one pass: where a value may hold a host name or a phone number.
-_LINK_OR_PHONE = re.compile(_DOT_PROBE.pattern + "|" + _PHONE.pattern)
+_LINK_OR_PHONE = re.compile(_DOT_PROBE.pattern + "|" + _PHONE_OR_PSEUDONYM.pattern)
+#: An E.164 number ``phones`` does not take for one (inside a link, glued to a word): pseudonymised all the same.
+_E164_ANYWHERE = re.compile(r"\+[1-9]\d{6,14}(?!\d)")
 _MIN_PHONE_DIGITS = 7
 _SIGNATURE_HEAD = re.compile(r"^\s*(?:【([^】]{1,40})】|\[([^\]]{1,40})\])")
 _SIGNATURE_TAIL = re.compile(r"(?:【([^】]{1,40})】|\[([^\]]{1,40})\])\s*$")
 _TOKEN = re.compile(
-    r"(?i)https?://\S+|www\.\S+"
+    r"(?i)pn:[0-9a-f]{16}|https?://\S+|www\.\S+"
     r"|\+?\d(?:[\d\-/.,:()]|\s(?=\d))*\d|\d"
     r"|[\u3400-\u9fff]|[^\W_]+|[^\w\s]"
 )
@@ -105,23 +117,56 @@ def _plain_link_host(value: str) -> str | None:
 
 
 def phones(text: str) -> list[str]:
-    """Phone-like digit runs (7+ digits), as bare digits with a leading ``+`` kept; dates, times and links excluded."""
+    """Phone-like digit runs (7+ digits), as bare digits with a leading ``+`` kept, and ``pn:`` tokens as they
+    are; dates, times and links excluded."""
     found: list[str] = []
-    if _DIGIT_RUN.search(text) is None:
+    if _DIGIT_RUN.search(text) is None and "pn:" not in text:
         return found
-    for m in _PHONE.finditer(text):
-        raw = m.group(0)
-        digits = "".join(c for c in raw if c.isdigit())
-        if len(digits) < _MIN_PHONE_DIGITS or _DATE_TIME.search(raw):
-            continue
-        token_start = text.rfind(" ", 0, m.start()) + 1
-        token = text[token_start:m.start()]
-        if "://" in token or "www." in token or "=" in token:
-            continue  # a digit run inside a link
-        value = ("+" if raw.startswith("+") else "") + digits
-        if value not in found:
+    for m in _PHONE_OR_PSEUDONYM.finditer(text):
+        value = _phone_value(text, m)
+        if value is not None and value not in found:
             found.append(value)
     return found
+
+
+def _phone_value(text: str, m: re.Match) -> str | None:
+    """The phone number a match of ``_PHONE_OR_PSEUDONYM`` stands for, or None for a date, a time or a link."""
+    raw = m.group(0)
+    if raw[0] == "p":
+        value = raw
+    else:
+        digits = "".join(c for c in raw if c.isdigit())
+        if len(digits) < _MIN_PHONE_DIGITS or _DATE_TIME.search(raw):
+            return None
+        value = ("+" if raw[0] == "+" else "") + digits
+    token = text[text.rfind(" ", 0, m.start()) + 1:m.start()]
+    if "://" in token or "www." in token or "=" in token:
+        return None  # a number inside a link
+    return value
+
+
+def pseudonymise_phones(text: str, pseudonym: Callable[[str], str]) -> str:
+    """``text`` with every phone number in it replaced by ``pseudonym(number)``: what the detectors read.
+
+    The numbers are those ``phones`` finds (so they read the pseudonyms as
+    phone numbers, with the same verdicts), then any E.164 number left (in a
+    link, glued to a word), which ``phones`` still does not count.
+    """
+    if _DIGIT_RUN.search(text) is None:
+        return text
+    out: list[str] = []
+    pos = 0
+    for m in _PHONE.finditer(text):
+        value = _phone_value(text, m)
+        if value is not None:
+            out += (text[pos:m.start()], pseudonym(value))
+            pos = m.end()
+    if out:
+        out.append(text[pos:])
+        text = "".join(out)
+    if "+" in text:
+        text = _E164_ANYWHERE.sub(lambda m: pseudonym(m.group(0)), text)
+    return text
 
 
 def signature(text: str) -> str | None:
@@ -344,11 +389,11 @@ class TemplateText:
                 continue
             if _DOT_PROBE.search(value) and domains(value):
                 return value
-            if _PHONE.search(value) is None:
+            if _PHONE_OR_PSEUDONYM.search(value) is None:
                 continue
             if kind not in ("phone", "id") and phones(value):
                 return value
-            if kind in ("id", "phone") and not value.replace(" ", "").replace("-", "").isdigit() and phones(value):
+            if kind in ("id", "phone") and not _one_number(value) and phones(value):
                 return value
         return None
 
@@ -405,6 +450,12 @@ class TemplateText:
             if op in ("insert", "replace"):
                 added.extend(t for t in shown[j1:j2] if t != _VAR_TOKEN)
         return added, removed
+
+
+def _one_number(value: str) -> bool:
+    """A value that is just a number (digits, spaces, dashes) or just a pseudonymised one."""
+    bare = value.strip()
+    return bare.replace(" ", "").replace("-", "").isdigit() or _PSEUDONYM.fullmatch(bare) is not None
 
 
 def diff_words(fit: Fit, limit: int = 20) -> str:

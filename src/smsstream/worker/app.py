@@ -43,6 +43,7 @@ from smsstream import kafka, records
 from smsstream.config import Settings
 from smsstream.detection.base import Part, PartContext
 from smsstream.detection.controls import ControlBook
+from smsstream.detection.intake import Intake
 from smsstream.errors import BrokerUnreachable, ConfigError, RecordError
 from smsstream.metrics import Metrics, create, register_process_metrics
 from smsstream.worker.controls import ControlsReader, dead_letter_agent
@@ -52,6 +53,9 @@ from smsstream.worker.router import InputRouter
 from smsstream.worker.shards import ShardHost, ShardOutput
 from smsstream.worker.snapshots import checkpoint, load_snapshot
 from smsstream.worker.telemetry import Telemetry
+from smsstream.worker import reread
+from smsstream.worker.connection import BrokerConnection
+from smsstream.worker.shutdown import ShutdownGuard, app_class, fold_client_repeats, log_thread_exceptions, worker_class
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +125,12 @@ class Worker:
         self.topology = Topology(parts, topic_partitions, partitions)
         self.parts = self.topology.parts
         self.partitions = partitions
+        self.connection = BrokerConnection(settings, self.metrics)
+        self.guard = ShutdownGuard(settings.shutdown_timeout_s, self.unsaved, self.connection.probe)
         app_id = settings.app_id
-        self.app = app = faust.App(
+        self.app = app = app_class(self.guard)(
             app_id,
+            Worker=worker_class(self.guard),
             **kafka.faust_config(settings),
             store=settings.store,
             datadir=settings.data_dir,
@@ -158,7 +165,7 @@ class Worker:
                        for p in self.parts}
         register_process_metrics(registry)
         self.telemetry = Telemetry(self.metrics, self.topology)
-        self.router = InputRouter(self.topology, self.telemetry)
+        self.router = InputRouter(self.topology, Intake(self.ctx.pseudonymizer), self.telemetry)
         self.shards = ShardHost(self.topology, self.ctx, lambda name, i: load_snapshot(self.tables[name], i),
                                 self.telemetry.watch)
         #: when the heartbeat loop last started a round (monotonic): the liveness probe's evidence
@@ -186,7 +193,8 @@ class Worker:
         """A shard's facts, alerts and dead letters onto their topics; their deliveries."""
         if output.overflowed:
             self._overflowed(name, output.overflowed)
-        sent = [await self.send_dead(source, error) for source, error in output.dead]
+        dead = await reread.with_raw(self.settings, output.dead) if output.dead else []
+        sent = [await self.send_dead(source, error) for source, error in dead]
         sent += await self.send_items(output.facts)
         for alert in output.alerts:
             alert["detected_at"] = int(time.time() * 1000)
@@ -282,8 +290,9 @@ class Worker:
             async for event in acker.events():
                 message = event.message
                 partition = message.partition
-                shard = shards.shard(name, partition)
-                step = resume_step(shard.covered, message.offset)
+                earlier = await self._release_0_1(name) if shards.needs_earlier(name, partition) else None
+                shard = shards.shard(name, partition, earlier)
+                step = resume_step(shard.covered, message.offset, shard.rebuilding)
                 if step is HELD:
                     # already in the state this shard was restored from, which is saved
                     await acker.ack(event)
@@ -307,8 +316,19 @@ class Worker:
         output = self.shards.run(shard, name, partition, offset, value)
         self.shards.sent(name, partition, await self.send_output(name, output))
 
+    async def _release_0_1(self, name: str):
+        """What release 0.1 left on every partition of a part keyed by numbers (``shards.Earlier``)."""
+        changelog = self.tables[name].changelog_topic.get_topic_name()
+        return await reread.release_0_1(self.settings, self.part_topics[name].get_topic_name(), changelog,
+                                        self.partitions)
+
     async def _read_missed(self, name: str, shard, message: Any) -> list[tuple[int, bytes]]:
-        """The messages of a shard's partition between its state and ``message``, which its consumer skipped."""
+        """The messages of a shard's partition between its state and ``message``, which its consumer skipped
+        (or, for a shard rebuilding a lost state, every message before it)."""
+        if shard.rebuilding:
+            self.shards.rebuild_from(shard, message.offset)
+            got = await self.read_again(f"part {name} partition {message.partition}", message, 0)
+            return [(offset, value) for offset, _, value in got or ()]
         start, end = shard.covered + 1, message.offset
         self.metrics.shard_rewinds.labels(name).inc()
         log.warning("part %s partition %d: message %d arrived but the shard's state ends at %d; reading the %d in "
@@ -421,14 +441,29 @@ class Worker:
         self.metrics.rebalances.inc()
         self.router.assigned([(tp.topic, tp.partition) for tp in assigned])
 
+    def unsaved(self) -> str:
+        """One line on what this worker's shards hold that no saved snapshot covers (said when it stops)."""
+        held = {f"{name}/{partition}": len(slot.held) for (name, partition), slot in list(self.shards.slots.items())
+                if slot.held}
+        routing = sum(len(batch.held) for batch in list(self.router.batches.values()))
+        if not held and not routing:
+            return "Everything this worker read is covered by a saved snapshot."
+        shown = ", ".join(f"{k}: {n}" for k, n in sorted(held.items(), key=lambda kv: -kv[1])[:8])
+        return (f"Not covered by a saved snapshot: {sum(held.values())} part-topic messages of {len(held)} shards "
+                f"({shown}{', ...' if len(held) > 8 else ''}) and {routing} input records not yet routed; none of "
+                "them was acknowledged, so whoever owns those partitions next reads them again.")
+
     def health(self) -> tuple[dict, bool]:
-        """What ``/health`` says, and whether the worker is ready (partitions assigned, not rebalancing)."""
+        """What ``/health`` says, and whether the worker is ready (broker answering, partitions assigned,
+        not rebalancing)."""
         app = self.app
         assigned = app.consumer.assignment() if app.consumer else set()
         shards = self.shards.shards.values()
-        ready = bool(assigned) and not app.rebalancing
+        connected = self.connection.connected
+        ready = bool(assigned) and not app.rebalancing and connected
         return {
-            "status": "ok" if ready else "not ready",
+            "status": "ok" if ready else "not ready" if connected else "broker unreachable",
+            "broker": self.connection.health(),
             "assigned_partitions": len(assigned),
             "rebalancing": bool(app.rebalancing),
             "shards": len(shards),
@@ -456,6 +491,13 @@ class Worker:
         app.task(self.follow_controls)
         controls = app.topic(records.CONTROLS, key_serializer="raw", value_serializer="raw")
         app.agent(controls, name=f"{app_id}.controls")(dead_letter_agent(self.send_dead))
+
+        async def watch_broker() -> None:
+            await self.connection.run(lambda: app.should_stop)
+
+        app.task(watch_broker)
+        fold_client_repeats()
+        log_thread_exceptions()
         app.on_partitions_revoked.connect(self.on_revoked)
         app.on_partitions_assigned.connect(self.on_assigned)
 

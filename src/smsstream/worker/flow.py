@@ -159,6 +159,11 @@ class Shard:
         self.covered = -1
         #: items the last run took that a full merge buffer released early (``EventTimeMerge.overflowed``)
         self.overflowed = 0
+        #: its snapshot could not be used: it reads its partition again from the start, sending nothing it
+        #: sent before (``resume_step``, ``ShardHost.run``)
+        self.rebuilding = False
+        #: while rebuilding, the messages up to this offset were processed before: their output is not sent again
+        self.quiet_until = -1
 
     @property
     def part(self) -> Part:
@@ -215,27 +220,27 @@ class Shard:
         self.emitted_until = self.progress()
         self.emitted_idle = self.idle
 
+    def state(self) -> dict:
+        return {
+            "driver": self.driver.state(),
+            "merge": self.merge,
+            "emitted_until": self.emitted_until,
+            "covered": self.covered,
+        }
+
     def snapshot(self) -> bytes:
-        return pickle.dumps(
-            {
-                "driver": self.driver.state(),
-                "merge": self.merge,
-                "emitted_until": self.emitted_until,
-                "covered": self.covered,
-            },
-            protocol=pickle.HIGHEST_PROTOCOL,
-        )
+        """The shard as bytes: ``S``, the snapshot format, and a pickle of its ``state``."""
+        return SNAPSHOT_HEADER + pickle.dumps(self.state(), protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
-    def restore(
+    def from_state(
         cls,
         part_cls: type[Part],
         ctx: PartContext,
-        raw: bytes,
+        data: dict,
         expected: Iterable[str] = (),
         reports: frozenset[str] = frozenset(),
     ) -> "Shard":
-        data = pickle.loads(raw)
         shard = cls(part_cls(ctx), expected, reports)
         shard.driver.restore(data["driver"])
         shard.merge = data["merge"]
@@ -245,11 +250,29 @@ class Shard:
         return shard
 
 
+#: The snapshot format this release writes; ``read_snapshot`` says which one a snapshot is in.
+SNAPSHOT_FORMAT = 1
+SNAPSHOT_HEADER = b"S" + bytes([SNAPSHOT_FORMAT])
+
+
+def read_snapshot(raw: bytes) -> tuple[int, dict]:
+    """A snapshot's format (0: release 0.1, whose snapshots have no header) and its state.
+
+    Raises whatever unpickling raises for one that cannot be read (a class
+    renamed since, a truncated blob), and ``ValueError`` for a newer format.
+    """
+    if raw[:1] == b"S":
+        if raw[1] > SNAPSHOT_FORMAT:
+            raise ValueError(f"snapshot format {raw[1]} is newer than this release's {SNAPSHOT_FORMAT}")
+        return raw[1], pickle.loads(memoryview(raw)[2:])
+    return 0, pickle.loads(raw)
+
+
 #: what a shard does with the next message of its partition (``resume_step``)
 TAKE, HELD, MISSED = "take", "held", "missed"
 
 
-def resume_step(covered: int, offset: int) -> str:
+def resume_step(covered: int, offset: int, rebuilding: bool = False) -> str:
     """Whether a shard takes the message at ``offset``, holds it already, or missed messages before it.
 
     A shard goes on from the position its snapshot holds, not from its
@@ -257,8 +280,11 @@ def resume_step(covered: int, offset: int) -> str:
     so after a rebalance it can lag the snapshot (the messages in between are
     in the state already, and their old heartbeats would wind its merge
     back), or run past it (a snapshot older than the commit), and then the
-    messages in between must be read again.
+    messages in between must be read again. A shard whose snapshot could
+    not be used (``rebuilding``) reads everything before ``offset`` again.
     """
+    if rebuilding:
+        return MISSED if offset > 0 else TAKE
     if covered < 0 or offset == covered + 1:
         return TAKE
     return HELD if offset <= covered else MISSED
@@ -294,10 +320,11 @@ class Topology(Routes):
             return [p.name for p in self.parts]
         return [p.name for p in self.consumers.get(topic, ())]
 
-    def new_shard(self, name: str, ctx: PartContext, snapshot: bytes | None = None) -> Shard:
+    def new_shard(self, name: str, ctx: PartContext, state: dict | None = None) -> Shard:
+        """A shard of part ``name``, empty or from a snapshot's ``state`` (``read_snapshot``)."""
         p = self.by_name[name]
-        if snapshot:
-            return Shard.restore(p, ctx, snapshot, self.expected[name], self.reports(name))
+        if state is not None:
+            return Shard.from_state(p, ctx, state, self.expected[name], self.reports(name))
         return Shard(p(ctx), self.expected[name], self.reports(name))
 
 
@@ -323,17 +350,18 @@ class Outbox:
         self.largest = 0
         self._bytes: dict[tuple[str, int], int] = {}
 
-    def add(self, part: str, key: str, item: Item) -> None:
+    def add(self, part: str, key: str, item: Item, size: int = 0) -> None:
+        """Add an item for ``part``'s partition of ``key``; ``size``: the bytes of raw input it stands for."""
         target = (part, partition_of(key, self.partitions))
         group = self.groups.get(target)
         if group is None:
             group = self.groups[target] = []
         group.append(item)
         self.items += 1
-        if item.source is not None and item.source.raw:
-            size = self._bytes[target] = self._bytes.get(target, 0) + len(item.source.raw)
-            if size > self.largest:
-                self.largest = size
+        if size:
+            total = self._bytes[target] = self._bytes.get(target, 0) + size
+            if total > self.largest:
+                self.largest = total
 
     @property
     def full(self) -> bool:

@@ -1,7 +1,10 @@
 """What the route agents do with input records, without Faust: decode, dead-letter, fan out to the parts.
 
-Each input record is decoded once and copied to every part that reads its
-topic, keyed by that part's key, into an ``Outbox`` per input topic. The
+Each input record is decoded once, its numbers made pseudonyms (``Intake``),
+and copied to every part that reads its topic, keyed by that part's key, into
+an ``Outbox`` per input topic. The copies carry where the record came from
+(topic, partition, offset), never its raw bytes or its key: a record one of
+the parts refuses is dead-lettered from the input itself (``worker.deadletter``). The
 route agent sends a topic's outbox as one message per part partition, then
 acknowledges the records it held. The router also keeps each input
 partition's event-time progress, which the heartbeats tell every shard.
@@ -14,6 +17,7 @@ from typing import Any, Iterable
 
 from smsstream import records
 from smsstream.detection.driver import Item, Source
+from smsstream.detection.intake import Intake
 from smsstream.errors import RecordError
 from smsstream.worker.flow import Heartbeat, Outbox, Topology
 
@@ -42,8 +46,9 @@ class RouteBatch:
 class InputRouter:
     """Decodes input records and fans them out to the parts, per topic; tracks each input partition's progress."""
 
-    def __init__(self, topology: Topology, telemetry: Any = None):
+    def __init__(self, topology: Topology, intake: Intake, telemetry: Any = None):
         self.topology = topology
+        self.intake = intake
         self.batches = {topic: RouteBatch(Outbox(topology.partitions)) for topic in topology.input_topics}
         #: input partition -> [max event time, last offset] of the records sent on to the parts
         self.progress: dict[Partition, list[int]] = {}
@@ -87,22 +92,23 @@ class InputRouter:
         state = self.progress.setdefault(tp, [0, -1])
         self.idle_since.pop(tp, None)
         ts, _ = batch.reached.get(tp, (state[0], 0))
-        source = Source(topic, partition, offset, key, raw)
         dead = None
         try:
             record = records.decode(topic, raw, key)
         except RecordError as exc:
-            dead = (source, exc)
+            dead = (Source(topic, partition, offset, key, raw), exc)
             record = None
         if record is not None:
             if telemetry is not None:
                 telemetry.decoded(topic, record)
+            record = self.intake(topic, record)
             ts = max(ts, record.ts or 0)
             origin = f"{topic}/{partition}"
             topology = self.topology
             reporter = topology.reporter.get(topic)
-            # only the reporting part dead-letters, so only its copy carries the raw bytes
-            lean = Source(topic, partition, offset, key, None)
+            # raw bytes are read back from the input when a part dead-letters (numbers in clear stay there)
+            source = Source(topic, partition, offset, None, None)
+            size = len(raw or b"")
             bodiless = None
             add = batch.outbox.add
             for name, part_key, route_key in topology.route(topic, record):
@@ -111,8 +117,9 @@ class InputRouter:
                     if bodiless is None:
                         bodiless = replace(record, body="")
                     value = bodiless
-                add(name, route_key, Item(topic, part_key, value, record.ts or ts, origin,
-                                          source if name == reporter else lean, offset))
+                # the reporting part's copy counts the record's size: one per record
+                add(name, route_key, Item(topic, part_key, value, record.ts or ts, origin, source, offset),
+                    size if name == reporter else 0)
         batch.reached[tp] = (ts, offset)
         if event is not None:
             if not batch.held:

@@ -5,6 +5,11 @@ after the facts, alerts and dead letters those events produced are on the
 broker (``checkpoint``). Snapshots are compressed and cut into chunks under
 Kafka's message limit, written into the slot not in use, then switched to
 (``save_snapshot``), so a worker killed half-way leaves the previous one whole.
+
+Release 0.1 saved its snapshots under the bare partition number; today's go
+under ``s1/<partition>`` (``KEY_PREFIX``), so a 0.1 snapshot stays whole in the
+table after the upgrade, for the shards of other partitions that take their
+entities from it (``worker.upgrade``), and a worker prefers today's.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import orjson
 
 #: Table values stay well under Kafka's default 1 MB message limit.
 CHUNK_BYTES = 256 * 1024
+#: Where today's snapshots live in the table; release 0.1's had no prefix.
+KEY_PREFIX = b"s1/"
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ def save_snapshot(table: Any, partition: int, blob: bytes) -> None:
     """
     data = zlib.compress(blob, 1)
     chunks = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
-    key = str(partition).encode()
+    key = KEY_PREFIX + str(partition).encode()
     manifest = orjson.loads(table[key]) if table.get(key) else {"slot": 1, "counts": [0, 0]}
     slot = 1 - manifest["slot"]
     for i, chunk in enumerate(chunks):
@@ -97,8 +104,16 @@ def save_snapshot(table: Any, partition: int, blob: bytes) -> None:
     table[key] = orjson.dumps(manifest)
 
 
-def load_snapshot(table: Any, partition: int) -> bytes | None:
-    key = str(partition).encode()
+def load_snapshot(table: Any, partition: int, release_0_1: bool = False) -> bytes | None:
+    """The partition's latest snapshot (today's, else release 0.1's), or 0.1's only; None if there is none."""
+    if not release_0_1:
+        today = _load(table, KEY_PREFIX + str(partition).encode())
+        if today is not None:
+            return today
+    return _load(table, str(partition).encode())
+
+
+def _load(table: Any, key: bytes) -> bytes | None:
     raw = table.get(key)
     if not raw:
         return None

@@ -29,9 +29,8 @@ rebinds, fan-in or fan-out, since one person borrowing from several lenders
 binds one number many times.
 
 Each part's module says what it keeps and for how long; ``rates`` how a
-lender's or device's own rate is learned. Numbers in state are pseudonyms
-except the number a state is keyed by, which is the routing key (as
-``sms.sends`` is keyed by number).
+lender's or device's own rate is learned. Every number the parts see is a
+pseudonym already (``intake``), the number keys included.
 """
 
 from __future__ import annotations

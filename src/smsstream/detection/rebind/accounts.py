@@ -60,9 +60,7 @@ class AccountRebinds(Part):
 
     def process(self, topic: str, key: str, b: Any):
         state = self.entities.get(key) or AccountState()
-        pn = self.ctx.pseudonym
-        old_pn = pn(b.old_number) if b.old_number is not None else None
-        new_pn = pn(b.new_number)
+        old_pn, new_pn = b.old_number, b.new_number  # pseudonyms already (``intake``)
         move = Move(b.ts, old_pn, new_pn, b.event_id, b.channel, b.device_id)
         state.moves.append(move)
         keep_in_time_order(state.moves)

@@ -70,8 +70,7 @@ class DeviceRebinds(Part):
         state = self.entities.get(key) or DeviceState()
         state.last_ts = max(state.last_ts, b.ts)
         state.staff = state.staff or b.channel in STAFF_CHANNELS
-        pn = self.ctx.pseudonym
-        state.rows.append(DeviceRebind(b.ts, f"{b.sender_id}|{b.account_id}", pn(b.old_number), pn(b.new_number),
+        state.rows.append(DeviceRebind(b.ts, f"{b.sender_id}|{b.account_id}", b.old_number, b.new_number,
                                       b.channel))
         keep_in_time_order(state.rows)
         state.rows = [r for r in state.rows if r.ts >= b.ts - DEVICE_WINDOW_MS][-MAX_DEVICE_ROWS:]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 
 from smsstream.detection.base import PartContext
+from smsstream.detection.intake import NUMBER_AS_ID
 
 #: Rows of evidence an alert names at most.
 SAMPLES = 20
@@ -22,14 +22,13 @@ def _row_ts(row: tuple) -> int:
     return row[0]
 
 
-#: An account id that is itself a phone number: some lenders key accounts by the customer's mobile.
-_NUMBER_AS_ID = re.compile(r"\+?[0-9]{7,15}\Z")
-
-
 def shown_account(ctx: PartContext, account: str) -> str:
-    """An account id (or ``<sender_id>|<account_id>``) as alerts show it: a phone number only as its pseudonym."""
+    """An account id (or ``<sender_id>|<account_id>``) as alerts show it: a phone number only as its pseudonym.
+
+    ``intake`` pseudonymises such account ids already; this keeps an alert
+    safe whatever a part is given."""
     sender_id, bar, account_id = account.rpartition("|")
-    if _NUMBER_AS_ID.match(account_id):
+    if NUMBER_AS_ID.match(account_id):
         return f"{sender_id}{bar}{ctx.pseudonym(account_id)}"
     return account
 

@@ -13,7 +13,8 @@ class NumberBinding:
     """An account arrived at (``arrived=True``) or left ``number``; the other side only as a pseudonym."""
 
     ts: int
-    number: str  # routing key only; never written to a finding
+    #: the number's pseudonym (``intake``): the number part's key
+    number: str
     arrived: bool
     sender_id: str
     account_id: str

@@ -12,10 +12,9 @@ now belong to someone else: a debt disclosed to a stranger).
 A number keeps at most ``MAX_ARRIVALS`` arrivals within ``FAN_IN_HORIZON_MS``
 and ``MAX_DEPARTURES`` departures within ``STALE_HORIZON_MS``; a number with
 neither is forgotten, so state grows with numbers *rebound* in the last
-month, not with all numbers. Numbers in state are pseudonyms except the
-number a state is keyed by, which is the routing key. Sensitivity moves the
-fewest origins of a fan-in (``FAN_IN_LEVELS``) and how soon stale sends
-page (``STALE_LEVELS``).
+month, not with all numbers. Every number here is a pseudonym, the key
+included (``intake``). Sensitivity moves the fewest origins of a fan-in
+(``FAN_IN_LEVELS``) and how soon stale sends page (``STALE_LEVELS``).
 """
 
 from __future__ import annotations
@@ -197,7 +196,7 @@ class NumberRebinds(Part):
             reason=STALE_BINDING_SEND,
             severity=severity,
             entity_type=NUMBER,
-            entity_id=self.ctx.pseudonym(key),
+            entity_id=key,
             window_start=start,
             window_end=end,
             observed=since_move,
@@ -241,7 +240,7 @@ class NumberRebinds(Part):
             reason=NUMBER_FAN_IN,
             severity=severity,
             entity_type=NUMBER,
-            entity_id=self.ctx.pseudonym(key),
+            entity_id=key,
             window_start=recent[0].ts - recent[0].ts % BUCKET_MS,
             window_end=end,
             observed=n,
@@ -264,11 +263,11 @@ class NumberRebinds(Part):
         )
 
     def _level(self, key: str, reason: str, sender_id: str | None, t: int) -> tuple[str, tuple[str, ...]]:
-        """The sensitivity level in force for this number and reason (numbers are scoped by pseudonym)."""
+        """The sensitivity level in force for this number (a pseudonym since intake) and reason."""
         book = self.ctx.controls
         if not book.active:
             return NORMAL, ()
-        return book.level(Subject(REBIND_ANOMALY, reason, sender_id, None, NUMBER, self.ctx.pseudonym(key)), t)
+        return book.level(Subject(REBIND_ANOMALY, reason, sender_id, None, NUMBER, key), t)
 
     def idle_since(self, state: NumberState) -> int:
         # Departures matter for STALE_HORIZON_MS, arrivals for FAN_IN_HORIZON_MS; then the number is forgotten.

@@ -89,7 +89,7 @@ class SenderRebinds(Part):
         state.last_ts = max(state.last_ts, b.ts)
         start = self.mark(key, b.ts)
         state.window.add(start, 1)
-        state.recent.append(Rebind(b.ts, b.account_id, self.ctx.pseudonym(b.old_number), b.device_id, b.source_ip,
+        state.recent.append(Rebind(b.ts, b.account_id, b.old_number, b.device_id, b.source_ip,
                                    b.channel))
         keep_in_time_order(state.recent)
         if len(state.recent) > MAX_SENDER_ROWS:

@@ -76,7 +76,7 @@ def _foreign(state: TemplateState, alarm: TemplateAlarm) -> Finding:
 def _injected(ctx: PartContext, state: TemplateState, alarm: TemplateAlarm, injected: list[str]) -> Finding:
     redact = ctx.pseudonymizer.redact  # link hosts are free text: a number may hide in them
     urls = [redact(k[2:]) for k in injected if k[0] == "d"]
-    numbers = [ctx.pseudonym(k[2:]) for k in injected if k[0] == "p"]
+    numbers = [k[2:] for k in injected if k[0] == "p"]  # pseudonyms since intake
     what = []
     if urls:
         what.append("link to " + ", ".join(urls[:3]))

@@ -67,15 +67,14 @@ def template_controls(ctx: PartContext, template_id: str, owner: str | None, t: 
 
 
 def allowed_marker(ctx: PartContext, links: list[Entry], key: str) -> Entry | None:
-    """The ``links`` allowance that lets a marker (``d:<domain>``, ``p:<number>``) through, if any."""
+    """The ``links`` allowance that lets a marker (``d:<domain>``, ``p:<pseudonym>``) through, if any."""
     if not links:
         return None
     kind, value = key[0], key[2:]
     if kind == "d":
         return next((e for e in links if e.allows_domain(value)), None)
-    if kind == "p":
-        pn = ctx.pseudonym(value)
-        return next((e for e in links if pn in e.callback_numbers), None)
+    if kind == "p":  # numbers in bodies are pseudonyms since intake
+        return next((e for e in links if value in e.callback_numbers), None)
     return None
 
 

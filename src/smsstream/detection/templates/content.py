@@ -180,7 +180,7 @@ def _drift_finding(ctx: PartContext, state: TemplateState, tally: TemplateTally,
         if kind == "d":
             urls.append(redact(value))
         elif kind == "p":
-            numbers.append(ctx.pseudonym(value))
+            numbers.append(value)  # a pseudonym since intake
         else:
             signatures.append(redact(value))
         sends = max(sends, s.sends)
