@@ -34,6 +34,9 @@ from smsstream.topics import apply_topics
 from smsstream.worker.process import WorkerProcess
 from worker_scenario import NoFlush, consume, log_digest, produce, simulated, worker_env
 
+pytestmark = brokers.only_on("kafka", "following a compacted topic is the client's work, the same on either broker; "
+                             "Apache Kafka is the one production runs")
+
 #: The entries act from here on (event time): before the first non-borrower attack.
 CHANGE_AT = 1_772_805_000_000
 EVERPAY_KEY = "non_borrower_spike/sender/everpay"

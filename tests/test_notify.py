@@ -284,7 +284,7 @@ def test_signed_headers_carry_a_fresh_timestamp():
     (orjson.dumps(dict(alert_record(), status="open")), "invalid_record", "'status'"),
     (orjson.dumps({k: v for k, v in alert_record().items() if k != "detected_at"}), "invalid_record", "'detected_at'"),
     (orjson.dumps(dict(alert_record(), observed="many")), "invalid_record", "'observed'"),
-])
+], ids=["not-json", "null", "list", "bad-status", "no-detected_at", "observed-not-a-number"])
 def test_an_unusable_record_is_refused_naming_the_field_never_its_content(raw, reason, names):
     with pytest.raises(Unusable) as refused:
         read_alert(raw)

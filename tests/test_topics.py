@@ -73,10 +73,10 @@ def test_a_second_apply_changes_nothing_and_exits_zero(broker_url, tmp_path, cap
     specs = copy_specs(tmp_path, f"t{uuid.uuid4().hex[:8]}-")
     assert main(["topics", "apply", "--broker", broker_url, "--specs", str(specs)]) == 0
     first = capsys.readouterr().out
-    assert "7 created, 0 unchanged, 0 differs" in first
+    assert "8 created, 0 unchanged, 0 differs" in first
     assert main(["topics", "apply", "--broker", broker_url, "--specs", str(specs)]) == 0
     second = capsys.readouterr().out
-    assert "0 created, 7 unchanged, 0 differs" in second
+    assert "0 created, 8 unchanged, 0 differs" in second
 
 
 @pytest.mark.broker
