@@ -134,11 +134,12 @@ Record = Send | Receipt | Borrower | Template | Binding
 
 def _obj(value: Any) -> dict:
     if not isinstance(value, dict):
-        raise RecordError(f"value must be a JSON object, got {_json_type(value)}")
+        raise RecordError(f"value must be a JSON object, got {json_type(value)}")
     return value
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """A value's JSON type, as errors about input name it."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -157,7 +158,7 @@ def _str(d: dict, field: str, limit: int = MAX_ID_CHARS) -> str:
     if value is None:
         raise RecordError(f"field '{field}' is missing or null; it is required (string)")
     if not isinstance(value, str):
-        raise RecordError(f"field '{field}' must be a string, got {_json_type(value)}")
+        raise RecordError(f"field '{field}' must be a string, got {json_type(value)}")
     if not value:
         raise RecordError(f"field '{field}' must not be empty")
     if len(value) > limit:
@@ -170,7 +171,7 @@ def _opt_str(d: dict, field: str, limit: int = MAX_ID_CHARS) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise RecordError(f"field '{field}' must be a string or null, got {_json_type(value)}")
+        raise RecordError(f"field '{field}' must be a string or null, got {json_type(value)}")
     if len(value) > limit:
         raise TooLarge(f"field '{field}' is {len(value)} characters long; at most {limit} accepted")
     return value
@@ -183,7 +184,7 @@ def _ts(d: dict, field: str = "ts") -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # JSON has one number type: 1.7e12 is the integer JSON Schema says it is
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RecordError(f"field '{field}' must be an integer (epoch ms), got {_json_type(value)}")
+        raise RecordError(f"field '{field}' must be an integer (epoch ms), got {json_type(value)}")
     if not MIN_TS <= value < MAX_TS:
         hint = " (looks like seconds; send milliseconds)" if 946_684_800 <= value < 4_102_444_800 else ""
         raise RecordError(
@@ -199,7 +200,7 @@ def _number(d: dict, field: str, required: bool = True) -> str | None:
             raise RecordError(f"field '{field}' is missing or null; it is required (E.164 string)")
         return None
     if not isinstance(value, str):
-        raise RecordError(f"field '{field}' must be an E.164 string, got {_json_type(value)}")
+        raise RecordError(f"field '{field}' must be an E.164 string, got {json_type(value)}")
     if not E164.match(value):
         raise RecordError(
             f"field '{field}' is not an E.164 number ('+' then 7 to 15 digits, no spaces)"
@@ -214,7 +215,7 @@ def _enum(d: dict, field: str, allowed: frozenset[str], required: bool = True) -
             raise RecordError(f"field '{field}' is missing or null; it is required (one of {_list(allowed)})")
         return None
     if not isinstance(value, str):
-        raise RecordError(f"field '{field}' must be a string, got {_json_type(value)}")
+        raise RecordError(f"field '{field}' must be a string, got {json_type(value)}")
     if value not in allowed:
         shown = value if len(value) <= 40 and not any(c.isdigit() for c in value) else "<redacted>"
         raise RecordError(f"field '{field}' has unknown value '{shown}'; expected one of {_list(allowed)}")
@@ -268,14 +269,14 @@ def parse_send(d: Any) -> Send:
     if body is None:
         raise RecordError("field 'body' is missing or null; it is required (string)")
     if not isinstance(body, str):
-        raise RecordError(f"field 'body' must be a string, got {_json_type(body)}")
+        raise RecordError(f"field 'body' must be a string, got {json_type(body)}")
     if len(body) > MAX_BODY_CHARS:
         raise TooLarge(f"field 'body' is {len(body)} characters long; at most {MAX_BODY_CHARS} accepted")
     src = d.get("source")
     source = None
     if src is not None:
         if not isinstance(src, dict):
-            raise RecordError(f"field 'source' must be an object or null, got {_json_type(src)}")
+            raise RecordError(f"field 'source' must be an object or null, got {json_type(src)}")
         source = Source(
             api_key_id=_opt_str(src, "api_key_id"),
             source_ip=_opt_str(src, "source_ip"),

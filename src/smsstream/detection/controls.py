@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 import orjson
 
 from smsstream.errors import InvalidJson, RecordError, TooLarge
+from smsstream.records import json_type
 from smsstream.vocabulary import ENTITY_TYPES, KINDS, NUMBER, REASONS
 
 SENSITIVITY = "sensitivity"
@@ -207,7 +208,7 @@ def _text(d: dict, name: str, limit: int, where: str = "", required: bool = True
             raise _bad(shown, "is missing or null; it is required (string)")
         return None
     if not isinstance(value, str):
-        raise _bad(shown, f"must be a string, got {_json_type(value)}")
+        raise _bad(shown, f"must be a string, got {json_type(value)}")
     if not value.strip():
         raise _bad(shown, "must not be empty")
     if len(value) > limit:
@@ -217,19 +218,6 @@ def _text(d: dict, name: str, limit: int, where: str = "", required: bool = True
                           "pn: pseudonym (`smsstream config pseudonym NUMBER`)")
     return value
 
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
 
 
 def _time(d: dict, name: str, required: bool) -> int | None:
@@ -241,7 +229,7 @@ def _time(d: dict, name: str, required: bool) -> int | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(name, f"must be an integer (epoch ms), got {_json_type(value)}")
+        raise _bad(name, f"must be an integer (epoch ms), got {json_type(value)}")
     if not MIN_TS <= value < MAX_TS:
         hint = " (looks like seconds; write milliseconds)" if MIN_TS // 1000 <= value < MAX_TS // 1000 else ""
         raise _bad(name, f"is outside 2000-01-01..2100-01-01 in epoch ms{hint}")
@@ -254,7 +242,7 @@ def _names(d: dict, name: str, check: Callable[[str, int, Any], str] | None = No
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise _bad(name, f"must be an array of strings, got {_json_type(value)}")
+        raise _bad(name, f"must be an array of strings, got {json_type(value)}")
     if not value:
         raise _bad(name, "must not be an empty array; leave it out instead")
     if len(value) > MAX_LIST:
@@ -272,7 +260,7 @@ def _scope(d: dict, control: str) -> Scope:
     if raw is None:
         raise _bad("scope", "is missing or null; it is required (an object; {} is the global default)")
     if not isinstance(raw, dict):
-        raise _bad("scope", f"must be an object, got {_json_type(raw)}")
+        raise _bad("scope", f"must be an object, got {json_type(raw)}")
     allowed = ALLOW_SCOPE_FIELDS if control == ALLOW else SCOPE_FIELDS
     for name in raw:
         if name not in allowed:
@@ -333,7 +321,7 @@ def _domain(name: str, i: int, item: Any) -> str:
 
 def _network(name: str, i: int, item: Any) -> str:
     if not isinstance(item, str):
-        raise _bad(f"{name}[{i}]", f"must be a string, got {_json_type(item)}")
+        raise _bad(f"{name}[{i}]", f"must be a string, got {json_type(item)}")
     try:
         return str(ipaddress.ip_network(item.strip(), strict=False))
     except ValueError:
@@ -408,7 +396,7 @@ def parse_entry(key: bytes | str | None, raw: Any) -> Entry | None:
         except orjson.JSONDecodeError as exc:
             raise InvalidJson(f"value is not valid JSON: {str(exc).split(':')[0]}") from None
     if not isinstance(raw, dict):
-        raise RecordError(f"value must be a JSON object, got {_json_type(raw)}")
+        raise RecordError(f"value must be a JSON object, got {json_type(raw)}")
     d: dict = raw
     if "id" in d and d["id"] != key:
         raise _bad("id", "differs from the record key; the key is the entry's id (leave 'id' out)")
