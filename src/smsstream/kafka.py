@@ -168,14 +168,21 @@ async def read_range(settings: Settings, topic: str, partition: int, start: int,
                 break
             got += [(r.offset, r.key, r.value) for r in batch.get(tp, ()) if r.offset < end]
     finally:
-        try:
-            await reader.stop()
-        except asyncio.CancelledError:
-            # aiokafka 0.14 re-raises the cancellation of its own task when a group-less
-            # consumer stops soon after starting; a cancellation of this task goes on
-            if asyncio.current_task().cancelling():
-                raise
+        await _stop_reader(reader)
     return got
+
+
+async def _stop_reader(reader: Any) -> None:
+    """Stop a group-less reader.
+
+    aiokafka 0.14 re-raises the cancellation of its own task when a group-less
+    consumer stops soon after starting; a cancellation of this task goes on.
+    """
+    try:
+        await reader.stop()
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():
+            raise
 
 
 async def read_offsets(settings: Settings, topic: str, partition: int,
@@ -210,10 +217,6 @@ async def read_offsets(settings: Settings, topic: str, partition: int,
             last = batch[-1].offset
             i = next((j for j in range(i, len(wanted)) if wanted[j] > last), len(wanted))
     finally:
-        try:
-            await reader.stop()
-        except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():
-                raise
+        await _stop_reader(reader)
     return got
 
