@@ -299,6 +299,7 @@ def test_an_alertmanager_outage_longer_than_the_notifier_may_hold_pauses_reading
 
 
 @pytest.mark.broker
+@only_on("kafka", "sharing the partitions is the group coordinator's work: Apache Kafka's is the production one")
 def test_two_notifiers_share_the_partitions_and_one_leaving_keeps_its_alerts_firing(broker_url, bootstrap, tmp_path):
     apply_topics(broker_url)
     receiver = Receiver()
@@ -333,6 +334,7 @@ def test_two_notifiers_share_the_partitions_and_one_leaving_keeps_its_alerts_fir
 
 
 @pytest.mark.broker
+@only_on("tansu", "retries, backoff and the in-flight bound are the notifier's own, whatever the broker")
 def test_a_failing_or_slow_target_is_retried_with_bounded_memory_and_drops_are_counted(broker_url, bootstrap, tmp_path):
     apply_topics(broker_url)
     records = [alert_record() for _ in range(7)] + [alert_record(summary="a poison pill for the webhook")]
