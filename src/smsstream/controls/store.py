@@ -37,6 +37,10 @@ class ControlRecord:
     value: bytes | None
 
 
+#: what reading one control record can do to a book
+OUTCOMES = ("applied", "removed", "invalid")
+
+
 def apply_record(book: ControlBook, record: ControlRecord) -> str:
     """Apply one record to ``book``; ``applied``, ``removed`` or ``invalid`` (an invalid one changes nothing)."""
     try:

@@ -143,7 +143,7 @@ def worker_health() -> DashboardSpec:
         "smsstream — worker health",
         "Whether the smsstream workers keep up: throughput, lag, bad input, merge buffers, checkpoints, "
         f"rebalances, restarts, CPU and memory. Runbooks: {RUNBOOKS}/worker/.",
-        (_throughput_row(), _lag_row(), _state_row(), _process_row()),
+        (_throughput_row(), _lag_row(), _state_row(), _controls_row(), _process_row()),
     )
 
 
@@ -259,6 +259,30 @@ def _state_row() -> RowSpec:
             "(memory will follow): note the part and tell the developers.",
             units.Short,
             (Query(f"sum by ({n.PART}) ({series(n.STATE_ENTITIES)})", "{{part}}"),),
+        ),
+    ))
+
+
+def _controls_row() -> RowSpec:
+    return RowSpec("Operator controls", (
+        PanelSpec(
+            "Control entries held per worker",
+            "Entries of sms.detector-config (sensitivity, allow lists, silences, shadow) each worker applies. "
+            "Every worker follows the whole topic, so all lines should be equal within seconds of a change; "
+            "one worker behind the others: see its log for the control topic (`smsstream config show` lists "
+            "what the topic holds).",
+            units.Short,
+            (Query(f"sum by (instance) ({series(n.CONTROLS_ENTRIES)})", "{{instance}}"),),
+            width=12,
+        ),
+        PanelSpec(
+            "Control records read, by outcome",
+            "Records of sms.detector-config read per interval: applied, removed (a tombstone) or invalid. An "
+            "invalid entry never changes the running configuration and is dead-lettered with the field it "
+            "gets wrong: find it on sms.dead-letter and fix it with `smsstream config validate` / `set`.",
+            units.Short,
+            (Query(increase(n.CONTROLS_RECORDS, "outcome"), "{{outcome}}"),),
+            style="bars", width=12,
         ),
     ))
 

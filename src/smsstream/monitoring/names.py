@@ -44,6 +44,10 @@ HEARTBEAT_FAILURES = "smsstream_heartbeat_failures_total"
 INPUT_REWINDS = "smsstream_input_rewinds_total"
 #: counter {part}: internal messages a shard read again
 SHARD_REWINDS = "smsstream_shard_rewinds_total"
+#: gauge: operator control entries (sms.detector-config) a worker holds
+CONTROLS_ENTRIES = "smsstream_controls_entries"
+#: counter {outcome}: control records read: applied, removed or invalid
+CONTROLS_RECORDS = "smsstream_controls_records_total"
 
 #: gauge {topic}: records of this worker's assigned input partitions not read yet (end offset minus position)
 CONSUMER_LAG = "smsstream_consumer_lag_records"

@@ -24,7 +24,7 @@ import logging
 from typing import Any, Awaitable, Callable
 
 from smsstream.config import Settings
-from smsstream.controls.store import ControlRecord, apply_record, assign_all, read_topic, stop
+from smsstream.controls.store import OUTCOMES, ControlRecord, apply_record, assign_all, read_topic, stop
 from smsstream.detection.controls import ControlBook, parse_entry
 from smsstream.errors import RecordError
 from smsstream.metrics import Metrics
@@ -52,6 +52,9 @@ class ControlsReader:
         self.positions: dict[int, int] = {}
         #: the topic has been read to its end at least once
         self.loaded = False
+        if metrics is not None:
+            for outcome in OUTCOMES:  # exported at 0 from the start, so a first invalid entry shows as a rise
+                metrics.controls_records.labels(outcome)
 
     def take(self, record: ControlRecord) -> str:
         """Apply one record; an invalid one is counted and changes nothing."""
