@@ -13,13 +13,13 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
+COPY topics ./topics
 RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels '.[rocksdb]'
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/smsstream/bin:$PATH \
-    SMSSTREAM_TOPICS_DIR=/opt/smsstream/topics \
     SMSSTREAM_DATA_DIR=/var/lib/smsstream \
     SMSSTREAM_STORE=rocksdb://
 RUN groupadd --system --gid 10001 smsstream \
@@ -29,8 +29,6 @@ RUN groupadd --system --gid 10001 smsstream \
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python -m venv /opt/smsstream \
  && /opt/smsstream/bin/pip install --no-cache-dir --no-index --find-links=/wheels 'smsstream[rocksdb]'
-# `smsstream topics apply` reads the topic specs from here (the wheel does not carry them).
-COPY topics /opt/smsstream/topics
 USER 10001:10001
 WORKDIR /var/lib/smsstream
 # 6066: the worker's web server (/health); 9108: Prometheus /metrics (SMSSTREAM_METRICS_PORT).

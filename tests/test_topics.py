@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -153,3 +156,26 @@ def test_a_spec_that_is_not_json_names_the_line(tmp_path, capsys):
 def test_topics_doc_prints_the_generated_contract(capsys):
     assert main(["topics", "doc"]) == 0
     assert capsys.readouterr().out == (default_dir() / "README.md").read_text()
+
+
+def test_a_plain_install_of_the_wheel_finds_the_topic_specs_without_the_source_tree(tmp_path):
+    """``pip install smsstream`` then ``smsstream topics apply``: the specs travel as the wheel's data files."""
+    repo = Path(__file__).resolve().parents[1]
+    wheels, env_dir, elsewhere = tmp_path / "wheels", tmp_path / "venv", tmp_path / "cwd"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(repo)], check=True,
+                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
+    python = env_dir / "bin" / "python"
+    subprocess.run([*pip, "--python", str(python), "install", "--no-deps", *map(str, wheels.glob("*.whl"))],
+                   check=True, capture_output=True)
+    # the dependencies come from this environment; smsstream itself from the new one
+    deps = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "faust").is_dir())
+    shown = subprocess.run(
+        [python, "-c", "from smsstream.topics import default_dir, load_specs; import sys; d = default_dir(); "
+                       "print(d.relative_to(sys.prefix)); print(*sorted(s.name for s in load_specs(d)))"],
+        cwd=elsewhere, env={**os.environ, "PYTHONPATH": str(deps), "SMSSTREAM_TOPICS_DIR": ""},
+        capture_output=True, text=True, check=True).stdout.splitlines()
+    assert shown[0] == "share/smsstream/topics"
+    assert shown[1].split() == sorted(spec.name for spec in load_specs())

@@ -61,12 +61,15 @@ class TopicSpec:
 
 
 def default_dir() -> Path:
-    """``topics/`` of the source tree this module runs from, else of the working directory."""
+    """``topics/`` of the source tree this module runs from, else the copy an install carries, else ``./topics``."""
     env = os.environ.get("SMSSTREAM_TOPICS_DIR")
     if env:
         return Path(env)
     beside_source = Path(__file__).resolve().parents[2] / "topics"
-    return beside_source if beside_source.is_dir() else Path("topics")
+    if beside_source.is_dir():
+        return beside_source
+    installed = Path(sys.prefix) / "share" / "smsstream" / "topics"  # the wheel's data files (pyproject.toml)
+    return installed if installed.is_dir() else Path("topics")
 
 
 def _shown(path: Path) -> str:
