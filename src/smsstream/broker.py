@@ -102,15 +102,18 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class EmbeddedBroker:
-    """One Tansu process with memory storage on a loopback port.
+class LocalBroker:
+    """What both embedded engines share: a child process on a loopback port, its work directory and its log.
 
     ``port=0`` picks a free port. Use as a context manager, or call
-    :meth:`start` and :meth:`stop`. On Linux the broker dies with the thread
-    that started it, so a crashed test run leaves no broker behind.
+    :meth:`start` and :meth:`stop`. On Linux the process dies with the thread
+    that started it, so a crashed test run leaves no broker behind. A subclass
+    says how to launch its process (:meth:`start`).
     """
 
-    name = "Tansu"
+    name = "a broker"
+    #: seconds :meth:`stop` waits after SIGTERM before SIGKILL
+    stop_timeout = 5.0
 
     def __init__(self, port: int = 0, host: str = DEFAULT_HOST, startup_timeout: float = 30.0):
         self.host = host
@@ -129,9 +132,10 @@ class EmbeddedBroker:
         """The Faust-form broker URL (``SMSSTREAM_BROKER``)."""
         return f"kafka://{self.bootstrap}"
 
-    def start(self) -> "EmbeddedBroker":
-        if self._process is not None:
-            return self
+    def start(self) -> "LocalBroker":
+        raise NotImplementedError
+
+    def _claim_port(self) -> None:
         if self.port == 0:
             self.port = free_port(self.host)
         elif port_in_use(self.host, self.port):
@@ -139,49 +143,31 @@ class EmbeddedBroker:
                 f"port {self.port} on {self.host} is already in use (another broker?); "
                 f"stop it or pick another port with `smsstream broker --port N`"
             )
-        binary = tansu_binary()
-        self._workdir = Path(tempfile.mkdtemp(prefix="smsstream-tansu-"))
-        self.log_path = self._workdir / "tansu.log"
-        listener = f"tcp://{self.bootstrap}"
-        with open(self.log_path, "wb") as log:
+
+    def _spawn(self, command: list[str]) -> None:
+        """Start ``command`` in the work directory, its output appended to the log."""
+        assert self._workdir is not None and self.log_path is not None
+        with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                [
-                    binary,
-                    "broker",
-                    "--listener-url", listener,
-                    "--advertised-listener-url", listener,
-                    "--storage-engine", "memory://tansu/",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self._workdir,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self._workdir,
+                start_new_session=True, preexec_fn=die_with_parent,
             )
-        try:
-            self.wait_until_answering()
-        except BaseException:
-            self.stop(keep_log=True)
-            raise
-        return self
 
     def wait_until_answering(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
+        while not kafka_answers(self.host, self.port, timeout=0.5):
             if self._process is None or self._process.poll() is not None:
                 code = None if self._process is None else self._process.returncode
                 raise BrokerStartError(
-                    f"Tansu exited with code {code} before answering on {self.bootstrap}; "
+                    f"{self.name} exited with code {code} before answering on {self.bootstrap}; "
                     f"its log ends with: {self.log_tail(5)}"
                 )
-            if kafka_answers(self.host, self.port, timeout=0.5):
-                return
+            if time.monotonic() > deadline:
+                raise BrokerStartError(
+                    f"{self.name} did not answer on {self.bootstrap} within {self.startup_timeout:.0f} s; "
+                    f"its log ends with: {self.log_tail(5)}"
+                )
             time.sleep(0.1)
-        raise BrokerStartError(
-            f"Tansu did not answer on {self.bootstrap} within {self.startup_timeout:.0f} s; "
-            f"its log ends with: {self.log_tail(5)}"
-        )
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -191,15 +177,19 @@ class EmbeddedBroker:
         assert self._process is not None, "broker not started"
         return self._process.wait()
 
-    def stop(self, keep_log: bool = False) -> None:
+    def _terminate(self, timeout: float) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.terminate()
             try:
-                process.wait(timeout=5)
+                process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+    def stop(self, keep_log: bool = False) -> None:
+        """SIGTERM, SIGKILL after ``stop_timeout``; the work directory goes unless ``keep_log``."""
+        self._terminate(self.stop_timeout)
         if self._workdir is not None and not keep_log:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
@@ -210,11 +200,34 @@ class EmbeddedBroker:
         text = self.log_path.read_text(errors="replace").strip().splitlines()
         return " | ".join(text[-lines:]) or "(empty log)"
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+class EmbeddedBroker(LocalBroker):
+    """One Tansu process with memory storage on a loopback port."""
+
+    name = "Tansu"
+
+    def start(self) -> "EmbeddedBroker":
+        if self._process is not None:
+            return self
+        self._claim_port()
+        binary = tansu_binary()
+        self._workdir = Path(tempfile.mkdtemp(prefix="smsstream-tansu-"))
+        self.log_path = self._workdir / "tansu.log"
+        listener = f"tcp://{self.bootstrap}"
+        self._spawn([binary, "broker", "--listener-url", listener, "--advertised-listener-url", listener,
+                     "--storage-engine", "memory://tansu/"])
+        try:
+            self.wait_until_answering()
+        except BaseException:
+            self.stop(keep_log=True)
+            raise
+        return self
 
 
 def embedded_broker(engine: str = DEFAULT_ENGINE, port: int = 0, host: str = DEFAULT_HOST):

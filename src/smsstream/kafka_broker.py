@@ -22,7 +22,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Callable
 
-from smsstream.broker import DEFAULT_HOST, die_with_parent, free_port, kafka_answers, port_in_use
+from smsstream.broker import DEFAULT_HOST, LocalBroker, die_with_parent, free_port
 from smsstream.config import Settings
 from smsstream.errors import BrokerStartError
 
@@ -126,7 +126,7 @@ def console_consumer(bootstrap: str, topic: str, settings: Settings | None = Non
             f"--topic {topic} --from-beginning --property print.key=true")
 
 
-class KafkaBroker:
+class KafkaBroker(LocalBroker):
     """One Apache Kafka node (broker and controller) on a loopback port, storage in a temporary directory.
 
     Used like :class:`smsstream.broker.EmbeddedBroker`: ``port=0`` picks a free
@@ -138,31 +138,19 @@ class KafkaBroker:
     """
 
     name = "Apache Kafka"
+    #: Kafka's controlled shutdown takes a few seconds
+    stop_timeout = 20.0
 
     def __init__(self, port: int = 0, host: str = DEFAULT_HOST, startup_timeout: float = 120.0,
                  heap: str = "768m", properties: dict[str, str] | None = None, settings: Settings | None = None,
                  listeners: dict[str, int] | None = None):
-        self.host = host
+        super().__init__(port, host, startup_timeout)
         self.listeners = dict(listeners or {})
-        self.port = port
-        self.startup_timeout = startup_timeout
         self.heap = heap
         self.properties = dict(properties or {})
         self.settings = settings or Settings.from_env()
-        self._process: subprocess.Popen | None = None
-        self._workdir: Path | None = None
-        self.log_path: Path | None = None
         self.lib: Path | None = None
         self._java: str | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """The Faust-form broker URL (``SMSSTREAM_BROKER``)."""
-        return f"kafka://{self.bootstrap}"
 
     def java(self, main_class: str, *args: str, heap: str | None = None) -> list[str]:
         """The command line that runs ``main_class`` from Kafka's jars (the broker, its storage tool)."""
@@ -209,13 +197,7 @@ class KafkaBroker:
     def start(self) -> "KafkaBroker":
         if self._process is not None:
             return self
-        if self.port == 0:
-            self.port = free_port(self.host)
-        elif port_in_use(self.host, self.port):
-            raise BrokerStartError(
-                f"port {self.port} on {self.host} is already in use (another broker?); "
-                f"stop it or pick another port with `smsstream broker --port N`"
-            )
+        self._claim_port()
         self._java = java_binary()
         self.lib = resolve_jars(self.settings)
         self._workdir = Path(tempfile.mkdtemp(prefix="smsstream-kafka-"))
@@ -229,14 +211,9 @@ class KafkaBroker:
         return self
 
     def _launch(self) -> None:
-        assert self._workdir is not None and self.log_path is not None
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                self.java("kafka.Kafka", str(self._workdir / "server.properties")),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self._workdir,
-                start_new_session=True, preexec_fn=die_with_parent,
-            )
-        self._wait_until_answering()
+        assert self._workdir is not None
+        self._spawn(self.java("kafka.Kafka", str(self._workdir / "server.properties")))
+        self.wait_until_answering()
 
     def restart(self, down_s: float = 0.0, crash: bool = False) -> None:
         """Stop the broker (SIGTERM, or SIGKILL with ``crash``) and start it again on the same port and data.
@@ -244,17 +221,10 @@ class KafkaBroker:
         For fault tests: unlike Tansu's memory storage, its log directories
         keep every topic, offset and committed position across the restart.
         """
-        process, self._process = self._process, None
-        assert process is not None and self._workdir is not None, "broker not started"
+        assert self._process is not None and self._workdir is not None, "broker not started"
         if crash:
-            process.kill()
-        else:
-            process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            self._process.kill()
+        self._terminate(30.0)
         time.sleep(down_s)
         self._launch()
 
@@ -271,55 +241,10 @@ class KafkaBroker:
             tail = (formatted.stdout + formatted.stderr).strip().splitlines()[-5:]
             raise BrokerStartError("formatting Apache Kafka's storage failed: " + " | ".join(tail))
 
-    def _wait_until_answering(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while not kafka_answers(self.host, self.port, timeout=0.5):
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise BrokerStartError(
-                    f"Apache Kafka exited with code {self._process.returncode} before answering on "
-                    f"{self.bootstrap}; its log ends with: {self.log_tail(5)}"
-                )
-            if time.monotonic() > deadline:
-                raise BrokerStartError(
-                    f"Apache Kafka did not answer on {self.bootstrap} within {self.startup_timeout:.0f} s; "
-                    f"its log ends with: {self.log_tail(5)}"
-                )
-            time.sleep(0.2)
-
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def wait(self) -> int:
-        """Block until the broker process exits; returns its exit code."""
-        assert self._process is not None, "broker not started"
-        return self._process.wait()
-
     def stop(self, keep_log: bool = False) -> None:
-        """SIGTERM (Kafka's controlled shutdown, a few seconds), SIGKILL after 20 s; storage removed."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._workdir is not None:
-            if keep_log:
-                shutil.rmtree(self._workdir / "data", ignore_errors=True)
-            else:
-                shutil.rmtree(self._workdir, ignore_errors=True)
-                self._workdir = None
-
-    def log_tail(self, lines: int = 20) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return "(no log)"
-        text = self.log_path.read_text(errors="replace").strip().splitlines()
-        return " | ".join(text[-lines:]) or "(empty log)"
-
-    def __enter__(self) -> "KafkaBroker":
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
+        """As :meth:`LocalBroker.stop`; with ``keep_log`` the log stays but the topic data goes."""
+        if keep_log and self._workdir is not None:
+            self._terminate(self.stop_timeout)
+            shutil.rmtree(self._workdir / "data", ignore_errors=True)
+            return
+        super().stop()
