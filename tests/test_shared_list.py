@@ -8,6 +8,7 @@ from smsstream.config import Settings
 from smsstream.detection.facts import LOAN_SENDS, LoanSend
 from smsstream.detection.shared_list import MAX_LENDERS, NumberLenders
 from smsstream.detection.base import PartContext
+from smsstream.detection.controls import ControlBook, parse_entry
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import BORROWERS, SENDS, Borrower, Send, Source
 from traffic import DAY, HOUR, KEY, MINUTE, T0, Sends, book, engine, firing, numbers, run
@@ -87,8 +88,10 @@ def test_three_lenders_working_one_list_fire_shared_list_each_naming_the_others(
     assert b"+8615" not in orjson.dumps(alerts)
 
 
-def a_lone_number(more_numbers: int) -> list[dict]:
-    """Old data at three lenders points at one number (a recycled one, say); maybe at more, the same three."""
+def a_lone_number(more_numbers: int, level: str | None = None) -> list[dict]:
+    """Old data at three lenders points at one number (a recycled one, say); maybe at more, the same three.
+
+    ``level``: an operator's sensitivity entry for the kind (none: the default, normal)."""
     rng = random.Random(2)
     events = lenders(rng, hours=6)
     targets = numbers(rng, 1 + more_numbers, prefix="+86151")
@@ -96,7 +99,11 @@ def a_lone_number(more_numbers: int) -> list[dict]:
         for i, number in enumerate(targets):
             events += [(SENDS, Send(f"{name}-old-{i}", T0 + 2 * HOUR + i * MINUTE, name, f"tpl-{name}", number,
                                     "repayment_reminder", "Your EMI is due.", None))]
-    return run(events)
+    if level is None:
+        return run(events)
+    entry = parse_entry("level-nb", {"control": "sensitivity", "scope": {"kind": KIND}, "level": level,
+                                     "set_by": "oncall", "why": "test", "ts": T0})
+    return run(events, engine(controls=ControlBook([entry])))
 
 
 def test_one_number_hit_by_three_lenders_is_a_stray_not_a_list():
@@ -105,6 +112,17 @@ def test_one_number_hit_by_three_lenders_is_a_stray_not_a_list():
 
 def test_five_numbers_hit_by_the_same_three_lenders_are_a_list():
     assert senders(listed(a_lone_number(more_numbers=4))) == set(LENDERS)
+
+
+def test_three_numbers_hit_by_the_same_three_lenders_page_only_at_high_sensitivity():
+    assert listed(a_lone_number(more_numbers=2)) == []
+    strict = listed(a_lone_number(more_numbers=2, level="high"))
+    assert senders(strict) == set(LENDERS)
+    assert all(a["reason"] == "shared_list" and a["controls"] == ["level-nb"] for a in strict)
+
+
+def test_the_five_numbers_that_page_at_normal_sensitivity_stay_quiet_at_low():
+    assert listed(a_lone_number(more_numbers=4, level="low")) == []
 
 
 def families(owe_both: bool) -> list[dict]:

@@ -32,6 +32,8 @@ while abnormal. docs/detection.md shows the false-alarm rate this gives.
 Besides the score, a finding needs ``MIN_SHARED`` shared numbers, and
 ``MIN_PAIR`` of them with one other lender: a list puts the same lenders
 together again and again, chance spreads its rare meetings over all of them.
+An operator's sensitivity level for the sender moves the scores and
+``MIN_SHARED`` (``LEVEL_LIMITS``).
 
 State is bounded: a number is kept only while it has a non-borrower send
 within the window, with at most ``MAX_LENDERS`` lenders; a sender keeps one
@@ -47,6 +49,7 @@ from typing import Any, ClassVar
 
 from smsstream.detection.alerts import Finding
 from smsstream.detection.base import BUCKET_MS, Part
+from smsstream.detection.controls import HIGH, LOW, NORMAL
 from smsstream.detection.facts import LOAN_SENDS, SHARED_NUMBERS, LoanSend, RoutineCount, SharedNumber
 from smsstream.detection.stats import ShareBaseline, binomial_exact_tail_score
 from smsstream.vocabulary import (
@@ -71,6 +74,8 @@ MIN_SHARED = 3
 MIN_PAIR = 2
 FIRE_SCORE = 6.0
 HOLD_SCORE = 3.0
+#: Per sensitivity level: fire score, hold score, fewest shared numbers (docs/controls.md).
+LEVEL_LIMITS = {LOW: (9.0, 4.5, 4), NORMAL: (FIRE_SCORE, HOLD_SCORE, MIN_SHARED), HIGH: (4.0, 2.0, 2)}
 #: An open alert is held while numbers kept being shared this recently: a list worked slowly, a few
 #: numbers an hour, is one episode, not one per hour.
 HOLD_MS = 6 * HOUR_MS
@@ -223,15 +228,17 @@ class SharedList:
             self.rate.learn(end, strays, 0, Q_HALF_LIFE_MS)
 
     def judge(self, sender: str, start: int, end: int, strays: int, this_hour: int, window_ms: int,
-              firing: bool) -> Finding | None:
+              firing: bool, level: str = NORMAL, controls: tuple[str, ...] = ()) -> Finding | None:
         """Judge bucket ``[start, end)``; learn the sender's rate of shared numbers.
 
         ``strays``: the sender's non-borrower sends in the bucket, and
         ``this_hour`` in the buckets of its hour up to it. Fires only in a
         bucket that brought newly shared numbers; while the alert is open
         (``firing``), a bucket without them holds it for ``HOLD_MS`` after
-        the last one, as long as the window stays abnormal.
+        the last one, as long as the window stays abnormal. ``level`` is the
+        sensitivity in force, set by the control entries ``controls``.
         """
+        fire_score, hold_score, min_shared = LEVEL_LIMITS[level]
         self.forget_before(end - window_ms)
         fresh = self.fresh.pop(start, 0) if self.fresh else 0
         hour = start - start % HOUR_MS
@@ -239,8 +246,8 @@ class SharedList:
         c = len(counted)
         n = max(sum(row[1] for row in self.hours if row[0] < hour) + this_hour, c)
         q = self.rate.get(Q_PRIOR, Q_PRIOR_WEIGHT)
-        score = binomial_exact_tail_score(c, n, q * Q_RATIO) if c >= MIN_SHARED else 0.0
-        abnormal = score >= HOLD_SCORE
+        score = binomial_exact_tail_score(c, n, q * Q_RATIO) if c >= min_shared else 0.0
+        abnormal = score >= hold_score
         if strays or fresh:
             if abnormal:
                 self.rate.hold(end, strays, fresh, Q_HALF_LIFE_MS, ACCEPT_AFTER_MS)
@@ -251,13 +258,15 @@ class SharedList:
         lenders = Counter(other for _, m in counted for other, ts in m.others.items() if ts < end)
         paired = sum(1 for v in lenders.values() if v >= MIN_PAIR)
         latest = max(m.first_ts for _, m in counted)
-        if fresh and paired and score >= FIRE_SCORE:
+        if fresh and paired and score >= fire_score:
             on = True
         elif firing and end - latest <= HOLD_MS:
             on = False
         else:
             return None
-        return self._finding(sender, end, window_ms, n, q, score, counted, lenders, paired, on)
+        finding = self._finding(sender, end, window_ms, n, q, score, counted, lenders, paired, on)
+        finding.controls = controls
+        return finding
 
     def _finding(self, sender: str, end: int, window_ms: int, n: int, q: float, score: float, counted: list,
                  lenders: Counter, paired: int, on: bool) -> Finding:
