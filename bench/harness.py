@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,3 +167,15 @@ class Child:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def save_results(result: dict, results_dir: Path, name: str, chart: Callable[[dict, Path], None]) -> tuple[Path, Path]:
+    """``<name>-<date>-<time>.json`` and ``.png`` under ``results_dir``, copied to ``<name>-latest.*``."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stem = results_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    json_path, png_path = stem.with_suffix(".json"), stem.with_suffix(".png")
+    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    chart(result, png_path)
+    shutil.copyfile(json_path, results_dir / f"{name}-latest.json")
+    shutil.copyfile(png_path, results_dir / f"{name}-latest.png")
+    return json_path, png_path

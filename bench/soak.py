@@ -48,7 +48,7 @@ from smsstream.records import BINDINGS, RECEIPTS, SENDS
 from smsstream.topics import apply_topics
 from smsstream.worker.process import WorkerProcess
 
-from harness import events_read, produce, simulate
+from harness import events_read, produce, save_results, simulate
 from throughput import KEY, Deadline, Produced, StageFailed, machine, say, worker_backlog, worker_env
 
 BENCH = Path(__file__).resolve().parent
@@ -262,17 +262,6 @@ def chart(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def save(result: dict, results_dir: Path) -> tuple[Path, Path]:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    stem = results_dir / f"soak-{time.strftime('%Y%m%d-%H%M%S')}"
-    json_path, png_path = stem.with_suffix(".json"), stem.with_suffix(".png")
-    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    chart(result, png_path)
-    shutil.copyfile(json_path, results_dir / "soak-latest.json")
-    shutil.copyfile(png_path, results_dir / "soak-latest.png")
-    return json_path, png_path
-
-
 def run(args: argparse.Namespace, workdir: Path) -> dict:
     env = {**os.environ, "SMSSTREAM_PSEUDONYM_KEY": os.environ.get("SMSSTREAM_PSEUDONYM_KEY") or KEY}
     result: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "minutes": args.minutes,
@@ -328,7 +317,7 @@ def main() -> int:
           f"{s['rss_slope_mib_per_hour']:+.1f} MiB/h; consumer lag max {s['consumer_lag_max']:,} records; "
           f"event-time lag median {s['event_time_lag_median_s']:.1f} s, max {s['event_time_lag_max_s']:.1f} s; "
           f"every record read: {s['read_all']}")
-    json_path, png_path = save(result, args.results)
+    json_path, png_path = save_results(result, args.results, "soak", chart)
     print(f"wrote {json_path} and {png_path} (also as soak-latest.json/png)")
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -86,7 +86,7 @@ from smsstream.records import ALERTS, BINDINGS, INPUT_TOPICS, SENDS
 from smsstream.topics import apply_topics
 from smsstream.worker.process import WorkerProcess
 
-from harness import Child, caught_up, events_read, peak_rss_mib, produce, shard_health, simulate
+from harness import Child, caught_up, events_read, peak_rss_mib, produce, save_results, shard_health, simulate
 
 KEY = "bench-throughput"
 BENCH = Path(__file__).resolve().parent
@@ -559,17 +559,6 @@ def chart(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def save(result: dict, results_dir: Path) -> tuple[Path, Path]:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    stem = results_dir / f"throughput-{time.strftime('%Y%m%d-%H%M%S')}"
-    json_path, png_path = stem.with_suffix(".json"), stem.with_suffix(".png")
-    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    chart(result, png_path)
-    shutil.copyfile(json_path, results_dir / "throughput-latest.json")
-    shutil.copyfile(png_path, results_dir / "throughput-latest.png")
-    return json_path, png_path
-
-
 # --- the run ---------------------------------------------------------------------------------------------
 
 
@@ -665,7 +654,7 @@ def main() -> int:
         raise
     print()
     print(table(result))
-    json_path, png_path = save(result, args.results)
+    json_path, png_path = save_results(result, args.results, "throughput", chart)
     print(f"\nwrote {json_path} and {png_path} (also as throughput-latest.json/png)")
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
