@@ -76,3 +76,16 @@ def running_broker(choice_: str | None = None) -> Iterator[BrokerLike]:
         yield broker
     finally:
         broker.stop()
+
+
+@contextlib.contextmanager
+def broker_of_its_own(why: str) -> Iterator[BrokerLike]:
+    """A broker for one test module alone (``why`` it needs one), started as the session's would be."""
+    picked = choice()
+    if picked not in ("tansu", "kafka"):
+        pytest.skip(f"{why}, so needs a broker of its own (tansu or kafka)")
+    try:
+        with running_broker(picked) as broker:
+            yield broker
+    except BrokerFailed as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -149,14 +149,8 @@ def read_with_aiokafka(bootstrap: str, topic: str, count: int) -> list[tuple[int
 @pytest.fixture(scope="module")
 def own_broker():
     """A broker for this module alone: it writes the input topics, which the worker tests read from the start."""
-    choice = brokers.choice()
-    if choice not in ("tansu", "kafka"):
-        pytest.skip("writes the contract's input topics, so needs a broker of its own (tansu or kafka)")
-    try:
-        with brokers.running_broker(choice) as broker:
-            yield broker
-    except brokers.BrokerFailed as exc:
-        pytest.fail(str(exc), pytrace=False)
+    with brokers.broker_of_its_own("writes the contract's input topics") as broker:
+        yield broker
 
 
 @pytest.fixture(scope="module")

@@ -84,14 +84,8 @@ def health_ids(worker: WorkerProcess) -> set[str]:
 
 @pytest.fixture(scope="module")
 def own_broker():
-    choice = brokers.choice()
-    if choice not in ("tansu", "kafka"):
-        pytest.skip("writes the contract's input topics in parts, so needs a broker of its own (tansu or kafka)")
-    try:
-        with brokers.running_broker(choice) as broker:
-            yield broker
-    except brokers.BrokerFailed as exc:
-        pytest.fail(str(exc), pytrace=False)
+    with brokers.broker_of_its_own("writes the contract's input topics in parts") as broker:
+        yield broker
 
 
 @pytest.fixture(scope="module")
