@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Iterable, cast
 
 from smsstream.detection.alerts import Finding
 from smsstream.detection.base import BUCKET_MS, Part
-from smsstream.detection.controls import NON_BORROWER_SENDS, NORMAL, Subject
+from smsstream.detection.controls import NON_BORROWER_SENDS, Subject
 from smsstream.detection.facts import LOAN_SENDS, SHARED_NUMBERS, LoanSend, RoutineCount, SharedNumber
 from smsstream.detection.share import Share, SharePart, ShareState, window_samples
 from smsstream.detection.shared_list import NumberLenders, SharedList
@@ -240,9 +240,7 @@ class SenderShare(_NonBorrowerShare):
             return found
         this_hour = state.ring.sums(idx + 1, (idx + 1 - (start - start % HOUR_MS) // BUCKET_MS,))[0][1]
         firing = self.book.is_firing(f"{NON_BORROWER_SPIKE}/{SENDER}/{key}")
-        book = self.ctx.controls
-        level, ids = book.level(Subject(NON_BORROWER_SPIKE, SHARED_LIST, key, None, SENDER, key), end) \
-            if book.active else (NORMAL, ())
+        level, ids = self.ctx.controls.level(Subject(NON_BORROWER_SPIKE, SHARED_LIST, key, None, SENDER, key), end)
         finding = listed.judge(key, start, end, strays, this_hour, self.ctx.shared_list_window_ms, firing, level, ids)
         if finding is None:
             return found
