@@ -12,26 +12,15 @@ import orjson
 import pytest
 
 from smsstream.detection.alerts import stamp
-from smsstream.detection.controls import ControlBook, Entry, parse_entry
+from smsstream.detection.controls import ControlBook
 from smsstream.detection.engine import DETECTOR_PARTS
 from smsstream.notify.alert import read_alert
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import BINDINGS, CONTROLS, SENDS, TEMPLATES, Binding, Send, Source, Template
 from smsstream.replay import replay_lines
-from traffic import DAY, HOUR, KEY, MINUTE, T0, Sends, book, engine, firing, keys, numbers, run
+from traffic import DAY, HOUR, KEY, MINUTE, T0, Sends, book, control, engine, firing, keys, numbers, run, under
 
 NB = "non_borrower_spike"
-
-
-def control(entry_id: str, control_: str, scope: dict, ts: int = T0, **fields) -> Entry:
-    parsed = parse_entry(entry_id, {"control": control_, "scope": scope, "set_by": "oncall", "why": "test", "ts": ts,
-                                    **fields})
-    assert parsed is not None
-    return parsed
-
-
-def under(events, *entries: Entry) -> list[dict]:
-    return run(events, engine(controls=ControlBook(entries)))
 
 
 def by_key(alerts: list[dict], key: str) -> list[dict]:

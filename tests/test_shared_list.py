@@ -8,10 +8,9 @@ from smsstream.config import Settings
 from smsstream.detection.facts import LOAN_SENDS, LoanSend
 from smsstream.detection.shared_list import MAX_LENDERS, NumberLenders
 from smsstream.detection.base import PartContext
-from smsstream.detection.controls import ControlBook, parse_entry
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import BORROWERS, SENDS, Borrower, Send, Source
-from traffic import DAY, HOUR, KEY, MINUTE, T0, Sends, book, engine, firing, numbers, run
+from traffic import DAY, HOUR, KEY, MINUTE, T0, Sends, book, control, engine, firing, numbers, run, under
 
 KIND = "non_borrower_spike"
 LENDERS = ("lender-a", "lender-b", "lender-c")
@@ -101,9 +100,7 @@ def a_lone_number(more_numbers: int, level: str | None = None) -> list[dict]:
                                     "repayment_reminder", "Your EMI is due.", None))]
     if level is None:
         return run(events)
-    entry = parse_entry("level-nb", {"control": "sensitivity", "scope": {"kind": KIND}, "level": level,
-                                     "set_by": "oncall", "why": "test", "ts": T0})
-    return run(events, engine(controls=ControlBook([entry])))
+    return under(events, control("level-nb", "sensitivity", {"kind": KIND}, level=level))
 
 
 def test_one_number_hit_by_three_lenders_is_a_stray_not_a_list():

@@ -10,6 +10,7 @@ import random
 from typing import Any, Callable, Iterable
 
 from smsstream.detection.base import Part
+from smsstream.detection.controls import ControlBook, Entry, parse_entry
 from smsstream.detection.engine import DETECTOR_PARTS, Engine
 from smsstream.pseudonym import Pseudonymizer
 from smsstream.records import BORROWERS, RECEIPTS, SENDS, Borrower, Receipt, Send, Source
@@ -130,6 +131,19 @@ def run(events: list[Event], eng: Engine | None = None, sort: bool = True) -> li
     alerts.extend(eng.flush())
     return alerts
 
+
+
+def control(entry_id: str, control_: str, scope: dict, ts: int = T0, **fields) -> Entry:
+    """One operator control entry, as `smsstream config set` would write it."""
+    parsed = parse_entry(entry_id, {"control": control_, "scope": scope, "set_by": "oncall", "why": "test", "ts": ts,
+                                    **fields})
+    assert parsed is not None
+    return parsed
+
+
+def under(events: list[Event], *entries: Entry) -> list[dict]:
+    """``run`` with these control entries in force."""
+    return run(events, engine(controls=ControlBook(entries)))
 
 def firing(alerts: list[dict], kind: str | None = None, entity_type: str | None = None) -> list[dict]:
     return [
