@@ -11,6 +11,7 @@ field and never echoes a phone number.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -417,8 +418,27 @@ def decode(topic: str, raw: Any, key: bytes | str | None = None) -> Record | Non
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidJson(f"value is not valid JSON: {str(exc).split(':')[0]}") from None
+        raise InvalidJson(f"value is not valid JSON: {str(exc).split(':')[0]}{_surrogate_field(raw)}") from None
     return parser(value)
+
+
+def _surrogate_field(raw: bytes | str) -> str:
+    """Where a lone UTF-16 surrogate escape (which orjson refuses as text) sits, for the error; else ``""``.
+
+    Only on the error path: the standard library reads such escapes, so the
+    field holding one can be named.
+    """
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return ""
+    if not isinstance(value, dict):
+        return ""
+    for name, field in [*value.items(), *((value.get("source") or {}).items()
+                                          if isinstance(value.get("source"), dict) else ())]:
+        if isinstance(field, str) and any("\ud800" <= c <= "\udfff" for c in field):
+            return f" (field '{name}' holds a lone UTF-16 surrogate, which is not text)"
+    return ""
 
 
 def dead_letter(
